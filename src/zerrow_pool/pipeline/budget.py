@@ -1,0 +1,130 @@
+"""Resource manager: one memory budget for everything the runtime holds.
+
+Held memory is measured, not estimated: the union of the shared-memory
+segments (memfds, or /dev/shm files for the copy transport) behind every live
+intermediate and cache entry, each counted once however many payloads
+reference it (resharing makes that common).
+
+When something must fit, the manager frees in this order:
+
+1. cached decodes nobody is reading, cheapest to re-decode per byte first;
+2. cold intermediates (not pinned by a running or dispatching task), least
+   recently used first, spilled to local disk;
+
+and if that is still not enough it raises ``BudgetExceeded`` with the numbers,
+rather than letting the kernel OOM-kill a worker.  Held memory may overshoot
+the budget by at most ``tolerance`` (10%).
+"""
+from __future__ import annotations
+
+import re
+import time
+
+
+class BudgetExceeded(MemoryError):
+    """The run cannot fit in its memory budget."""
+
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000 ** 2,
+          "mib": 1 << 20, "g": 1 << 30, "gb": 1000 ** 3, "gib": 1 << 30, "t": 1 << 40,
+          "tb": 1000 ** 4, "tib": 1 << 40}
+
+
+def parse_size(text) -> int:
+    """'512M', '1.5GiB', '2e9', 1024 -> bytes (K/M/G alone are binary units)."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"cannot parse size {text!r}: use e.g. 800M, 4G, 1.5GiB or bytes")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def fmt_bytes(n) -> str:
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+class ResourceManager:
+    def __init__(self, budget: int | None, cache, spiller, tolerance: float = 0.10):
+        self.budget = budget
+        self.tolerance = tolerance
+        self.cache = cache
+        self.spiller = spiller
+        self.live: dict = {}  # id(payload) -> payload
+        self.peak = 0
+        self.timeline: list = []  # (t, bytes held) samples for reports
+
+    # ----------------------------------------------------------- accounting
+    def track(self, payload) -> None:
+        self.live[id(payload)] = payload
+        self._observe()
+
+    def untrack(self, payload) -> None:
+        self.live.pop(id(payload), None)
+
+    def usage(self) -> int:
+        seen: dict = {}
+        for p in list(self.live.values()):
+            if p.closed:
+                self.live.pop(id(p), None)
+                continue
+            seen.update(p.memory())
+        return sum(seen.values())
+
+    def _observe(self) -> int:
+        u = self.usage()
+        self.peak = max(self.peak, u)
+        self.timeline.append((time.monotonic(), u))
+        return u
+
+    @property
+    def limit(self) -> int | None:
+        return None if self.budget is None else int(self.budget * (1 + self.tolerance))
+
+    # ----------------------------------------------------------- freeing
+    def make_room(self, need: int, pinned, spillable, *, strict: bool) -> bool:
+        """Free memory until ``usage + need <= budget``.
+
+        ``pinned``: payloads that must stay in memory.  ``spillable``: list of
+        ``(payload, replace)`` candidates, coldest first, where ``replace(new)``
+        swaps in the spilled payload.  Returns True if it fits; with
+        ``strict`` raises BudgetExceeded when even the tolerance is exceeded.
+        """
+        if self.budget is None:
+            return True
+        used = self.usage()
+        if used + need <= self.budget:
+            return True
+        pinned_ids = {id(p) for p in pinned}
+        for entry in self.cache.eviction_order() if self.cache else ():
+            if used + need <= self.budget:
+                break
+            self.cache.evict(entry)
+            used = self.usage()
+        for payload, replace in spillable:
+            if used + need <= self.budget:
+                break
+            if id(payload) in pinned_ids or payload.spilled or payload.closed:
+                continue
+            self.untrack(payload)
+            replace(self.spiller.spill(payload))
+            used = self.usage()
+        self._observe()
+        if used + need <= self.budget:
+            return True
+        if strict and used + need > self.limit:
+            raise BudgetExceeded(self.explain(used, need))
+        return False
+
+    def explain(self, used: int, need: int) -> str:
+        return (f"memory budget {fmt_bytes(self.budget)} (+{self.tolerance:.0%} tolerance) cannot "
+                f"hold this run: {fmt_bytes(used)} is pinned by running nodes and their inputs and "
+                f"{fmt_bytes(need)} more is needed, after evicting the decode cache and spilling "
+                f"every cold intermediate. Raise --memory-budget to at least "
+                f"{fmt_bytes((used + need) / (1 + self.tolerance))}, or use fewer workers so "
+                "fewer intermediates are pinned at once.")

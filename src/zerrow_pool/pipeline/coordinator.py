@@ -1,0 +1,527 @@
+"""The coordinator: schedules DAG runs over a pool of warm workers.
+
+One event loop drives any number of concurrent runs.  A step becomes ready
+when all its inputs are done; ready tasks are dispatched to idle workers (so
+independent steps run in parallel up to the worker count).  The coordinator
+holds every output as a payload (fds or a file, never mapped) until its last
+consumer has finished, then drops it, so memory is released as the DAG
+advances.  Sources go through the decode cache when the transport supports it.
+"""
+from __future__ import annotations
+
+import os
+import selectors
+import shutil
+import tempfile
+import time
+from collections import deque
+
+from .budget import BudgetExceeded, ResourceManager, fmt_bytes, parse_size
+from .dag import Pipeline, Source
+from .decode_cache import DecodeCache
+from .payloads import ColumnsPayload, open_input
+from .report import EdgeRecord, NodeFailed, NodeRecord, RunReport, RunResult
+from .spill import Spiller
+from .transports import get_transport
+from .wire import PeerClosed, close_fds, raise_fd_limit
+from .workers import WorkerPool
+
+BATCH_ROWS = 1 << 20
+FINISHED = ("done", "failed", "skipped")
+
+
+class Task:
+    """A unit of work for one worker."""
+
+    def __init__(self, run, name, op, *, estimate=0, read=None, columns=None):
+        self.run, self.name, self.op = run, name, op
+        self.estimate = estimate
+        self.read, self.columns = read, columns  # decode tasks
+        self.pinned: list = []
+
+    def describe(self) -> str:
+        if self.op == "decode":
+            return f"decode of {os.path.basename(self.read.file.path)} row group {self.read.row_group}"
+        return f"node {self.name!r}"
+
+
+class SourceAssembly:
+    """A cached source waiting for its column chunks."""
+
+    def __init__(self, run, source, schema, reads):
+        self.run, self.source, self.schema, self.reads = run, source, schema, reads
+        self.slots = {}  # (read index, column) -> entry
+        self.missing = 0
+        self.rows = {}
+
+    def total_slots(self):
+        return len(self.reads) * len(self.schema)
+
+
+class RunState:
+    def __init__(self, pipeline: Pipeline, outputs, report: RunReport):
+        self.p = pipeline
+        self.report = report
+        self.rec = {s.name: NodeRecord(s.name, s.kind) for s in pipeline.order}
+        report.nodes = list(self.rec.values())
+        self.remaining = {n: len(c) for n, c in pipeline.consumers.items()}
+        self.payloads: dict = {}
+        self.keep = set(pipeline.sinks if outputs is None else outputs)
+        unknown = self.keep - set(pipeline.by_name)
+        if unknown:
+            raise KeyError(f"outputs {sorted(unknown)} are not steps of pipeline {pipeline.name!r}")
+        self.edges: dict = {}
+        self.t0 = time.monotonic()
+        self.done = False
+
+    def status(self, name):
+        return self.rec[name].status
+
+
+class Runtime:
+    """Warm workers + coordinator.  Use as a context manager::
+
+        with Runtime(workers=2, transport="zerrow", memory_budget="4G") as rt:
+            result = rt.run(pipeline)
+            print(result.report.format())
+    """
+
+    def __init__(self, workers: int | None = None, transport: str = "zerrow", *,
+                 memory_budget=None, cache: bool = True, spill_dir: str | None = None,
+                 preload: bool = True, on_event=None, tolerance: float = 0.10):
+        raise_fd_limit()
+        self.transport = get_transport(transport, preload=preload)
+        self.n_workers = workers or max(1, os.cpu_count() or 1)
+        self.budget = parse_size(memory_budget) if memory_budget is not None else None
+        self.cache_enabled = bool(cache) and self.transport.uses_cache
+        self.cache = (DecodeCache(self._entry_freed,
+                                  max_entry_bytes=self.budget // 2 if self.budget else None)
+                      if self.cache_enabled else None)
+        self.spiller = Spiller(spill_dir)
+        self.rm = ResourceManager(self.budget, self.cache, self.spiller, tolerance)
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        self.out_dir = tempfile.mkdtemp(prefix="zerrow-pipeline-", dir=shm)
+        self.on_event = on_event
+        self.queue: deque = deque()
+        self.estimates: dict = {}
+        self.runs: list = []
+        self.closed = False
+        self.pool = WorkerPool(self.n_workers, self.transport)
+
+    # ------------------------------------------------------------------ public
+    def run(self, pipeline: Pipeline, *, outputs=None, raise_on_error: bool = True) -> RunResult:
+        """Run one pipeline; returns its RunResult (sink tables by default)."""
+        return self.run_many([pipeline], outputs=outputs, raise_on_error=raise_on_error)[0]
+
+    def run_many(self, pipelines, *, outputs=None, raise_on_error: bool = True) -> list:
+        """Run several pipelines concurrently; they share workers and the decode cache."""
+        if self.closed:
+            raise RuntimeError("runtime is closed")
+        states = []
+        for p in pipelines:
+            rep = RunReport(p.name, self.transport.name, self.n_workers, self.cache_enabled,
+                            budget=self.budget)
+            states.append(RunState(p, outputs, rep))
+        replaced0 = self.pool.replaced
+        for st in states:
+            self.runs.append(st)
+            for s in st.p.order:
+                if not s.inputs:
+                    self._start_step(st, s)
+        try:
+            self._loop(states)
+        except BaseException:
+            self._abort(states)
+            raise
+        results = []
+        for st in states:
+            st.report.workers_replaced = self.pool.replaced - replaced0
+            results.append(RunResult(st.report, self._collect(st)))
+        if raise_on_error:
+            for r in results:
+                if not r.ok:
+                    raise NodeFailed(r.report.error or "pipeline failed", r.report)
+        return results
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.pool.close()
+        if self.cache:
+            self.cache.clear()
+        for p in list(self.rm.live.values()):
+            p.close()
+        self.spiller.cleanup()
+        shutil.rmtree(self.out_dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------- event loop
+    def _loop(self, states) -> None:
+        sel = selectors.DefaultSelector()
+        try:
+            while not all(st.done for st in states):
+                self._dispatch()
+                busy = self.pool.busy()
+                if not busy:
+                    if self.queue:
+                        continue
+                    for st in states:  # nothing can make progress: settle the run
+                        self._check_finished(st, force=True)
+                    continue
+                for w in busy:
+                    sel.register(w.sock, selectors.EVENT_READ, w)
+                try:
+                    events = sel.select(timeout=1.0)
+                finally:
+                    for w in busy:
+                        sel.unregister(w.sock)
+                for key, _ in events:
+                    self._on_reply(key.data)
+        finally:
+            sel.close()
+
+    def _emit(self, event: str, st, name, **info):
+        if self.on_event:
+            self.on_event(dict(event=event, pipeline=st.p.name, node=name,
+                               record=st.rec.get(name) if name else None, **info))
+
+    # --------------------------------------------------------------- starting
+    def _start_step(self, st, step) -> None:
+        rec = st.rec[step.name]
+        rec.status = "running"
+        rec.start = time.monotonic()
+        self._emit("start", st, step.name)
+        if isinstance(step, Source) and self.cache_enabled:
+            try:
+                self._start_cached_source(st, step)
+            except Exception as e:  # noqa: BLE001 - planning errors fail the source
+                self._fail(st, step.name, f"{type(e).__name__}: {e}")
+            return
+        op = "read" if isinstance(step, Source) else "node"
+        est = self.estimates.get((st.p.name, step.name))
+        if est is None:
+            est = sum(st.payloads[u].nbytes for u in step.inputs if u in st.payloads)
+        self.queue.append(Task(st, step.name, op, estimate=est))
+
+    def _start_cached_source(self, st, src) -> None:
+        schema, full_schema, reads = self.cache.plan(src)
+        asm = SourceAssembly(st, src, schema, reads)
+        todo = {}
+        for i, read in enumerate(reads):
+            for col in schema.names:
+                key = self.cache.key(read, col)
+                entry = self.cache.get(key)
+                if entry is not None:
+                    asm.slots[(i, col)] = entry
+                    st.rec[src.name].cache_hits += 1
+                    continue
+                st.rec[src.name].cache_misses += 1
+                asm.missing += 1
+                waiter = self._slot_filler(asm, i, col)
+                if key in self.cache.inflight:
+                    self.cache.inflight[key].append(waiter)
+                else:
+                    self.cache.inflight[key] = [waiter]
+                    todo.setdefault(i, []).append(col)
+        for i, cols in todo.items():
+            task = Task(st, src.name, "decode", read=reads[i], columns=cols)
+            task.schema, task.filter = full_schema, src.filter
+            self.queue.append(task)
+        if not asm.missing:
+            self._finish_source(asm)
+
+    def _slot_filler(self, asm, i, col):
+        def fill(entry, error=None):
+            if asm.run.status(asm.source.name) != "running":
+                return  # the source already failed
+            if error is not None:
+                self._release_assembly(asm)
+                self._fail(asm.run, asm.source.name, error)
+                return
+            asm.slots[(i, col)] = entry.acquire()
+            asm.missing -= 1
+            if not asm.missing:
+                self._finish_source(asm)
+        return fill
+
+    def _release_assembly(self, asm):
+        for e in asm.slots.values():
+            e.release()
+        asm.slots = {}
+
+    def _finish_source(self, asm) -> None:
+        cols = [[asm.slots[(i, c)] for i in range(len(asm.reads))] for c in asm.schema.names]
+        rows = sum(asm.slots[(i, asm.schema.names[0])].payload.rows
+                   for i in range(len(asm.reads))) if asm.schema.names else 0
+        asm.slots = {}
+        payload = ColumnsPayload(asm.schema, cols, rows)
+        self._complete(asm.run, asm.source.name, payload, {}, 0)
+
+    # ------------------------------------------------------------ dispatching
+    def _dispatch(self) -> None:
+        deferred = deque()
+        while self.queue and self.pool.idle():
+            task = self.queue.popleft()
+            if not self._still_wanted(task):
+                continue
+            if not self._admit(task):
+                deferred.append(task)
+                continue
+            self._send(self.pool.idle()[0], task)
+        self.queue.extendleft(reversed(deferred))
+
+    def _still_wanted(self, task) -> bool:
+        if task.op == "decode":  # may serve waiters of several runs
+            return any(self.cache.key(task.read, c) in self.cache.inflight for c in task.columns)
+        return task.run.status(task.name) == "running"
+
+    def _pinned(self):
+        out = []
+        for w in self.pool.busy():
+            out += w.task.pinned
+        for st in self.runs:
+            out += [st.payloads[n] for n in st.keep if n in st.payloads]
+        return out
+
+    def _spillable(self):
+        """Cold intermediates, least recently produced first."""
+        out = []
+        for st in self.runs:
+            for name, p in st.payloads.items():
+                if not p.spilled and not p.closed:
+                    out.append((getattr(p, "produced", 0), p, self._replacer(st, name)))
+        out.sort(key=lambda t: t[0])
+        return [(p, r) for _, p, r in out]
+
+    def _replacer(self, st, name):
+        def replace(new):
+            st.payloads[name] = new
+            st.rec[name].spilled = True
+            st.report.spills += 1
+            st.report.spilled_bytes += os.path.getsize(new.path)
+            self._emit("spill", st, name, bytes=new.nbytes)
+        return replace
+
+    def _admit(self, task) -> bool:
+        if self.budget is None:
+            return True
+        pinned = self._pinned()
+        if task.op == "node":
+            step = task.run.p.by_name[task.name]
+            pinned += [task.run.payloads[u] for u in step.inputs]
+        fits = self.rm.make_room(task.estimate, pinned, self._spillable(), strict=False)
+        return fits or not self.pool.busy()
+
+    def _send(self, w, task) -> None:
+        st = task.run
+        fds: list = []
+        msg = {"op": task.op, "name": task.name, "out_dir": self.out_dir}
+        if task.op == "node":
+            step = st.p.by_name[task.name]
+            ups = [st.payloads[u] for u in step.inputs]
+            task.pinned = ups
+            msg.update(fn=step.ref, inputs=[p.encode(fds) for p in ups])
+            for u, p in zip(step.inputs, ups):
+                zc = 0 if p.spilled else min(p.nbytes, p.stats.get("zero_copy", 0))
+                st.edges[(u, task.name)] = EdgeRecord(u, task.name, p.nbytes, zc,
+                                                      p.nbytes if p.spilled else p.stats.get("copied", 0))
+            st.rec[task.name].attempts += 1
+        elif task.op == "read":
+            src = st.p.by_name[task.name]
+            msg.update(files=src.files(), columns=src.columns, filter=src.filter)
+            st.rec[task.name].attempts += 1
+        else:
+            msg.update(file=task.read.file.path, row_group=task.read.row_group,
+                       columns=task.columns, filter=task.filter, schema=task.schema)
+        st.rec[task.name].worker_pid = w.pid
+        w.task = task
+        w.send(msg, fds)
+
+    # --------------------------------------------------------------- replies
+    def _on_reply(self, w) -> None:
+        task = w.task
+        try:
+            reply, fds = w.receive()
+        except (PeerClosed, OSError):
+            status = w.exit_status()
+            w.task = None
+            self.pool.replace(w)
+            self._task_failed(task, f"worker pid {w.pid} {status} while running "
+                                    f"{task.describe()}", died=True)
+            return
+        w.task = None
+        if not reply["ok"]:
+            close_fds(fds)
+            self._task_failed(task, reply["error"])
+            return
+        if task.op == "decode":
+            self._on_decoded(task, reply, fds)
+            return
+        st = task.run
+        if st.status(task.name) != "running":
+            close_fds(fds)
+            return
+        payload = self.transport.payload(reply["result"], fds)
+        self._complete(st, task.name, payload, reply.get("timing", {}), reply.get("peak", 0))
+
+    def _on_decoded(self, task, reply, fds) -> None:
+        res = reply["result"]
+        total = sum(p["nbytes"] for p in res["parts"]) or 1
+        secs = reply["timing"].get("total_s", 0.0)
+        for col, part in zip(task.columns, res["parts"]):
+            start, n = part["fds"]
+            payload = self.transport.payload(part, fds[start:start + n])
+            self.rm.track(payload)
+            entry = self.cache.add(self.cache.key(task.read, col), payload,
+                                   secs * part["nbytes"] / total)
+            entry.acquire()  # hold while handing out
+            for waiter in self.cache.inflight.pop(entry.key, []):
+                waiter(entry)
+            entry.release()
+        self.rm.make_room(0, self._pinned(), self._spillable(), strict=False)
+
+    def _task_failed(self, task, error: str, died: bool = False) -> None:
+        st = task.run
+        if task.op == "decode":
+            for col in task.columns:
+                for waiter in self.cache.inflight.pop(self.cache.key(task.read, col), []):
+                    waiter(None, error)
+            return
+        if st.status(task.name) != "running":
+            return
+        step = st.p.by_name[task.name]
+        rec = st.rec[task.name]
+        if rec.attempts <= step.retries:
+            self._emit("retry", st, task.name, error=error)
+            self.queue.append(Task(st, task.name, task.op, estimate=task.estimate))
+            return
+        self._fail(st, task.name, error)
+
+    # ------------------------------------------------------- state transitions
+    def _complete(self, st, name, payload, timing, peak) -> None:
+        rec = st.rec[name]
+        before = self.rm.usage()
+        payload.produced = time.monotonic()
+        self.rm.track(payload)
+        st.payloads[name] = payload
+        try:
+            self.rm.make_room(0, self._pinned(), self._spillable(), strict=True)
+        except BudgetExceeded as e:
+            st.payloads.pop(name, None)
+            self.rm.untrack(payload)
+            payload.close()
+            self._fail(st, name, f"BudgetExceeded: {e}")
+            return
+        self.estimates[(st.p.name, name)] = max(0, self.rm.usage() - before)
+        rec.end = time.monotonic()
+        rec.status = "done"
+        rec.rows, rec.bytes, rec.timing, rec.peak = payload.rows, payload.nbytes, timing, peak
+        rec.zero_copy = payload.stats.get("zero_copy", 0)
+        rec.copied = payload.stats.get("copied", 0)
+        rec.exposed = payload.stats.get("exposed", 0)
+        self._emit("done", st, name)
+        self._inputs_consumed(st, name)
+        if st.remaining[name] == 0 and name not in st.keep:
+            self._drop(st, name)
+        for c in st.p.consumers[name]:
+            if st.status(c) == "pending" and all(st.status(u) == "done" for u in st.p.by_name[c].inputs):
+                self._start_step(st, st.p.by_name[c])
+        self._check_finished(st)
+
+    def _fail(self, st, name, error: str) -> None:
+        rec = st.rec[name]
+        rec.status, rec.error, rec.end = "failed", error, time.monotonic()
+        if st.report.error is None:
+            first = error.strip().splitlines()[-1] if error.strip() else error
+            st.report.error = f"node {name!r} of pipeline {st.p.name!r} failed: {first}"
+        self._emit("failed", st, name, error=error)
+        self._inputs_consumed(st, name)
+        todo = list(st.p.consumers[name])
+        while todo:
+            c = todo.pop()
+            if st.status(c) in FINISHED or st.status(c) == "running":
+                continue
+            st.rec[c].status = "skipped"
+            self._emit("skipped", st, c)
+            self._inputs_consumed(st, c)
+            todo += st.p.consumers[c]
+        self._check_finished(st)
+
+    def _inputs_consumed(self, st, name) -> None:
+        for up in dict.fromkeys(st.p.by_name[name].inputs):
+            st.remaining[up] -= 1
+            if st.remaining[up] == 0 and up not in st.keep:
+                self._drop(st, up)
+
+    def _drop(self, st, name) -> None:
+        p = st.payloads.pop(name, None)
+        if p is not None:
+            self.rm.untrack(p)
+            p.close()
+
+    def _check_finished(self, st, force: bool = False) -> None:
+        if st.done:
+            return
+        pending = [n for n, r in st.rec.items() if r.status not in FINISHED]
+        if pending and not force:
+            return
+        for n in pending:  # only reachable with force: nothing can run them
+            st.rec[n].status = "skipped"
+        st.done = True
+        rep = st.report
+        rep.wall_s = time.monotonic() - st.t0
+        failed = [n for n, r in st.rec.items() if r.status == "failed"]
+        rep.status = "failed" if failed else "done"
+        rep.edges = list(st.edges.values())
+        rep.peak_held = self.rm.peak
+        if self.cache:
+            rep.cache_hits = sum(r.cache_hits for r in st.rec.values())
+            rep.cache_misses = sum(r.cache_misses for r in st.rec.values())
+            rep.cache_evictions = self.cache.evictions
+            rep.decoded_bytes = self.cache.decoded_bytes
+        self._emit("finished", st, None, report=rep)
+
+    # ------------------------------------------------------------ results
+    def _collect(self, st) -> dict:
+        outputs = {}
+        for name in list(st.keep):
+            p = st.payloads.pop(name, None)
+            if p is None:
+                continue
+            if st.report.status == "done":
+                fds: list = []
+                outputs[name] = open_input(p.encode(fds), fds)
+            self.rm.untrack(p)
+            p.close()
+        self.runs.remove(st)
+        return outputs
+
+    def _abort(self, states) -> None:
+        for st in states:
+            for name in list(st.payloads):
+                self._drop(st, name)
+            if st in self.runs:
+                self.runs.remove(st)
+
+    def _entry_freed(self, entry) -> None:
+        self.rm.untrack(entry.payload)
+
+
+def run(pipeline: Pipeline, **kwargs) -> RunResult:
+    """One-shot helper: start a Runtime, run ``pipeline``, shut it down.
+
+    Keyword arguments go to ``Runtime`` except ``outputs`` and
+    ``raise_on_error``, which go to ``Runtime.run``.
+    """
+    run_kw = {k: kwargs.pop(k) for k in ("outputs", "raise_on_error") if k in kwargs}
+    with Runtime(**kwargs) as rt:
+        return rt.run(pipeline, **run_kw)
+
+
+__all__ = ["Runtime", "run", "BudgetExceeded", "fmt_bytes"]

@@ -1,0 +1,183 @@
+"""What the coordinator holds for each intermediate, and how inputs are opened.
+
+Coordinator side: a *payload* is the handle of one node output (or one cached
+decode).  It never maps data: a ``SharePayload`` is a zerrow descriptor plus
+read-only fds, a ``FilePayload`` is an Arrow IPC file (in /dev/shm for the
+copy transport, on local disk once spilled).  ``memory()`` tells how many bytes
+of RAM the payload keeps alive, keyed by the segment/file identity so that
+memory shared by several payloads (resharing) is counted once.
+
+Worker side: ``open_input(spec, fds)`` turns an encoded payload back into a
+``pyarrow.Table`` without copying.
+"""
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+
+from .wire import close_fds
+
+
+class Payload:
+    """Base class: ``rows``, logical ``nbytes`` and the producer's share stats."""
+
+    kind = "?"
+    spilled = False
+
+    def __init__(self, rows: int, nbytes: int, stats: dict | None = None):
+        self.rows = rows
+        self.nbytes = nbytes
+        self.stats = stats or {}
+        self.closed = False
+
+    def memory(self) -> dict:
+        """{segment identity: resident bytes} this payload keeps alive."""
+        return {}
+
+    def encode(self, fds: list) -> dict:
+        """A picklable spec for a worker; appends the fds to send to ``fds``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _fd_memory(fd: int):
+    st = os.fstat(fd)
+    return (st.st_dev, st.st_ino), st.st_blocks * 512
+
+
+class SharePayload(Payload):
+    """A zerrow Share seen from the coordinator: descriptor + owned read-only fds."""
+
+    kind = "share"
+
+    def __init__(self, descriptor: bytes, fds: list, rows: int, nbytes: int, stats=None):
+        super().__init__(rows, nbytes, stats)
+        self.descriptor = descriptor
+        self.fds = list(fds)
+        self._memory = None
+
+    def memory(self) -> dict:
+        if self.closed:
+            return {}
+        if self._memory is None:
+            self._memory = dict(_fd_memory(fd) for fd in self.fds)
+        return self._memory
+
+    def encode(self, fds: list) -> dict:
+        if self.closed:
+            raise RuntimeError("payload already released")
+        start = len(fds)
+        fds.extend(self.fds)
+        return {"k": "share", "desc": self.descriptor, "fds": (start, len(self.fds))}
+
+    def close(self) -> None:
+        if not self.closed:
+            close_fds(self.fds)
+            self.fds = []
+        super().close()
+
+
+class FilePayload(Payload):
+    """An Arrow IPC file, read by workers with ``pyarrow.memory_map``."""
+
+    kind = "file"
+
+    def __init__(self, path: str, rows: int, nbytes: int, stats=None, *, spilled=False):
+        super().__init__(rows, nbytes, stats)
+        self.path = path
+        self.spilled = spilled
+        self._memory = None
+
+    def memory(self) -> dict:
+        if self.closed or self.spilled:
+            return {}  # spilled files live on disk; only page cache backs them
+        if self._memory is None:
+            st = os.stat(self.path)
+            self._memory = {(st.st_dev, st.st_ino): st.st_blocks * 512}
+        return self._memory
+
+    def encode(self, fds: list) -> dict:
+        if self.closed:
+            raise RuntimeError("payload already released")
+        return {"k": "file", "path": self.path}
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        super().close()
+
+
+class ColumnsPayload(Payload):
+    """A source's output assembled from decode-cache entries (one per column
+    per row group); the worker stitches them into a Table, zero-copy.
+
+    Takes over one reference to every entry it is given (released by close).
+    """
+
+    kind = "columns"
+
+    def __init__(self, schema: pa.Schema, columns: list, rows: int):
+        entries = [e for col in columns for e in col]
+        stats = {k: sum(e.payload.stats.get(k, 0) for e in entries)
+                 for k in ("zero_copy", "copied", "exposed")}
+        super().__init__(rows, sum(e.payload.nbytes for e in entries), stats)
+        self.schema = schema
+        self.columns = columns  # list (per field) of lists of CacheEntry
+
+    def memory(self) -> dict:
+        out = {}
+        if not self.closed:
+            for col in self.columns:
+                for e in col:
+                    out.update(e.payload.memory())
+        return out
+
+    def encode(self, fds: list) -> dict:
+        cols = []
+        for col in self.columns:
+            cols.append([e.payload.encode(fds) for e in col])
+        return {"k": "columns", "schema": self.schema, "cols": cols}
+
+    def close(self) -> None:
+        if not self.closed:
+            for col in self.columns:
+                for e in col:
+                    e.release()
+            self.columns = []
+        super().close()
+
+
+# --------------------------------------------------------------- worker side
+
+def open_input(spec: dict, fds: list):
+    """Rebuild a Table from an encoded payload (runs in a worker)."""
+    k = spec["k"]
+    if k == "file":
+        with pa.memory_map(spec["path"], "r") as src:
+            return pa.ipc.open_file(src).read_all()
+    if k == "share":
+        return _attach(spec, fds)
+    if k == "columns":
+        schema = spec["schema"]
+        arrays = []
+        for f, parts in zip(schema, spec["cols"]):
+            chunks = []
+            for p in parts:
+                obj = _attach(p, fds)
+                chunks.extend(obj.chunks if isinstance(obj, pa.ChunkedArray) else [obj])
+            arrays.append(pa.chunked_array(chunks, type=f.type))
+        return pa.Table.from_arrays(arrays, schema=schema)
+    raise ValueError(f"unknown input kind {k!r}")
+
+
+def _attach(spec, fds):
+    from .zerrow_api import require
+
+    start, n = spec["fds"]
+    return require().attach(spec["desc"], fds[start:start + n])

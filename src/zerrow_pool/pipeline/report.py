@@ -1,0 +1,159 @@
+"""Run reports: per node, per edge and per run, as data and as text."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .budget import fmt_bytes
+
+
+@dataclass
+class NodeRecord:
+    name: str
+    kind: str  # "node" | "source"
+    status: str = "pending"  # pending, running, done, failed, skipped
+    worker_pid: int | None = None
+    attempts: int = 0
+    start: float | None = None
+    end: float | None = None
+    rows: int = 0
+    bytes: int = 0
+    zero_copy: int = 0
+    copied: int = 0
+    exposed: int = 0
+    peak: int = 0
+    spilled: bool = False
+    cache_hits: int = 0
+    cache_misses: int = 0
+    timing: dict = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        if self.start is None or self.end is None:
+            return 0.0
+        return self.end - self.start
+
+
+@dataclass
+class EdgeRecord:
+    src: str
+    dst: str
+    bytes: int = 0
+    zero_copy: int = 0
+    copied: int = 0
+
+
+@dataclass
+class RunReport:
+    pipeline: str
+    transport: str
+    workers: int
+    cache: bool
+    budget: int | None = None
+    wall_s: float = 0.0
+    status: str = "running"
+    nodes: list = field(default_factory=list)
+    edges: list = field(default_factory=list)
+    peak_held: int = 0
+    spilled_bytes: int = 0
+    spills: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_evictions: int = 0
+    decoded_bytes: int = 0
+    workers_replaced: int = 0
+    error: str | None = None
+
+    def node(self, name: str) -> NodeRecord:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    @property
+    def edge_bytes(self) -> int:
+        return sum(e.bytes for e in self.edges)
+
+    @property
+    def edge_zero_copy(self) -> int:
+        return sum(e.zero_copy for e in self.edges)
+
+    @property
+    def bytes_copied(self) -> int:
+        """Bytes copied to publish node outputs (each output counted once)."""
+        return sum(n.copied for n in self.nodes if n.status == "done")
+
+    @property
+    def zero_copy_rate(self) -> float:
+        moved = sum(e.zero_copy + e.copied for e in self.edges)
+        return self.edge_zero_copy / moved if moved else 1.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(zero_copy_rate=self.zero_copy_rate, bytes_copied=self.bytes_copied,
+                 edge_bytes=self.edge_bytes)
+        return d
+
+    def format(self) -> str:
+        """Human-readable tables (what ``zerrow run`` prints)."""
+        lines = [f"pipeline {self.pipeline}: {self.status} in {self.wall_s:.2f}s "
+                 f"(transport={self.transport}, workers={self.workers}, "
+                 f"cache={'on' if self.cache else 'off'}"
+                 + (f", budget={fmt_bytes(self.budget)}" if self.budget else "") + ")", ""]
+        hdr = f"{'node':<22}{'status':<9}{'time':>8}{'rows':>12}{'bytes':>11}{'zero-copy':>11}" \
+              f"{'copied':>11}{'exposed':>11}{'peak':>11}"
+        lines += [hdr, "-" * len(hdr)]
+        for n in self.nodes:
+            extra = " (spilled)" if n.spilled else ""
+            if n.cache_hits or n.cache_misses:
+                extra += f" cache {n.cache_hits} hit/{n.cache_misses} miss"
+            lines.append(f"{n.name[:21]:<22}{n.status:<9}{n.seconds:>7.2f}s{n.rows:>12,}"
+                         f"{fmt_bytes(n.bytes):>11}{fmt_bytes(n.zero_copy):>11}"
+                         f"{fmt_bytes(n.copied):>11}{fmt_bytes(n.exposed):>11}"
+                         f"{fmt_bytes(n.peak):>11}{extra}")
+        if self.edges:
+            lines += ["", f"{'edge':<40}{'bytes':>11}{'zero-copy':>11}{'copied':>11}"]
+            for e in self.edges:
+                name = f"{e.src} -> {e.dst}"
+                lines.append(f"{name[:39]:<40}{fmt_bytes(e.bytes):>11}"
+                             f"{fmt_bytes(e.zero_copy):>11}{fmt_bytes(e.copied):>11}")
+        lines += ["", f"zero-copy rate {self.zero_copy_rate:.2%} of {fmt_bytes(self.edge_bytes)} "
+                  f"moved over edges; {fmt_bytes(self.bytes_copied)} copied in all; "
+                  f"peak held {fmt_bytes(self.peak_held)}"]
+        if self.cache:
+            lines.append(f"decode cache: {self.cache_hits} hits, {self.cache_misses} misses, "
+                         f"{fmt_bytes(self.decoded_bytes)} decoded, {self.cache_evictions} evicted")
+        if self.spills:
+            lines.append(f"spilled {self.spills} intermediates ({fmt_bytes(self.spilled_bytes)}) to disk")
+        if self.workers_replaced:
+            lines.append(f"{self.workers_replaced} worker(s) replaced after dying")
+        for n in self.nodes:
+            if n.status == "failed" and n.error:
+                lines += ["", f"node {n.name} failed (attempt {n.attempts}):", n.error.rstrip()]
+        return "\n".join(lines)
+
+
+class NodeFailed(RuntimeError):
+    """A node raised, its worker died, or the run did not fit its budget."""
+
+    def __init__(self, message: str, report: RunReport):
+        super().__init__(message)
+        self.report = report
+
+
+class RunResult:
+    """Outputs (sink tables by default) and the report of one run."""
+
+    def __init__(self, report: RunReport, outputs: dict):
+        self.report = report
+        self.outputs = outputs
+
+    @property
+    def ok(self) -> bool:
+        return self.report.status == "done"
+
+    def __getitem__(self, name):
+        return self.outputs[name]
+
+    def __repr__(self):
+        return f"<RunResult {self.report.pipeline} {self.report.status} outputs={list(self.outputs)}>"

@@ -1,0 +1,181 @@
+"""Worker process: a warm Python + pyarrow that runs tasks until told to stop.
+
+Started once by the coordinator (``python -m zerrow_pool.pipeline.worker FD``
+with the zerrow preload library in LD_PRELOAD) and reused for every node of
+every run.  Each task arrives as one message on the worker's socket, with the
+read-only fds of exactly the inputs it needs; the reply carries the published
+output (descriptor + fds, or an IPC file path) or the traceback.
+
+Task kinds: ``node`` (call a pipeline function), ``read`` (read a Parquet
+source whole) and ``decode`` (decode one row group into per-column shares for
+the decode cache).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+
+import pyarrow as pa
+
+from .dag import as_table
+from .payloads import open_input
+from .transports import get_transport
+from .wire import close_fds, raise_fd_limit, recv_msg, send_msg
+
+_modules: dict = {}
+
+
+def load_function(ref):
+    """Find a node's function from its FunctionRef (module name, file, qualname)."""
+    mod = None
+    if ref.module not in ("__main__", "__mp_main__") and not ref.module.startswith("_zerrow_pipeline_"):
+        try:
+            mod = importlib.import_module(ref.module)
+            if ref.file and os.path.abspath(getattr(mod, "__file__", "") or "") != ref.file:
+                mod = None
+        except ImportError:
+            mod = None
+    if mod is None:
+        if not ref.file:
+            raise ImportError(f"cannot locate module {ref.module!r} of node {ref.qualname!r}")
+        key = (ref.file, os.stat(ref.file).st_mtime_ns)
+        mod = _modules.get(key)
+        if mod is None:
+            name = "_zerrow_node_module_%d" % len(_modules)
+            spec = importlib.util.spec_from_file_location(name, ref.file)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod
+            spec.loader.exec_module(mod)
+            _modules[key] = mod
+    obj = mod
+    for part in ref.qualname.split("."):
+        obj = getattr(obj, part)
+    return getattr(obj, "fn", obj)
+
+
+class PeakSampler:
+    """Samples the default pool's bytes_allocated while a task runs."""
+
+    def __init__(self, interval=0.002):
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        self.pool = pa.default_memory_pool()
+        self.base = self.pool.bytes_allocated()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def sample(self):
+        self.peak = max(self.peak, self.pool.bytes_allocated() - self.base)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.sample()
+
+
+def _read_source(task):
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset(task["files"], format="parquet")
+    return dataset.to_table(columns=task["columns"], filter=task["filter"])
+
+
+def _decode_row_group(task):
+    import pyarrow.dataset as ds
+
+    frag = ds.ParquetFileFormat().make_fragment(task["file"], row_groups=[task["row_group"]])
+    table = frag.to_table(schema=task["schema"], columns=task["columns"], filter=task["filter"])
+    return table.combine_chunks() if table.num_rows else table
+
+
+def run_task(transport, task, fds):
+    """Execute one task; returns (reply, fds to send, callbacks after sending)."""
+    t0 = time.perf_counter()
+    timing = {}
+    with transport.scope(), PeakSampler() as peak:
+        if task["op"] == "node":
+            inputs = [open_input(spec, fds) for spec in task["inputs"]]
+            timing["input_s"] = time.perf_counter() - t0
+            fn = load_function(task["fn"])
+            t1 = time.perf_counter()
+            out = as_table(fn(*inputs), task["name"])
+            timing["compute_s"] = time.perf_counter() - t1
+            del inputs
+        elif task["op"] == "read":
+            out = _read_source(task)
+        elif task["op"] == "decode":
+            out = _decode_row_group(task)
+        else:
+            raise ValueError(f"unknown task {task['op']!r}")
+        t2 = time.perf_counter()
+        if task["op"] == "decode":
+            results = [transport.publish(col, task["out_dir"]) for col in out.columns]
+            spec = {"k": "columns", "parts": [r[0] for r in results], "rows": out.num_rows}
+            out_fds, dones = [], []
+            for s, f, d in results:
+                s["fds"] = (len(out_fds), len(f))
+                out_fds.extend(f)
+                dones.append(d)
+        else:
+            spec, out_fds, done = transport.publish(out, task["out_dir"])
+            dones = [done]
+        timing["publish_s"] = time.perf_counter() - t2
+        del out
+    timing["total_s"] = time.perf_counter() - t0
+    reply = {"ok": True, "result": spec, "timing": timing, "peak": peak.peak}
+    return reply, out_fds, dones
+
+
+def serve(sock: socket.socket, transport_name: str) -> None:
+    raise_fd_limit()
+    transport = get_transport(transport_name)
+    send_msg(sock, {"ready": os.getpid()})
+    while True:
+        try:
+            task, fds = recv_msg(sock)
+        except (ConnectionError, OSError):
+            return
+        if task.get("op") == "stop":
+            close_fds(fds)
+            return
+        try:
+            reply, out_fds, dones = run_task(transport, task, fds)
+        except BaseException as e:  # noqa: BLE001 - report everything to the coordinator
+            reply, out_fds, dones = {"ok": False, "error": traceback.format_exc(),
+                                     "error_type": type(e).__name__}, [], []
+        finally:
+            close_fds(fds)
+        try:
+            send_msg(sock, reply, out_fds)
+        finally:
+            for d in dones:
+                d()
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    fd, transport_name = int(argv[0]), argv[1]
+    sock = socket.socket(fileno=fd)
+    try:
+        serve(sock, transport_name)
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The pool of warm worker processes.
+
+Workers are started once (a fresh interpreter each, like multiprocessing's
+spawn, with the zerrow preload library in LD_PRELOAD) and reused for every
+node of every run.  A worker that dies is reaped and replaced.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from .wire import PeerClosed, recv_msg, send_msg
+
+START_TIMEOUT_S = 120.0
+
+
+class WorkerStartError(RuntimeError):
+    """A worker process could not start."""
+
+
+def _package_root() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))  # .../zerrow_pool/pipeline
+    return os.path.dirname(os.path.dirname(here))
+
+
+class Worker:
+    """One worker process and the coordinator's end of its socket."""
+
+    def __init__(self, wid: int, transport):
+        self.id = wid
+        self.task = None
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ)
+        env.update(transport.worker_env())
+        root = _package_root()
+        env["PYTHONPATH"] = os.pathsep.join(
+            [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        cmd = [sys.executable, "-m", "zerrow_pool.pipeline.worker", str(child.fileno()), transport.name]
+        try:
+            self.proc = subprocess.Popen(cmd, pass_fds=[child.fileno()], env=env,
+                                         stdin=subprocess.DEVNULL)
+        finally:
+            child.close()
+        self.sock = parent
+        self.pid = self.proc.pid
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
+        self.sock.settimeout(timeout)
+        try:
+            msg, fds = recv_msg(self.sock)
+        except (PeerClosed, OSError) as e:
+            code = self.proc.poll()
+            raise WorkerStartError(
+                f"worker {self.id} (pid {self.pid}) failed to start ({describe_exit(code)}); "
+                "its stderr is above") from e
+        finally:
+            self.sock.settimeout(None)
+        if "ready" not in msg:
+            raise WorkerStartError(f"worker {self.id} sent {msg!r} instead of ready")
+
+    def send(self, task, fds=()) -> None:
+        send_msg(self.sock, task, fds)
+        self.started = time.monotonic()
+
+    def receive(self):
+        return recv_msg(self.sock)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def exit_status(self, wait: float = 5.0) -> str:
+        try:
+            code = self.proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        return describe_exit(code)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.proc.poll() is None:
+            try:
+                send_msg(self.sock, {"op": "stop"})
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.sock.close()
+
+
+def describe_exit(code) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+class WorkerPool:
+    def __init__(self, n: int, transport):
+        if n < 1:
+            raise ValueError("need at least one worker")
+        self.transport = transport
+        self._next = 0
+        self.replaced = 0
+        started: list[Worker] = []
+        try:
+            for _ in range(n):
+                started.append(self._spawn())
+            for w in started:
+                w.wait_ready()
+        except BaseException:
+            for w in started:
+                w.stop(1)
+            raise
+        self.workers: list[Worker] = started
+
+    def _spawn(self) -> Worker:
+        w = Worker(self._next, self.transport)
+        self._next += 1
+        return w
+
+    def idle(self) -> list[Worker]:
+        return [w for w in self.workers if w.task is None]
+
+    def busy(self) -> list[Worker]:
+        return [w for w in self.workers if w.task is not None]
+
+    def replace(self, dead: Worker) -> Worker:
+        """Reap ``dead`` and start a fresh worker in its slot."""
+        try:
+            dead.sock.close()
+        except OSError:
+            pass
+        if dead.proc.poll() is None:
+            dead.proc.kill()
+        dead.proc.wait()
+        new = self._spawn()
+        new.wait_ready()
+        self.workers[self.workers.index(dead)] = new
+        self.replaced += 1
+        return new
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop()
+        self.workers = []
