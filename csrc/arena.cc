@@ -1,0 +1,389 @@
+#include "arena.h"
+
+#include <algorithm>
+#include <cstring>
+#include <functional>
+#include <thread>
+
+#include "segment_registry.h"
+
+namespace zerrow {
+namespace {
+
+constexpr size_t kHugeAlign = size_t{2} << 20;
+constexpr int64_t kMinRetain = int64_t{128} << 20;
+
+int MyShard(int shards) {
+  static std::atomic<int> next{0};
+  thread_local int shard = next.fetch_add(1, std::memory_order_relaxed);
+  return shard % shards;
+}
+
+void RemoveFrom(std::vector<Span*>& v, Span* s) {
+  auto it = std::find(v.begin(), v.end(), s);
+  if (it != v.end()) {
+    *it = v.back();
+    v.pop_back();
+  }
+}
+
+}  // namespace
+
+Arena::Arena(SegmentRegistry* registry, ArenaOptions options)
+    : registry_(registry), options_(options) {}
+
+Arena::~Arena() {
+  for (SegmentHeap* heap : heaps_) {
+    registry_->RemoveHeap(heap);
+    for (Span* s : heap->slabs) delete s;
+    delete heap;
+  }
+}
+
+arrow::Status Arena::Allocate(size_t size, size_t alignment, uint8_t** out) {
+  if (size <= kMaxSmall && alignment <= kMinAlignment) return AllocateSmall(size, out);
+  return AllocateLarge(size, alignment, out);
+}
+
+arrow::Status Arena::AddHeap(size_t at_least) {
+  size_t capacity = options_.segment_capacity;
+  if (at_least > capacity / 4) capacity = RoundUp(at_least * 2, kHugeAlign);  // room to grow in place
+  ARROW_ASSIGN_OR_RAISE(auto segment, Segment::Create(capacity));
+  auto* heap = new SegmentHeap(this, std::move(segment));
+  registry_->AddHeap(heap);
+  std::lock_guard lock(large_mu_);
+  heaps_.push_back(heap);
+  InsertFreeLocked(heap, 0, capacity, /*dirty=*/false);
+  return arrow::Status::OK();
+}
+
+bool Arena::TakeExtentLocked(size_t need, SegmentHeap** heap, size_t* offset, bool* dirty) {
+  auto it = index_.lower_bound(IndexKey{need, nullptr, 0});
+  if (it == index_.end()) return false;
+  auto [len, h, off] = *it;
+  auto fit = h->free_extents.find(off);
+  bool was_dirty = fit->second.dirty;
+  EraseFreeLocked(h, fit);
+  if (len > need) InsertFreeLocked(h, off + need, len - need, was_dirty);
+  *heap = h;
+  *offset = off;
+  *dirty = was_dirty;
+  return true;
+}
+
+void Arena::InsertFreeLocked(SegmentHeap* heap, size_t offset, size_t length, bool dirty) {
+  auto& fm = heap->free_extents;
+  auto next = fm.find(offset + length);
+  if (next != fm.end()) {
+    length += next->second.length;
+    dirty |= next->second.dirty;
+    EraseFreeLocked(heap, next);
+  }
+  auto prev = fm.lower_bound(offset);
+  if (prev != fm.begin()) {
+    --prev;
+    if (prev->first + prev->second.length == offset) {
+      offset = prev->first;
+      length += prev->second.length;
+      dirty |= prev->second.dirty;
+      EraseFreeLocked(heap, prev);
+    }
+  }
+  fm[offset] = FreeExtent{length, dirty};
+  index_.insert(IndexKey{length, heap, offset});
+  if (dirty) retained_.fetch_add(static_cast<int64_t>(length), std::memory_order_relaxed);
+}
+
+void Arena::EraseFreeLocked(SegmentHeap* heap, std::map<size_t, FreeExtent>::iterator it) {
+  index_.erase(IndexKey{it->second.length, heap, it->first});
+  if (it->second.dirty)
+    retained_.fetch_sub(static_cast<int64_t>(it->second.length), std::memory_order_relaxed);
+  heap->free_extents.erase(it);
+}
+
+arrow::Status Arena::AllocateSmall(size_t size, uint8_t** out) {
+  const int cls = SizeClassOf(size);
+  const size_t slot_size = ClassSize(cls);
+  const int shard_index = MyShard(kShards);
+  Shard& shard = shards_[shard_index];
+  for (;;) {
+    {
+      std::lock_guard lock(shard.mu);
+      auto& bin = shard.partial[cls];
+      Span* span = bin.empty() ? nullptr : bin.back();
+      if (span == nullptr) {
+        std::lock_guard large(large_mu_);
+        SegmentHeap* heap;
+        size_t off;
+        bool dirty;
+        if (TakeExtentLocked(SlabBytes(cls), &heap, &off, &dirty)) {
+          span = new Span();
+          span->heap = heap;
+          span->offset = off;
+          span->length = SlabBytes(cls);
+          span->size_class = cls;
+          span->shard = shard_index;
+          span->slot_count = static_cast<uint32_t>(span->length / slot_size);
+          for (size_t p = 0; p < span->length / kPageSize; ++p) heap->pages.Set(off / kPageSize + p, span);
+          heap->slabs.push_back(span);
+          bin.push_back(span);
+          span->in_partial_list = true;
+        }
+      }
+      if (span != nullptr) {
+        uint32_t slot;
+        if (!span->free_slots.empty()) {
+          slot = span->free_slots.back();
+          span->free_slots.pop_back();
+        } else {
+          slot = span->next_unused++;
+        }
+        if (++span->live == span->slot_count) {
+          bin.pop_back();
+          span->in_partial_list = false;
+        }
+        SegmentHeap* heap = span->heap;
+        heap->live_allocations.fetch_add(1, std::memory_order_relaxed);
+        heap->live_bytes.fetch_add(static_cast<int64_t>(slot_size), std::memory_order_relaxed);
+        live_bytes_.fetch_add(static_cast<int64_t>(slot_size), std::memory_order_relaxed);
+        uint8_t* p = heap->segment->base() + span->offset + size_t{slot} * slot_size;
+        // The slot's tail may hold an earlier owner's bytes; a consumer of a
+        // shared buffer must see zeros there.
+        if (size < slot_size) std::memset(p + size, 0, slot_size - size);
+        *out = p;
+        return arrow::Status::OK();
+      }
+    }
+    ARROW_RETURN_NOT_OK(AddHeap(SlabBytes(cls)));
+  }
+}
+
+arrow::Status Arena::AllocateLarge(size_t size, size_t alignment, uint8_t** out) {
+  const size_t extra = alignment > kPageSize ? alignment : 0;
+  const size_t need = RoundUp(std::max<size_t>(size, 1) + extra, kPageSize);
+  for (;;) {
+    {
+      std::lock_guard lock(large_mu_);
+      SegmentHeap* heap;
+      size_t off;
+      bool dirty;
+      if (TakeExtentLocked(need, &heap, &off, &dirty)) {
+        auto* span = new Span();
+        span->heap = heap;
+        span->offset = off;
+        span->length = need;
+        uint8_t* start = heap->segment->base() + off;
+        uint8_t* p = extra ? reinterpret_cast<uint8_t*>(RoundUp(reinterpret_cast<uintptr_t>(start), alignment))
+                           : start;
+        heap->pages.Set(static_cast<size_t>(p - heap->segment->base()) / kPageSize, span);
+        heap->live_allocations.fetch_add(1, std::memory_order_relaxed);
+        heap->live_bytes.fetch_add(static_cast<int64_t>(need), std::memory_order_relaxed);
+        live_bytes_.fetch_add(static_cast<int64_t>(need), std::memory_order_relaxed);
+        if (dirty) {
+          if (p > start) std::memset(start, 0, static_cast<size_t>(p - start));
+          std::memset(p + size, 0, static_cast<size_t>(start + need - p) - size);
+        }
+        *out = p;
+        return arrow::Status::OK();
+      }
+    }
+    ARROW_RETURN_NOT_OK(AddHeap(need));
+  }
+}
+
+bool Arena::Free(SegmentHeap* heap, uint8_t* p, size_t size, size_t alignment) {
+  Span* span = heap->SpanAt(p);
+  if (span == nullptr) return false;  // not a live allocation: ignore rather than corrupt
+  if (span->is_slab()) {
+    Shard& shard = shards_[span->shard];
+    std::lock_guard lock(shard.mu);
+    const size_t slot_size = ClassSize(span->size_class);
+    auto slot = static_cast<uint32_t>((static_cast<size_t>(p - heap->segment->base()) - span->offset) / slot_size);
+    span->free_slots.push_back(slot);
+    --span->live;
+    heap->live_bytes.fetch_sub(static_cast<int64_t>(slot_size), std::memory_order_relaxed);
+    live_bytes_.fetch_sub(static_cast<int64_t>(slot_size), std::memory_order_relaxed);
+    if (!heap->frozen.load(std::memory_order_acquire)) {
+      auto& bin = shard.partial[span->size_class];
+      if (!span->in_partial_list) {
+        bin.push_back(span);
+        span->in_partial_list = true;
+      } else if (span->live == 0 && bin.size() > 1) {
+        std::lock_guard large(large_mu_);
+        ReleaseSlabLocked(shard, span);
+      }
+    }
+  } else {
+    std::lock_guard lock(large_mu_);
+    heap->pages.Set(static_cast<size_t>(p - heap->segment->base()) / kPageSize, nullptr);
+    heap->live_bytes.fetch_sub(static_cast<int64_t>(span->length), std::memory_order_relaxed);
+    live_bytes_.fetch_sub(static_cast<int64_t>(span->length), std::memory_order_relaxed);
+    if (!heap->frozen.load(std::memory_order_acquire)) {
+      InsertFreeLocked(heap, span->offset, span->length, /*dirty=*/true);
+      DecayLocked();
+    }
+    delete span;
+  }
+  (void)size;
+  (void)alignment;
+  int64_t left = heap->live_allocations.fetch_sub(1, std::memory_order_acq_rel) - 1;
+  return left == 0 && (heap->frozen.load(std::memory_order_acquire) || retired());
+}
+
+void Arena::ReleaseSlabLocked(Shard& shard, Span* span) {
+  SegmentHeap* heap = span->heap;
+  RemoveFrom(shard.partial[span->size_class], span);
+  RemoveFrom(heap->slabs, span);
+  for (size_t p = 0; p < span->length / kPageSize; ++p) heap->pages.Set(span->offset / kPageSize + p, nullptr);
+  InsertFreeLocked(heap, span->offset, span->length, /*dirty=*/true);
+  delete span;
+}
+
+bool Arena::ResizeInPlace(SegmentHeap* heap, uint8_t* p, size_t old_size, size_t new_size,
+                          size_t alignment) {
+  if (alignment > kPageSize || new_size <= kMaxSmall) return false;
+  std::lock_guard lock(large_mu_);
+  if (heap->frozen.load(std::memory_order_acquire)) return false;
+  Span* span = heap->SpanAt(p);
+  if (span == nullptr || span->is_slab()) return false;
+  const size_t need = RoundUp(new_size, kPageSize);
+  const auto delta = static_cast<int64_t>(need) - static_cast<int64_t>(span->length);
+  if (need < span->length) {
+    InsertFreeLocked(heap, span->offset + need, span->length - need, /*dirty=*/true);
+  } else if (need > span->length) {
+    auto next = heap->free_extents.find(span->offset + span->length);
+    if (next == heap->free_extents.end() || next->second.length < need - span->length) return false;
+    size_t len = next->second.length, off = next->first;
+    bool dirty = next->second.dirty;
+    EraseFreeLocked(heap, next);
+    size_t grow = need - span->length;
+    if (len > grow) InsertFreeLocked(heap, off + grow, len - grow, dirty);
+  }
+  span->length = need;
+  heap->live_bytes.fetch_add(delta, std::memory_order_relaxed);
+  live_bytes_.fetch_add(delta, std::memory_order_relaxed);
+  if (new_size > old_size || need != new_size) std::memset(p + new_size, 0, need - new_size);
+  return true;
+}
+
+void Arena::ZeroUnusedSlotsLocked(Span* span) {
+  SegmentHeap* heap = span->heap;
+  uint8_t* base = heap->segment->base() + span->offset;
+  const size_t slot_size = ClassSize(span->size_class);
+  if (span->live == 0) {
+    (void)heap->segment->Punch(span->offset, span->length);
+    return;
+  }
+  for (uint32_t s : span->free_slots) std::memset(base + size_t{s} * slot_size, 0, slot_size);
+  // Never handed out, but the pages may be reused: zero the partial page, punch the rest.
+  size_t unused = size_t{span->next_unused} * slot_size;
+  size_t page_end = std::min(RoundUp(unused, kPageSize), span->length);
+  std::memset(base + unused, 0, page_end - unused);
+  (void)heap->segment->Punch(span->offset + page_end, span->length - page_end);
+}
+
+arrow::Status Arena::Freeze(SegmentHeap* heap, bool seal) {
+  std::unique_lock<std::mutex> shard_locks[kShards];
+  for (int i = 0; i < kShards; ++i) shard_locks[i] = std::unique_lock(shards_[i].mu);
+  std::lock_guard lock(large_mu_);
+  if (!heap->frozen.load(std::memory_order_acquire)) {
+    heap->frozen.store(true, std::memory_order_release);
+    for (Span* span : heap->slabs) {
+      if (span->in_partial_list) {
+        RemoveFrom(shards_[span->shard].partial[span->size_class], span);
+        span->in_partial_list = false;
+      }
+      ZeroUnusedSlotsLocked(span);
+    }
+    while (!heap->free_extents.empty()) {
+      auto it = heap->free_extents.begin();
+      if (it->second.dirty) ARROW_RETURN_NOT_OK(heap->segment->Punch(it->first, it->second.length));
+      EraseFreeLocked(heap, it);
+    }
+    // A frozen file never changes size, so a consumer's mapping can never go past its end.
+    ARROW_RETURN_NOT_OK(heap->segment->Seal(/*future_write=*/false));
+  }
+  if (seal && !heap->sealed) {
+    ARROW_RETURN_NOT_OK(heap->segment->Seal(/*future_write=*/true));
+    ARROW_RETURN_NOT_OK(heap->segment->ProtectReadOnly());
+    heap->sealed = true;
+  }
+  return arrow::Status::OK();
+}
+
+void Arena::DecayLocked() {
+  int64_t limit = options_.retain_bytes >= 0 ? options_.retain_bytes
+                                             : std::max(kMinRetain, live_bytes_.load(std::memory_order_relaxed));
+  if (retained_.load(std::memory_order_relaxed) <= limit) return;
+  const int64_t target = limit / 4 * 3;
+  // Largest extents first: the fewest syscalls for the most memory.
+  for (auto it = index_.rbegin(); it != index_.rend() && retained_.load(std::memory_order_relaxed) > target; ++it) {
+    auto [len, heap, off] = *it;
+    FreeExtent& fe = heap->free_extents[off];
+    if (!fe.dirty) continue;
+    if (!heap->segment->Punch(off, len).ok()) continue;
+    fe.dirty = false;
+    retained_.fetch_sub(static_cast<int64_t>(len), std::memory_order_relaxed);
+  }
+}
+
+void Arena::ReleaseRetained() {
+  std::unique_lock<std::mutex> shard_locks[kShards];
+  for (int i = 0; i < kShards; ++i) shard_locks[i] = std::unique_lock(shards_[i].mu);
+  std::lock_guard lock(large_mu_);
+  for (int i = 0; i < kShards; ++i) {
+    for (auto& bin : shards_[i].partial) {
+      std::vector<Span*> empty;
+      for (Span* s : bin)
+        if (s->live == 0) empty.push_back(s);
+      for (Span* s : empty) ReleaseSlabLocked(shards_[i], s);
+    }
+  }
+  for (auto [len, heap, off] : index_) {
+    FreeExtent& fe = heap->free_extents[off];
+    if (fe.dirty && heap->segment->Punch(off, len).ok()) {
+      fe.dirty = false;
+      retained_.fetch_sub(static_cast<int64_t>(len), std::memory_order_relaxed);
+    }
+  }
+}
+
+void Arena::Retire() { retired_.store(true, std::memory_order_release); }
+
+void Arena::Reopen() { retired_.store(false, std::memory_order_release); }
+
+std::vector<const void*> Arena::EmptyHeapBases(bool only_collectable) {
+  std::lock_guard lock(large_mu_);
+  std::vector<const void*> out;
+  for (SegmentHeap* h : heaps_) {
+    if (h->live_allocations.load(std::memory_order_acquire) != 0) continue;
+    if (only_collectable && !(h->frozen.load() || retired())) continue;
+    out.push_back(h->segment->base());
+  }
+  return out;
+}
+
+bool Arena::DestroyHeapLocked(SegmentHeap* heap, bool only_collectable) {
+  std::unique_lock<std::mutex> shard_locks[kShards];
+  for (int i = 0; i < kShards; ++i) shard_locks[i] = std::unique_lock(shards_[i].mu);
+  std::lock_guard lock(large_mu_);
+  auto it = std::find(heaps_.begin(), heaps_.end(), heap);
+  if (it == heaps_.end() || heap->live_allocations.load(std::memory_order_acquire) != 0) return false;
+  if (only_collectable && !(heap->frozen.load() || retired())) return false;
+  heaps_.erase(it);
+  for (Span* s : heap->slabs) {
+    if (s->in_partial_list) RemoveFrom(shards_[s->shard].partial[s->size_class], s);
+    delete s;
+  }
+  while (!heap->free_extents.empty()) EraseFreeLocked(heap, heap->free_extents.begin());
+  registry_->RemoveHeapLocked(heap);
+  delete heap;
+  return true;
+}
+
+bool Arena::empty() {
+  std::lock_guard lock(large_mu_);
+  return heaps_.empty();
+}
+
+}  // namespace zerrow

@@ -1,0 +1,95 @@
+// An arena: the segments one scope (or the process's default) allocates from.
+// Small allocations come from per-size-class slabs kept in a few sharded bins,
+// so threads rarely share a lock; large ones are page-granular extents picked
+// best-fit across the arena's segments. Freed memory stays resident for reuse
+// up to a bound, then is punched out of the memfd.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <set>
+#include <tuple>
+#include <vector>
+
+#include <arrow/status.h>
+
+#include "segment_heap.h"
+#include "size_classes.h"
+
+namespace zerrow {
+
+class SegmentRegistry;
+
+struct ArenaOptions {
+  size_t segment_capacity = size_t{1} << 30;  // virtual size of a segment; pages appear on touch
+  int64_t retain_bytes = -1;  // resident free bytes kept for reuse; -1: max(128 MiB, live bytes)
+};
+
+class Arena {
+ public:
+  Arena(SegmentRegistry* registry, ArenaOptions options);
+  ~Arena();
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+
+  arrow::Status Allocate(size_t size, size_t alignment, uint8_t** out);
+  // Frees p, which lies in `heap` (one of this arena's). Returns true when the
+  // heap can now be destroyed (nothing live, and frozen or retired).
+  bool Free(SegmentHeap* heap, uint8_t* p, size_t size, size_t alignment);
+  // Grows or shrinks a large allocation without moving it, when its segment allows.
+  bool ResizeInPlace(SegmentHeap* heap, uint8_t* p, size_t old_size, size_t new_size,
+                     size_t alignment);
+
+  // No new allocations in heap; its free memory is zeroed or punched. With
+  // `seal`, the file is sealed against writes and our own mapping made read-only.
+  arrow::Status Freeze(SegmentHeap* heap, bool seal);
+
+  // The arena's scope has ended: its heaps are destroyed as they empty.
+  void Retire();
+  // A dead arena (retired, no heaps left) may serve a new scope.
+  void Reopen();
+  bool retired() const { return retired_.load(std::memory_order_acquire); }
+  // Returns resident free memory to the kernel.
+  void ReleaseRetained();
+  // Base addresses of heaps with nothing live in them (destroyable when frozen
+  // or retired, or on release); look them up again before use.
+  std::vector<const void*> EmptyHeapBases(bool only_collectable);
+  // Destroys heap if still empty; the registry's mutex must be held exclusively.
+  bool DestroyHeapLocked(SegmentHeap* heap, bool only_collectable);
+  bool empty();  // no heaps left
+
+  int64_t retained_bytes() const { return retained_.load(std::memory_order_relaxed); }
+
+ private:
+  static constexpr int kShards = 4;
+  struct Shard {
+    std::mutex mu;
+    std::vector<Span*> partial[kNumClasses];  // slabs with a free slot
+  };
+  using IndexKey = std::tuple<size_t, SegmentHeap*, size_t>;  // length, heap, offset
+
+  arrow::Status AllocateSmall(size_t size, uint8_t** out);
+  arrow::Status AllocateLarge(size_t size, size_t alignment, uint8_t** out);
+  arrow::Status AddHeap(size_t at_least);  // call with no lock held
+  bool TakeExtentLocked(size_t need, SegmentHeap** heap, size_t* offset, bool* dirty);
+  void InsertFreeLocked(SegmentHeap* heap, size_t offset, size_t length, bool dirty);
+  void EraseFreeLocked(SegmentHeap* heap, std::map<size_t, FreeExtent>::iterator it);
+  void ReleaseSlabLocked(Shard& shard, Span* span);  // shard and large_mu_ held
+  void DecayLocked();
+  void ZeroUnusedSlotsLocked(Span* span);
+
+  SegmentRegistry* const registry_;
+  const ArenaOptions options_;
+  std::atomic<bool> retired_{false};
+  Shard shards_[kShards];
+
+  std::mutex large_mu_;  // lock order: registry -> shards (ascending) -> large_mu_
+  std::vector<SegmentHeap*> heaps_;
+  std::set<IndexKey> index_;  // free extents of unfrozen heaps, by size
+  std::atomic<int64_t> retained_{0};  // bytes in dirty free extents
+  std::atomic<int64_t> live_bytes_{0};
+};
+
+}  // namespace zerrow

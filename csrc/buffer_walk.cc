@@ -1,0 +1,22 @@
+#include "buffer_walk.h"
+
+#include "segment_registry.h"
+
+namespace zerrow {
+
+bool InZerrowMemory(const arrow::Buffer& buffer) {
+  if (buffer.size() == 0) return true;  // no bytes to live anywhere
+  if (!buffer.is_cpu()) return false;
+  auto r = SegmentRegistry::Global().Resolve(buffer.data());
+  return r.has_value() && r->offset + static_cast<size_t>(buffer.size()) <= r->segment->size();
+}
+
+bool AllInZerrowMemory(const std::vector<std::shared_ptr<arrow::Array>>& arrays) {
+  bool all = true;
+  for (const auto& a : arrays) {
+    VisitBuffers(*a->data(), [&](const std::shared_ptr<arrow::Buffer>& b) { all = all && InZerrowMemory(*b); });
+  }
+  return all;
+}
+
+}  // namespace zerrow

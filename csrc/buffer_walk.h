@@ -1,0 +1,29 @@
+// Visiting every buffer of an Arrow object: children and dictionaries included.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include <arrow/array.h>
+#include <arrow/array/data.h>
+#include <arrow/buffer.h>
+
+namespace zerrow {
+
+// Calls f(const std::shared_ptr<arrow::Buffer>&) for each non-null buffer of
+// data, its children and its dictionary, depth first.
+template <typename F>
+void VisitBuffers(const arrow::ArrayData& data, F&& f) {
+  for (const auto& b : data.buffers)
+    if (b) f(b);
+  for (const auto& child : data.child_data)
+    if (child) VisitBuffers(*child, f);
+  if (data.dictionary) VisitBuffers(*data.dictionary, f);
+}
+
+// True when every non-empty buffer lies in zerrow memory (this process's pool
+// or a segment attached from another process).
+bool AllInZerrowMemory(const std::vector<std::shared_ptr<arrow::Array>>& arrays);
+bool InZerrowMemory(const arrow::Buffer& buffer);
+
+}  // namespace zerrow

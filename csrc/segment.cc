@@ -1,0 +1,116 @@
+#include "segment.h"
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace zerrow {
+namespace {
+
+constexpr size_t kHugePage = size_t{2} << 20;
+
+arrow::Status Errno(const char* what) {
+  return arrow::Status::IOError("zerrow: ", what, ": ", std::strerror(errno));
+}
+
+}  // namespace
+
+arrow::Result<std::shared_ptr<Segment>> Segment::Create(size_t capacity) {
+  int fd = memfd_create("zerrow", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) return Errno("memfd_create");
+  std::shared_ptr<Segment> seg(new Segment());
+  seg->fd_ = fd;  // closed by the destructor from here on
+  if (ftruncate(fd, static_cast<off_t>(capacity)) != 0) return Errno("ftruncate");
+  // Reserve with slack, then place the file mapping on a 2 MiB boundary so that
+  // shmem huge pages (shmem_enabled=advise) can back it.
+  size_t reserve = capacity + kHugePage;
+  void* r = mmap(nullptr, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (r == MAP_FAILED) return Errno("mmap reserve");
+  auto start = reinterpret_cast<uintptr_t>(r);
+  uintptr_t aligned = (start + kHugePage - 1) & ~(kHugePage - 1);
+  void* m = mmap(reinterpret_cast<void*>(aligned), capacity, PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_FIXED, fd, 0);
+  if (m == MAP_FAILED) {
+    int e = errno;
+    munmap(r, reserve);
+    errno = e;
+    return Errno("mmap memfd");
+  }
+  if (aligned > start) munmap(r, aligned - start);
+  uintptr_t end = aligned + capacity, rend = start + reserve;
+  if (rend > end) munmap(reinterpret_cast<void*>(end), rend - end);
+  seg->base_ = seg->map_base_ = static_cast<uint8_t*>(m);
+  seg->size_ = seg->map_len_ = capacity;
+  seg->owned_ = true;
+  madvise(m, capacity, MADV_HUGEPAGE);  // best effort: only matters with shmem THP on advise
+  struct stat st;
+  if (fstat(fd, &st) != 0) return Errno("fstat");
+  seg->dev_ = st.st_dev;
+  seg->ino_ = st.st_ino;
+  return seg;
+}
+
+arrow::Result<std::shared_ptr<Segment>> Segment::Attach(int fd, size_t size, SegmentKind kind) {
+  int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (own < 0) return Errno("dup");
+  std::shared_ptr<Segment> seg(new Segment());
+  seg->fd_ = own;
+  seg->kind_ = kind;
+  struct stat st;
+  if (fstat(own, &st) != 0) return Errno("fstat");
+  seg->dev_ = st.st_dev;
+  seg->ino_ = st.st_ino;
+  if (size == 0) return seg;
+  void* m = mmap(nullptr, size, PROT_READ, MAP_SHARED, own, 0);
+  if (m == MAP_FAILED) return Errno("mmap read-only");
+  seg->base_ = seg->map_base_ = static_cast<uint8_t*>(m);
+  seg->size_ = seg->map_len_ = size;
+  return seg;
+}
+
+Segment::~Segment() {
+  if (map_base_ != nullptr) munmap(map_base_, map_len_);
+  if (fd_ >= 0) close(fd_);
+}
+
+arrow::Status Segment::Punch(size_t offset, size_t len) {
+  if (len == 0) return arrow::Status::OK();
+  if (fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                static_cast<off_t>(len)) != 0) {
+    return Errno("fallocate(PUNCH_HOLE)");
+  }
+  return arrow::Status::OK();
+}
+
+arrow::Status Segment::Seal(bool future_write) {
+  int seals = F_SEAL_SHRINK | F_SEAL_GROW;
+  if (future_write) seals |= F_SEAL_FUTURE_WRITE;
+  if (fcntl(fd_, F_ADD_SEALS, seals) != 0) return Errno("F_ADD_SEALS");
+  return arrow::Status::OK();
+}
+
+arrow::Status Segment::ProtectReadOnly() {
+  if (mprotect(map_base_, map_len_, PROT_READ) != 0) return Errno("mprotect");
+  return arrow::Status::OK();
+}
+
+arrow::Result<int> Segment::OpenReadOnly() const {
+  char path[64];
+  snprintf(path, sizeof(path), "/proc/self/fd/%d", fd_);
+  int ro = open(path, O_RDONLY | O_CLOEXEC);
+  if (ro < 0) return Errno("reopen segment read-only");
+  return ro;
+}
+
+int64_t Segment::ResidentBytes() const {
+  struct stat st;
+  if (fstat(fd_, &st) != 0) return 0;
+  return static_cast<int64_t>(st.st_blocks) * 512;
+}
+
+}  // namespace zerrow

@@ -1,0 +1,74 @@
+// A memfd-backed (or kernel-module-backed) shareable file mapped into this process.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <arrow/result.h>
+#include <arrow/status.h>
+
+namespace zerrow {
+
+// How a segment's file came to be; travels in share descriptors.
+enum class SegmentKind : uint8_t {
+  kMemfd = 1,       // memfd_create, from this library's pool
+  kKernelFile = 2,  // a de-anonymized file of the zerrow kernel module
+};
+
+// One file plus one mapping of it. Owned segments are mapped read-write and
+// were created here; attached segments are mapped read-only from a received fd.
+class Segment {
+ public:
+  // Creates a memfd of `capacity` bytes (sparse: pages appear on first touch),
+  // maps it MAP_SHARED read-write at a 2 MiB-aligned address and advises huge pages.
+  static arrow::Result<std::shared_ptr<Segment>> Create(size_t capacity);
+
+  // Maps `fd` read-only. The segment keeps its own dup of `fd`.
+  static arrow::Result<std::shared_ptr<Segment>> Attach(int fd, size_t size, SegmentKind kind);
+
+  ~Segment();
+  Segment(const Segment&) = delete;
+  Segment& operator=(const Segment&) = delete;
+
+  uint8_t* base() const { return base_; }
+  size_t size() const { return size_; }
+  int fd() const { return fd_; }
+  bool owned() const { return owned_; }
+  SegmentKind kind() const { return kind_; }
+  bool contains(const void* p) const {
+    auto a = reinterpret_cast<uintptr_t>(p), b = reinterpret_cast<uintptr_t>(base_);
+    return a >= b && a < b + size_;
+  }
+  // Identity of the underlying file (unique among live files on this machine).
+  uint64_t dev() const { return dev_; }
+  uint64_t ino() const { return ino_; }
+
+  // Returns [offset, offset+len) to the kernel; it reads as zeros afterwards.
+  arrow::Status Punch(size_t offset, size_t len);
+  // Seals size changes; with `future_write`, also any new writable mapping or write().
+  arrow::Status Seal(bool future_write);
+  // Makes this process's own mapping read-only.
+  arrow::Status ProtectReadOnly();
+  // A new read-only file description of this segment's file (O_RDONLY|O_CLOEXEC):
+  // whoever holds it cannot map it writable.
+  arrow::Result<int> OpenReadOnly() const;
+  // Bytes of the file that are backed by memory right now.
+  int64_t ResidentBytes() const;
+
+ private:
+  Segment() = default;
+  uint8_t* base_ = nullptr;
+  size_t size_ = 0;
+  size_t map_len_ = 0;    // length of the whole reservation (includes alignment slack)
+  uint8_t* map_base_ = nullptr;
+  int fd_ = -1;
+  bool owned_ = false;
+  SegmentKind kind_ = SegmentKind::kMemfd;
+  uint64_t dev_ = 0, ino_ = 0;
+};
+
+}  // namespace zerrow

@@ -1,0 +1,180 @@
+// C++ core tests, run under AddressSanitizer and UBSan in CI (meson -Dcpp_tests=true -Dsanitize=true).
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "segment_heap.h"
+#include "segment_registry.h"
+#include "zerrow_pool.h"
+
+using zerrow::SegmentRegistry;
+using zerrow::ZerrowPool;
+
+static int failures = 0;
+#define CHECK(cond)                                                   \
+  do {                                                                \
+    if (!(cond)) {                                                    \
+      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      ++failures;                                                     \
+    }                                                                 \
+  } while (0)
+#define CHECK_OK(expr) CHECK((expr).ok())
+
+static uint8_t* Alloc(ZerrowPool* pool, int64_t size, int64_t align = 64) {
+  uint8_t* p = nullptr;
+  auto st = pool->Allocate(size, align, &p);
+  if (!st.ok()) {
+    std::fprintf(stderr, "allocate %lld: %s\n", static_cast<long long>(size), st.ToString().c_str());
+    std::abort();
+  }
+  return p;
+}
+
+static void TestAlignmentAndZeroSize(ZerrowPool* pool) {
+  for (int64_t size : {1, 63, 64, 100, 4096, 40000, 1 << 20}) {
+    for (int64_t align : {64, 128, 4096, 1 << 16}) {
+      uint8_t* p = Alloc(pool, size, align);
+      CHECK(reinterpret_cast<uintptr_t>(p) % align == 0);
+      CHECK(SegmentRegistry::Global().Resolve(p).has_value());
+      std::memset(p, 0xAB, size);
+      pool->Free(p, size, align);
+    }
+  }
+  uint8_t* z = Alloc(pool, 0);
+  CHECK(z != nullptr && reinterpret_cast<uintptr_t>(z) % 64 == 0);
+  pool->Free(z, 0, 64);
+}
+
+static void TestStats(ZerrowPool* pool) {
+  int64_t before = pool->bytes_allocated(), n = pool->num_allocations(), total = pool->total_bytes_allocated();
+  uint8_t* a = Alloc(pool, 1000);
+  uint8_t* b = Alloc(pool, 100000);
+  CHECK(pool->bytes_allocated() == before + 101000);
+  CHECK(pool->num_allocations() == n + 2);
+  CHECK(pool->total_bytes_allocated() == total + 101000);
+  CHECK(pool->max_memory() >= before + 101000);
+  pool->Free(a, 1000, 64);
+  pool->Free(b, 100000, 64);
+  CHECK(pool->bytes_allocated() == before);
+}
+
+static void TestRealloc(ZerrowPool* pool) {
+  // Small growth across classes, large growth, shrink: contents preserved.
+  uint8_t* p = Alloc(pool, 100);
+  for (int i = 0; i < 100; ++i) p[i] = static_cast<uint8_t>(i);
+  int64_t size = 100;
+  for (int64_t next : {200, 5000, 70000, 1 << 20, 8 << 20, 3 << 20, 50000, 10}) {
+    CHECK_OK(pool->Reallocate(size, next, 64, &p));
+    for (int i = 0; i < 10; ++i) CHECK(p[i] == static_cast<uint8_t>(i));
+    size = next;
+  }
+  pool->Free(p, size, 64);
+  // A large buffer with free space after it grows in place.
+  auto in_place = pool->Stats().realloc_in_place;
+  uint8_t* big = Alloc(pool, 64 << 20);
+  uint8_t* before = big;
+  CHECK_OK(pool->Reallocate(64 << 20, 96 << 20, 64, &big));
+  CHECK(big == before);
+  CHECK(pool->Stats().realloc_in_place == in_place + 1);
+  pool->Free(big, 96 << 20, 64);
+}
+
+static void TestReuse(ZerrowPool* pool) {
+  uint8_t* a = Alloc(pool, 1 << 20);
+  pool->Free(a, 1 << 20, 64);
+  uint8_t* b = Alloc(pool, 1 << 20);
+  CHECK(a == b);  // best fit returns the freed extent
+  pool->Free(b, 1 << 20, 64);
+}
+
+static void TestFreezeAndScope(ZerrowPool* pool) {
+  uint64_t token = pool->PushScope();
+  uint8_t* keep = Alloc(pool, 200000);
+  uint8_t* temp = Alloc(pool, 200000);
+  uint8_t* small_keep = Alloc(pool, 100);
+  uint8_t* small_temp = Alloc(pool, 100);
+  std::memset(keep, 1, 200000);
+  std::memset(temp, 0x5E, 200000);
+  std::memset(small_temp, 0x5E, 100);
+  pool->Free(temp, 200000, 64);
+  pool->Free(small_temp, 100, 64);
+  auto r = SegmentRegistry::Global().Resolve(keep);
+  CHECK(r.has_value() && r->heap != nullptr);
+  CHECK_OK(pool->Freeze(r->heap, /*seal=*/false));
+  CHECK(r->heap->frozen.load());
+  // Freed bytes of a frozen segment read as zeros; live ones are intact.
+  CHECK(temp[0] == 0 && temp[199999] == 0);
+  CHECK(small_temp[0] == 0 && small_temp[99] == 0);
+  CHECK(keep[0] == 1 && keep[199999] == 1);
+  // New allocations avoid the frozen segment.
+  uint8_t* fresh = Alloc(pool, 200000);
+  CHECK(!r->segment->contains(fresh));
+  uint8_t* fresh_small = Alloc(pool, 100);
+  CHECK(!r->segment->contains(fresh_small));
+  pool->Free(fresh, 200000, 64);
+  pool->Free(fresh_small, 100, 64);
+  CHECK_OK(pool->PopScope(token));
+  int64_t segments = pool->Stats().segments;
+  pool->Free(keep, 200000, 64);
+  pool->Free(small_keep, 100, 64);
+  // The frozen, emptied segment is unmapped.
+  CHECK(pool->Stats().segments < segments);
+  CHECK(!pool->PopScope(token).ok());
+}
+
+static void TestThreads(ZerrowPool* pool) {
+  constexpr int kThreads = 4, kIters = 20000;
+  std::vector<std::thread> threads;
+  std::atomic<int> bad{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      std::vector<std::pair<uint8_t*, int64_t>> live;
+      for (int i = 0; i < kIters; ++i) {
+        int op = rng() % 3;
+        if (op == 0 || live.empty()) {
+          int64_t size = (rng() % 8 == 0) ? 33000 + rng() % 300000 : 1 + rng() % 3000;
+          uint8_t* p = Alloc(pool, size);
+          std::memset(p, t + 1, size);
+          live.emplace_back(p, size);
+        } else if (op == 1) {
+          auto& [p, size] = live[rng() % live.size()];
+          int64_t next = 1 + rng() % 100000;
+          if (!pool->Reallocate(size, next, 64, &p).ok()) bad++;
+          for (int64_t j = 0; j < std::min(size, next); j += 97)
+            if (p[j] != t + 1) bad++;
+          if (next > size) std::memset(p + size, t + 1, next - size);
+          size = next;
+        } else {
+          size_t k = rng() % live.size();
+          auto [p, size] = live[k];
+          for (int64_t j = 0; j < size; j += 61)
+            if (p[j] != t + 1) bad++;
+          pool->Free(p, size, 64);
+          live[k] = live.back();
+          live.pop_back();
+        }
+      }
+      for (auto [p, size] : live) pool->Free(p, size, 64);
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(bad.load() == 0);
+}
+
+int main() {
+  ZerrowPool* pool = ZerrowPool::Instance();
+  TestAlignmentAndZeroSize(pool);
+  TestStats(pool);
+  TestRealloc(pool);
+  TestReuse(pool);
+  TestFreezeAndScope(pool);
+  TestThreads(pool);
+  pool->ReleaseUnused();
+  CHECK(pool->bytes_allocated() == 0);
+  std::printf("pool_test: %s (%d failures)\n", failures ? "FAILED" : "ok", failures);
+  return failures ? 1 : 0;
+}

@@ -1,0 +1,210 @@
+#include "zerrow_pool.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <shared_mutex>
+
+namespace zerrow {
+namespace {
+
+// Zero-size allocations all point here, as in Arrow's own pools.
+alignas(kPageSize) uint8_t zero_size_area[1];
+
+int64_t EnvBytes(const char* name, int64_t fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  char* end = nullptr;
+  long long n = std::strtoll(v, &end, 10);
+  return (end != v && n >= 0) ? static_cast<int64_t>(n) : fallback;
+}
+
+}  // namespace
+
+ZerrowPool* ZerrowPool::Instance() {
+  static auto* pool = new ZerrowPool();
+  return pool;
+}
+
+ZerrowPool::ZerrowPool() : registry_(SegmentRegistry::Global()) {
+  options_.segment_capacity = RoundUp(
+      static_cast<size_t>(EnvBytes("ZERROW_SEGMENT_SIZE", static_cast<int64_t>(options_.segment_capacity))),
+      size_t{2} << 20);
+  options_.retain_bytes = EnvBytes("ZERROW_RETAIN_BYTES", -1);
+  default_arena_ = std::make_unique<Arena>(&registry_, options_);
+  current_.store(default_arena_.get());
+}
+
+void ZerrowPool::NoteAllocated(int64_t size) {
+  int64_t now = bytes_allocated_.fetch_add(size, std::memory_order_relaxed) + size;
+  if (size > 0) total_bytes_allocated_.fetch_add(size, std::memory_order_relaxed);
+  num_allocations_.fetch_add(1, std::memory_order_relaxed);
+  int64_t peak = max_memory_.load(std::memory_order_relaxed);
+  while (now > peak && !max_memory_.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+  }
+}
+
+arrow::Status ZerrowPool::Allocate(int64_t size, int64_t alignment, uint8_t** out) {
+  if (size < 0) return arrow::Status::Invalid("zerrow: negative allocation size ", size);
+  if (alignment <= 0 || (alignment & (alignment - 1)) != 0)
+    return arrow::Status::Invalid("zerrow: alignment ", alignment, " is not a power of two");
+  if (size == 0) {
+    *out = zero_size_area;
+    return arrow::Status::OK();
+  }
+  Arena* arena = current_.load(std::memory_order_acquire);
+  auto st = arena->Allocate(static_cast<size_t>(size), static_cast<size_t>(alignment), out);
+  if (!st.ok()) return arrow::Status::OutOfMemory("zerrow: allocating ", size, " bytes: ", st.message());
+  NoteAllocated(size);
+  return arrow::Status::OK();
+}
+
+void ZerrowPool::Free(uint8_t* buffer, int64_t size, int64_t alignment) {
+  if (buffer == zero_size_area || buffer == nullptr) return;
+  const void* base = nullptr;
+  bool collect = false;
+  {
+    std::shared_lock lock(registry_.mutex());
+    SegmentHeap* heap = registry_.FindHeapLocked(buffer);
+    if (heap == nullptr) return;  // not ours; nothing safe to do
+    base = heap->segment->base();
+    collect = heap->arena->Free(heap, buffer, static_cast<size_t>(size), static_cast<size_t>(alignment));
+  }
+  bytes_allocated_.fetch_sub(size, std::memory_order_relaxed);
+  if (collect) Collect(base);
+}
+
+arrow::Status ZerrowPool::Reallocate(int64_t old_size, int64_t new_size, int64_t alignment,
+                                     uint8_t** ptr) {
+  if (new_size < 0) return arrow::Status::Invalid("zerrow: negative reallocation size ", new_size);
+  if (*ptr == zero_size_area) return Allocate(new_size, alignment, ptr);
+  if (new_size == 0) {
+    Free(*ptr, old_size, alignment);
+    *ptr = zero_size_area;
+    return arrow::Status::OK();
+  }
+  bool in_place = false;
+  {
+    std::shared_lock lock(registry_.mutex());
+    SegmentHeap* heap = registry_.FindHeapLocked(*ptr);
+    if (heap == nullptr) return arrow::Status::Invalid("zerrow: reallocating memory the pool does not own");
+    if (!heap->frozen.load(std::memory_order_acquire)) {
+      auto o = static_cast<size_t>(old_size), n = static_cast<size_t>(new_size);
+      if (o <= kMaxSmall && n <= kMaxSmall && alignment <= static_cast<int64_t>(kMinAlignment)) {
+        in_place = SizeClassOf(o) == SizeClassOf(n);
+      } else if (o > kMaxSmall && n > kMaxSmall) {
+        in_place = heap->arena->ResizeInPlace(heap, *ptr, o, n, static_cast<size_t>(alignment));
+      }
+    }
+  }
+  if (in_place) {
+    realloc_in_place_.fetch_add(1, std::memory_order_relaxed);
+    NoteAllocated(new_size - old_size);
+    return arrow::Status::OK();
+  }
+  uint8_t* fresh;
+  ARROW_RETURN_NOT_OK(Allocate(new_size, alignment, &fresh));
+  std::memcpy(fresh, *ptr, static_cast<size_t>(std::min(old_size, new_size)));
+  Free(*ptr, old_size, alignment);
+  // Allocate and Free counted this as one new allocation of new_size and a release of
+  // old_size; Arrow counts a reallocation as one allocation of the difference.
+  total_bytes_allocated_.fetch_sub(new_size - std::max<int64_t>(new_size - old_size, 0), std::memory_order_relaxed);
+  realloc_copied_.fetch_add(1, std::memory_order_relaxed);
+  *ptr = fresh;
+  return arrow::Status::OK();
+}
+
+void ZerrowPool::Collect(const void* segment_base, bool only_collectable) {
+  Arena* emptied = nullptr;
+  {
+    std::unique_lock lock(registry_.mutex());
+    SegmentHeap* heap = registry_.FindHeapLocked(segment_base);
+    if (heap == nullptr) return;
+    Arena* arena = heap->arena;
+    if (arena->DestroyHeapLocked(heap, only_collectable) && arena->retired() && arena->empty())
+      emptied = arena;
+  }
+  if (emptied != nullptr) {
+    std::lock_guard lock(scope_mu_);
+    if (emptied->retired() && std::find(dead_arenas_.begin(), dead_arenas_.end(), emptied) == dead_arenas_.end())
+      dead_arenas_.push_back(emptied);
+  }
+}
+
+void ZerrowPool::ReleaseUnused() {
+  std::vector<Arena*> arenas{default_arena_.get()};
+  {
+    std::lock_guard lock(scope_mu_);
+    for (auto& a : scope_arenas_) arenas.push_back(a.get());
+  }
+  for (Arena* arena : arenas) {
+    arena->ReleaseRetained();
+    for (const void* base : arena->EmptyHeapBases(/*only_collectable=*/false)) Collect(base, false);
+  }
+}
+
+uint64_t ZerrowPool::PushScope() {
+  std::lock_guard lock(scope_mu_);
+  Arena* arena;
+  if (!dead_arenas_.empty()) {
+    arena = dead_arenas_.back();
+    dead_arenas_.pop_back();
+    arena->Reopen();
+  } else {
+    scope_arenas_.push_back(std::make_unique<Arena>(&registry_, options_));
+    arena = scope_arenas_.back().get();
+  }
+  uint64_t token = next_token_++;
+  scope_stack_.emplace_back(token, arena);
+  current_.store(arena, std::memory_order_release);
+  return token;
+}
+
+arrow::Status ZerrowPool::PopScope(uint64_t token) {
+  Arena* arena = nullptr;
+  {
+    std::lock_guard lock(scope_mu_);
+    auto it = std::find_if(scope_stack_.begin(), scope_stack_.end(),
+                           [&](const auto& e) { return e.first == token; });
+    if (it == scope_stack_.end()) return arrow::Status::Invalid("zerrow: scope ", token, " is not open");
+    arena = it->second;
+    scope_stack_.erase(it);
+    current_.store(scope_stack_.empty() ? default_arena_.get() : scope_stack_.back().second,
+                   std::memory_order_release);
+    arena->Retire();
+  }
+  // Heaps that are already empty go now; the rest as their last buffer is freed.
+  for (const void* base : arena->EmptyHeapBases(/*only_collectable=*/true)) Collect(base);
+  std::lock_guard lock(scope_mu_);
+  if (arena->retired() && arena->empty() &&
+      std::find(dead_arenas_.begin(), dead_arenas_.end(), arena) == dead_arenas_.end())
+    dead_arenas_.push_back(arena);
+  return arrow::Status::OK();
+}
+
+arrow::Status ZerrowPool::Freeze(SegmentHeap* heap, bool seal) { return heap->arena->Freeze(heap, seal); }
+
+PoolStats ZerrowPool::Stats() const {
+  PoolStats s;
+  s.bytes_allocated = bytes_allocated_.load();
+  s.max_memory = max_memory_.load();
+  s.total_bytes_allocated = total_bytes_allocated_.load();
+  s.num_allocations = num_allocations_.load();
+  s.realloc_in_place = realloc_in_place_.load();
+  s.realloc_copied = realloc_copied_.load();
+  registry_.ForEachHeap([&](SegmentHeap* h) {
+    ++s.segments;
+    if (h->frozen.load()) ++s.frozen_segments;
+    s.bytes_resident += h->segment->ResidentBytes();
+  });
+  s.bytes_retained = default_arena_->retained_bytes();
+  {
+    auto* self = const_cast<ZerrowPool*>(this);
+    std::lock_guard lock(self->scope_mu_);
+    for (auto& a : scope_arenas_) s.bytes_retained += a->retained_bytes();
+    s.scopes_open = static_cast<int64_t>(scope_stack_.size());
+  }
+  return s;
+}
+
+}  // namespace zerrow

@@ -1,0 +1,80 @@
+// The zerrow arrow::MemoryPool: every byte it hands out lies in a memfd segment
+// that can be passed to another process.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <arrow/memory_pool.h>
+
+#include "arena.h"
+#include "segment_registry.h"
+
+namespace zerrow {
+
+struct PoolStats {
+  int64_t bytes_allocated = 0;
+  int64_t max_memory = 0;
+  int64_t total_bytes_allocated = 0;
+  int64_t num_allocations = 0;
+  int64_t realloc_in_place = 0;
+  int64_t realloc_copied = 0;
+  int64_t segments = 0;         // own segments currently mapped
+  int64_t frozen_segments = 0;  // of which frozen (shared)
+  int64_t bytes_resident = 0;   // memory backing own segments right now
+  int64_t bytes_retained = 0;   // resident but free, kept for reuse
+  int64_t scopes_open = 0;
+};
+
+class ZerrowPool final : public arrow::MemoryPool {
+ public:
+  // The process's pool; never destroyed (buffers may be freed during exit).
+  static ZerrowPool* Instance();
+
+  arrow::Status Allocate(int64_t size, int64_t alignment, uint8_t** out) override;
+  arrow::Status Reallocate(int64_t old_size, int64_t new_size, int64_t alignment,
+                           uint8_t** ptr) override;
+  void Free(uint8_t* buffer, int64_t size, int64_t alignment) override;
+  void ReleaseUnused() override;
+  int64_t bytes_allocated() const override { return bytes_allocated_.load(); }
+  int64_t max_memory() const override { return max_memory_.load(); }
+  int64_t total_bytes_allocated() const override { return total_bytes_allocated_.load(); }
+  int64_t num_allocations() const override { return num_allocations_.load(); }
+  std::string backend_name() const override { return "zerrow"; }
+
+  // Scopes: while open, all allocations from any thread go to a fresh arena
+  // whose segments hold nothing else. Scopes nest; the innermost receives.
+  uint64_t PushScope();
+  arrow::Status PopScope(uint64_t token);
+
+  // Freezes the heap a shared buffer lies in (see Arena::Freeze). The caller
+  // keeps a live buffer in it, so the heap cannot go away meanwhile.
+  arrow::Status Freeze(SegmentHeap* heap, bool seal);
+
+  PoolStats Stats() const;
+
+ private:
+  ZerrowPool();
+  void Collect(const void* segment_base, bool only_collectable = true);
+  void NoteAllocated(int64_t size);
+
+  SegmentRegistry& registry_;
+  ArenaOptions options_;
+  std::unique_ptr<Arena> default_arena_;
+  std::atomic<Arena*> current_;
+
+  std::mutex scope_mu_;
+  std::vector<std::pair<uint64_t, Arena*>> scope_stack_;
+  std::vector<std::unique_ptr<Arena>> scope_arenas_;  // all ever made; reused when dead
+  std::vector<Arena*> dead_arenas_;
+  uint64_t next_token_ = 1;
+
+  std::atomic<int64_t> bytes_allocated_{0}, max_memory_{0}, total_bytes_allocated_{0},
+      num_allocations_{0}, realloc_in_place_{0}, realloc_copied_{0};
+};
+
+}  // namespace zerrow

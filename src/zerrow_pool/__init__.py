@@ -1,0 +1,40 @@
+"""zerrow: true zero-copy Apache Arrow between processes.
+
+``pool()`` is a pyarrow MemoryPool whose every buffer lives in memfd shared
+memory; ``scope()`` makes it the default around a block of code, in segments
+of its own; ``owns()`` tells whether an object lies entirely in zerrow memory.
+"""
+
+from ._core import owns as _owns, pool, preload_active, release_unused as _release_unused, stats as _stats
+from ._preload import preload_env, preload_path
+from ._scope import scope
+
+__all__ = ["pool", "scope", "owns", "stats", "release_unused", "preload_path", "preload_env", "preload_active"]
+
+
+def owns(obj) -> bool:
+    """True when every buffer of ``obj`` lies in zerrow memory.
+
+    ``obj`` is a ``pa.Buffer``, ``Array``, ``ChunkedArray``, ``RecordBatch`` or
+    ``Table``; children and dictionaries are included. Zerrow memory is this
+    process's pool and segments attached from other processes. Empty buffers
+    hold no bytes and count as owned.
+    """
+    return _owns(obj)
+
+
+def stats() -> dict:
+    """The pool's counters.
+
+    bytes_allocated, max_memory, total_bytes_allocated and num_allocations as
+    in any Arrow pool; realloc_in_place / realloc_copied count reallocations
+    that kept / moved their buffer; segments and frozen_segments count this
+    process's memfd segments; bytes_resident is the memory backing them now and
+    bytes_retained the part of it that is free and kept for reuse.
+    """
+    return _stats()
+
+
+def release_unused() -> None:
+    """Return free memory kept for reuse to the kernel and unmap empty segments."""
+    _release_unused()

@@ -1,0 +1,133 @@
+# cython: language_level=3
+# distutils: language = c++
+"""Thin bindings over the C++ pool (csrc/). Python-facing API lives in __init__.py."""
+
+from cython.operator cimport dereference as deref
+from libc.stdint cimport int64_t, uint64_t, uintptr_t
+from libcpp cimport bool as cbool
+from libcpp.memory cimport shared_ptr
+from libcpp.vector cimport vector
+
+from pyarrow.includes.common cimport CStatus
+from pyarrow.includes.libarrow cimport (
+    CArray, CBuffer, CChunkedArray, CMemoryPool, CRecordBatch, CTable,
+)
+from pyarrow.lib cimport (
+    MemoryPool, check_status, pyarrow_unwrap_array, pyarrow_unwrap_batch,
+    pyarrow_unwrap_buffer, pyarrow_unwrap_chunked_array, pyarrow_unwrap_table,
+)
+
+import pyarrow as pa
+
+
+cdef extern from "zerrow_pool.h" namespace "zerrow" nogil:
+    cdef cppclass PoolStats:
+        int64_t bytes_allocated, max_memory, total_bytes_allocated, num_allocations
+        int64_t realloc_in_place, realloc_copied, segments, frozen_segments
+        int64_t bytes_resident, bytes_retained, scopes_open
+
+    cdef cppclass ZerrowPool(CMemoryPool):
+        @staticmethod
+        ZerrowPool* Instance()
+        uint64_t PushScope()
+        CStatus PopScope(uint64_t token)
+        PoolStats Stats()
+        void ReleaseUnused()
+
+
+cdef extern from "buffer_walk.h" namespace "zerrow" nogil:
+    cbool AllInZerrowMemory(const vector[shared_ptr[CArray]]& arrays)
+    cbool InZerrowMemory(const CBuffer& buffer)
+
+
+cdef extern from * nogil:
+    """
+    #include <dlfcn.h>
+    // Hands the pool to the LD_PRELOAD library when the process was started with it.
+    static int zerrow_register_with_preload(void* pool) {
+      auto set = reinterpret_cast<void (*)(void*)>(dlsym(RTLD_DEFAULT, "zerrow_preload_set_pool"));
+      if (set == nullptr) return 0;
+      set(pool);
+      return 1;
+    }
+    """
+    int zerrow_register_with_preload(void* pool)
+
+
+cdef MemoryPool _pool = MemoryPool.__new__(MemoryPool)
+_pool.init(<CMemoryPool*> ZerrowPool.Instance())
+
+#: True when libzerrow_preload.so was preloaded and now routes
+#: arrow::default_memory_pool() to the zerrow pool.
+preload_active = bool(zerrow_register_with_preload(<void*> ZerrowPool.Instance()))
+
+
+def pool():
+    return _pool
+
+
+def push_scope():
+    return ZerrowPool.Instance().PushScope()
+
+
+def pop_scope(uint64_t token):
+    check_status(ZerrowPool.Instance().PopScope(token))
+
+
+def stats():
+    cdef PoolStats s = ZerrowPool.Instance().Stats()
+    return {
+        "bytes_allocated": s.bytes_allocated,
+        "max_memory": s.max_memory,
+        "total_bytes_allocated": s.total_bytes_allocated,
+        "num_allocations": s.num_allocations,
+        "realloc_in_place": s.realloc_in_place,
+        "realloc_copied": s.realloc_copied,
+        "segments": s.segments,
+        "frozen_segments": s.frozen_segments,
+        "bytes_resident": s.bytes_resident,
+        "bytes_retained": s.bytes_retained,
+        "scopes_open": s.scopes_open,
+    }
+
+
+def release_unused():
+    with nogil:
+        ZerrowPool.Instance().ReleaseUnused()
+
+
+cdef vector[shared_ptr[CArray]] arrays_of(obj) except *:
+    """The ArrayData of every column/chunk of a pyarrow Array, ChunkedArray, RecordBatch or Table."""
+    cdef vector[shared_ptr[CArray]] out
+    cdef shared_ptr[CTable] table
+    cdef shared_ptr[CRecordBatch] batch
+    cdef shared_ptr[CChunkedArray] chunked
+    cdef int i, j
+    if isinstance(obj, pa.Table):
+        table = pyarrow_unwrap_table(obj)
+        for i in range(table.get().num_columns()):
+            chunked = table.get().column(i)
+            for j in range(chunked.get().num_chunks()):
+                out.push_back(chunked.get().chunk(j))
+    elif isinstance(obj, pa.RecordBatch):
+        batch = pyarrow_unwrap_batch(obj)
+        for i in range(batch.get().num_columns()):
+            out.push_back(batch.get().column(i))
+    elif isinstance(obj, pa.ChunkedArray):
+        chunked = pyarrow_unwrap_chunked_array(obj)
+        for j in range(chunked.get().num_chunks()):
+            out.push_back(chunked.get().chunk(j))
+    elif isinstance(obj, pa.Array):
+        out.push_back(pyarrow_unwrap_array(obj))
+    else:
+        raise TypeError(
+            f"expected a pyarrow Buffer, Array, ChunkedArray, RecordBatch or Table, got {type(obj).__name__}")
+    return out
+
+
+def owns(obj):
+    cdef shared_ptr[CBuffer] buf
+    if isinstance(obj, pa.Buffer):
+        buf = pyarrow_unwrap_buffer(obj)
+        return InZerrowMemory(deref(buf))
+    return AllInZerrowMemory(arrays_of(obj))

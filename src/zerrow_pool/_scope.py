@@ -1,0 +1,39 @@
+"""The scope() context manager: confine what user code allocates to segments of its own."""
+
+import contextlib
+
+import pyarrow as pa
+
+from . import _core
+
+
+@contextlib.contextmanager
+def scope():
+    """Run a block with the zerrow pool as pyarrow's default, in segments of its own.
+
+    Inside the block, ``pa.default_memory_pool()`` is the zerrow pool and every
+    allocation the pool serves, from any thread (Arrow's worker threads
+    included), lands in memfd segments that belong to this scope alone. What the
+    block produces can then be shared without exposing anything allocated
+    outside it. On exit, also by exception, the previous default pool is
+    restored; buffers made inside stay valid, and the scope's segments are
+    unmapped as their last buffer is freed.
+
+    Scopes nest: the innermost open scope receives allocations. Scopes are
+    process-wide, not per thread: if two threads open scopes at the same time,
+    every thread's allocations go to whichever scope was entered last and is
+    still open, so concurrent scopes do not isolate threads from each other.
+    Use one process per tenant (as the pipeline runtime does) for isolation.
+
+    Allocations that bypass pyarrow's default pool (Acero, Parquet/dataset IO)
+    land in zerrow memory only when the process runs with the preload library
+    (see :func:`zerrow_pool.preload_path`).
+    """
+    previous = pa.default_memory_pool()
+    token = _core.push_scope()
+    pa.set_memory_pool(_core.pool())
+    try:
+        yield _core.pool()
+    finally:
+        _core.pop_scope(token)
+        pa.set_memory_pool(previous)
