@@ -205,8 +205,9 @@ class Runtime:
             return
         op = "read" if isinstance(step, Source) else "node"
         est = self.estimates.get((st.p.name, step.name))
-        if est is None:
-            est = sum(st.payloads[u].nbytes for u in step.inputs if u in st.payloads)
+        if est is None:  # first run of this step: guess from its inputs
+            est = int(self.transport.estimate_factor
+                      * sum(st.payloads[u].nbytes for u in step.inputs if u in st.payloads))
         self.queue.append(Task(st, step.name, op, estimate=est))
 
     def _start_cached_source(self, st, src) -> None:
@@ -311,11 +312,13 @@ class Runtime:
     def _admit(self, task) -> bool:
         if self.budget is None:
             return True
-        pinned = self._pinned()
+        # The task's own inputs may be spilled too (last resort): the worker
+        # then memory-maps them from disk instead of shared memory.
+        spillable = self._spillable()
         if task.op == "node":
-            step = task.run.p.by_name[task.name]
-            pinned += [task.run.payloads[u] for u in step.inputs]
-        fits = self.rm.make_room(task.estimate, pinned, self._spillable(), strict=False)
+            own = {id(task.run.payloads[u]) for u in task.run.p.by_name[task.name].inputs}
+            spillable.sort(key=lambda pr: id(pr[0]) in own)
+        fits = self.rm.make_room(task.estimate, self._pinned(), spillable, strict=False)
         return fits or not self.pool.busy()
 
     def _send(self, w, task) -> None:
@@ -410,8 +413,8 @@ class Runtime:
         payload.produced = time.monotonic()
         self.rm.track(payload)
         st.payloads[name] = payload
-        try:
-            self.rm.make_room(0, self._pinned(), self._spillable(), strict=True)
+        try:  # the new output itself had to exist in memory: it is pinned here
+            self.rm.make_room(0, self._pinned() + [payload], self._spillable(), strict=True)
         except BudgetExceeded as e:
             st.payloads.pop(name, None)
             self.rm.untrack(payload)

@@ -26,6 +26,8 @@ from .payloads import FilePayload, SharePayload
 class Transport:
     name = "?"
     uses_cache = False
+    # First-run guess of a node's new memory, as a multiple of its inputs' bytes.
+    estimate_factor = 1.0
 
     def worker_env(self) -> dict:
         """Extra environment for worker processes."""
@@ -60,6 +62,7 @@ class CopyTransport(Transport):
     """Arrow IPC files in /dev/shm, memory-mapped by consumers."""
 
     name = "copy"
+    estimate_factor = 1.3  # outputs are written whole, plus IPC framing/padding
 
     def publish(self, obj, out_dir):
         if not isinstance(obj, pa.Table):

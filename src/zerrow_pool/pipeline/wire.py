@@ -69,10 +69,10 @@ def _recv_header(sock, fds: list):
             arr = array.array("i")
             arr.frombytes(cdata[: len(cdata) - (len(cdata) % arr.itemsize)])
             fds.extend(arr)
-    if flags & socket.MSG_CTRUNC:
-        raise OSError("file descriptors were truncated in transit (raise RLIMIT_NOFILE)")
     if not data:
         raise PeerClosed("peer closed the connection")
+    if flags & socket.MSG_CTRUNC:
+        raise OSError("file descriptors were truncated in transit (raise RLIMIT_NOFILE)")
     if len(data) < _HEADER.size:
         data += _recv_exact(sock, _HEADER.size - len(data))
     return _HEADER.unpack(data)

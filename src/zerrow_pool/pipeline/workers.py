@@ -39,7 +39,9 @@ class Worker:
         root = _package_root()
         env["PYTHONPATH"] = os.pathsep.join(
             [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        cmd = [sys.executable, "-m", "zerrow_pool.pipeline.worker", str(child.fileno()), transport.name]
+        # pyarrow first: it loads the libarrow that zerrow's extension links to.
+        boot = "import pyarrow; from zerrow_pool.pipeline.worker import main; main()"
+        cmd = [sys.executable, "-c", boot, str(child.fileno()), transport.name]
         try:
             self.proc = subprocess.Popen(cmd, pass_fds=[child.fileno()], env=env,
                                          stdin=subprocess.DEVNULL)

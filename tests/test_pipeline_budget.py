@@ -1,0 +1,74 @@
+"""Memory budget: eviction, spill to disk, clear failure, never above 110%."""
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from zerrow_pool import pipeline as zp
+from zerrow_pool.pipeline.testing import make_parquet, zerrow_params
+
+
+@zp.node
+def br_a(src):
+    return src.append_column("a", pc.multiply(src["amount"], 2))
+
+
+@zp.node
+def br_b(src):
+    return src.sort_by("value")
+
+
+@zp.node
+def br_c(src):
+    return src.filter(pc.field("grp") < 8)
+
+
+@zp.node
+def combine(br_a, br_b, br_c):
+    return pa.table({"a": [pc.sum(br_a["a"]).as_py()], "b": [br_b["key"][0].as_py()],
+                     "c": [br_c.num_rows]})
+
+
+def _pipeline(data):
+    return zp.Pipeline("budget", [zp.parquet("src", data), br_a, br_b, br_c, combine])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_parquet(tmp_path_factory.mktemp("budget") / "d.parquet", rows=50_000,
+                        row_group_size=10_000)
+
+
+@pytest.mark.parametrize("transport", zerrow_params())
+def test_spills_within_budget(transport, data):
+    with zp.Runtime(workers=1, transport=transport) as rt:
+        free = rt.run(_pipeline(data))
+        largest = max(n.bytes for n in free.report.nodes)
+        budget = int(largest * 1.5)
+    with zp.Runtime(workers=1, transport=transport, memory_budget=budget) as rt:
+        tight = rt.run(_pipeline(data))
+    rep = tight.report
+    assert tight["combine"].equals(free["combine"])
+    assert rep.spills > 0, rep.format()
+    assert rep.peak_held <= budget * 1.10, (rep.peak_held, budget)
+    assert "spilled" in rep.format()
+
+
+@pytest.mark.parametrize("transport", zerrow_params())
+def test_cannot_fit_fails_clearly(transport, data):
+    with zp.Runtime(workers=1, transport=transport, memory_budget="64K") as rt:
+        with pytest.raises(zp.NodeFailed, match="memory-budget") as ei:
+            rt.run(_pipeline(data))
+        rep = ei.value.report
+        assert rep.status == "failed"
+        assert "BudgetExceeded" in (next(n for n in rep.nodes if n.status == "failed").error)
+        assert rep.node("combine").status == "skipped"
+        # the runtime is still usable and holds nothing
+        assert rt.rm.usage() == 0
+
+
+def test_parse_size():
+    assert zp.parse_size("1.5G") == int(1.5 * (1 << 30))
+    assert zp.parse_size("800MB") == 800_000_000
+    assert zp.parse_size(1024) == 1024
+    with pytest.raises(ValueError, match="cannot parse size"):
+        zp.parse_size("lots")

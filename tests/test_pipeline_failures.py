@@ -1,0 +1,135 @@
+"""Failures: a raising node, a SIGKILLed worker, retries, and no leaks."""
+import os
+import signal
+import time
+
+import pyarrow as pa
+import pytest
+
+from zerrow_pool import pipeline as zp
+from zerrow_pool.pipeline.testing import make_parquet, open_fds, shmem_bytes, zerrow_params
+
+MARKER_ENV = "ZERROW_TEST_MARKER_DIR"
+
+
+@zp.node
+def grow(src):
+    return src.append_column("twice", pa.compute.multiply(src["amount"], 2))
+
+
+@zp.node
+def boom(grow):
+    raise ValueError("bad row in boom")
+
+
+@zp.node
+def after_boom(boom):
+    return boom
+
+
+@zp.node
+def side(grow):
+    return grow.select(["key"])
+
+
+@zp.node
+def sigkill(grow):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@zp.node
+def after_kill(sigkill):
+    return sigkill
+
+
+def _first_attempt(tag):
+    path = os.path.join(os.environ[MARKER_ENV], tag)
+    if os.path.exists(path):
+        return False
+    open(path, "w").close()
+    return True
+
+
+@zp.node(retries=1)
+def flaky(grow):
+    if _first_attempt("flaky"):
+        raise RuntimeError("transient")
+    return grow.select(["key", "twice"])
+
+
+@zp.node(retries=2)
+def flaky_kill(grow):
+    if _first_attempt("flaky_kill"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return grow.select(["key"])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_parquet(tmp_path_factory.mktemp("fail") / "d.parquet", rows=20_000)
+
+
+@pytest.fixture(params=zerrow_params())
+def rt(request, tmp_path, monkeypatch):
+    monkeypatch.setenv(MARKER_ENV, str(tmp_path))
+    with zp.Runtime(workers=2, transport=request.param) as runtime:
+        yield runtime
+
+
+def test_raise_fails_node_and_skips_downstream(rt, data):
+    p = zp.Pipeline("raise", [zp.parquet("src", data), grow, boom, after_boom, side])
+    with pytest.raises(zp.NodeFailed, match="bad row in boom") as ei:
+        rt.run(p)
+    rep = ei.value.report
+    assert rep.node("boom").status == "failed"
+    assert "Traceback" in rep.node("boom").error and "ValueError" in rep.node("boom").error
+    assert rep.node("after_boom").status == "skipped"
+    assert rep.node("side").status == "done"  # independent branch still ran
+    assert "node boom failed" in rep.format()
+
+
+def test_sigkill_worker_replaced_and_no_leak(rt, data):
+    p = zp.Pipeline("kill", [zp.parquet("src", data), grow, sigkill, after_kill])
+    rt.run(zp.Pipeline("warm", [zp.parquet("src", data), grow]))  # warm imports/caches
+    shm0, fds0 = shmem_bytes(), open_fds()
+    pids = {w.pid for w in rt.pool.workers}
+    res = rt.run(p, raise_on_error=False)
+    rep = res.report
+    assert rep.status == "failed"
+    assert "SIGKILL" in rep.node("sigkill").error
+    assert rep.node("after_kill").status == "skipped"
+    assert rep.workers_replaced == 1
+    assert len({w.pid for w in rt.pool.workers} - pids) == 1
+    # the replacement works
+    ok = rt.run(zp.Pipeline("after", [zp.parquet("src", data), grow]))
+    assert ok["grow"].num_rows == 20_000
+    del ok
+    assert open_fds() <= fds0
+    _assert_shmem_back(shm0)
+
+
+def _assert_shmem_back(shm0, slack=4 << 20):
+    for _ in range(50):  # the kernel frees a dead worker's memfds asynchronously
+        if shmem_bytes() <= shm0 + slack:
+            return
+        time.sleep(0.1)
+    assert shmem_bytes() <= shm0 + slack, f"Shmem grew by {shmem_bytes() - shm0} bytes"
+
+
+def test_retries(rt, data):
+    p = zp.Pipeline("retry", [zp.parquet("src", data), grow, flaky, flaky_kill])
+    r = rt.run(p)
+    assert r.report.node("flaky").attempts == 2
+    assert r.report.node("flaky_kill").attempts == 2
+    assert r["flaky"].num_rows == 20_000 and r["flaky_kill"].num_rows == 20_000
+
+
+def test_nothing_left_after_close(data, tmp_path, monkeypatch):
+    monkeypatch.setenv(MARKER_ENV, str(tmp_path))
+    shm0 = shmem_bytes()
+    with zp.Runtime(workers=2, transport="copy") as rt:
+        out_dir = rt.out_dir
+        rt.run(zp.Pipeline("x", [zp.parquet("src", data), grow, side]), outputs=())
+        assert os.listdir(out_dir) == []  # every intermediate file dropped
+    assert not os.path.exists(out_dir)
+    _assert_shmem_back(shm0)
