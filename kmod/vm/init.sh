@@ -1,0 +1,89 @@
+#!/bin/busybox sh
+# /init of the zerrow test VM (busybox, initramfs).  Modes, from the kernel
+# command line "zmode=...":
+#   tests  insmod zerrow.ko, run /bin/ztest (args from /zargs) and the
+#          kmod_client smoke test, then the global checks
+#   bench  run /bin/ztest --bench (args from /zargs)
+#   cmd    mount the host's / (9p, read-only) and run /zcmd.sh chrooted in it
+# Every mode ends with: rmmod check, dmesg check, "ZVM DONE", poweroff.
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin
+mkdir -p /proc /sys /dev /tmp /host
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+mount -t tmpfs tmp /tmp
+
+ZMODE=tests
+for w in $(cat /proc/cmdline); do
+	case "$w" in zmode=*) ZMODE="${w#zmode=}" ;; esac
+done
+ZARGS=""
+[ -f /zargs ] && ZARGS="$(cat /zargs)"
+
+echo "ZVM BOOT kernel=$(uname -r) mode=$ZMODE cpus=$(nproc)"
+echo "ZVM THP $(cat /sys/kernel/mm/transparent_hugepage/enabled)"
+
+if insmod /lib/zerrow/zerrow.ko; then
+	echo "ZTEST PASS insmod"
+else
+	echo "ZTEST FAIL insmod: insmod zerrow.ko failed"
+fi
+
+case "$ZMODE" in
+tests)
+	/bin/ztest $ZARGS
+	if [ -z "$ZARGS" ] && [ -x /bin/kmod_client_test ]; then
+		if /bin/kmod_client_test; then
+			echo "ZTEST PASS kmod_client"
+		else
+			echo "ZTEST FAIL kmod_client: exit $?"
+		fi
+	fi
+	;;
+bench)
+	/bin/ztest --bench $ZARGS
+	;;
+cmd)
+	ok=1
+	for m in $(cat /lib/zmods/order); do
+		insmod "/lib/zmods/$m" || { echo "ZVM insmod $m failed"; ok=0; }
+	done
+	if [ $ok = 1 ] && mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 hostroot /host; then
+		mount -t proc proc /host/proc
+		mount -t sysfs sys /host/sys
+		mount -t devtmpfs dev /host/dev
+		mount -t tmpfs tmp /host/tmp
+		[ -d /host/run ] && mount -t tmpfs run /host/run
+		[ -d /host/dev/shm ] || mkdir -p /host/dev/shm
+		mount -t tmpfs shm /host/dev/shm
+		echo "ZCMD START"
+		chroot /host /bin/sh /proc/1/root/zcmd.sh
+		rc=$?
+		echo "ZCMD EXIT $rc"
+		umount /host/dev/shm /host/run /host/tmp /host/dev /host/sys /host/proc 2>/dev/null
+		umount /host 2>/dev/null
+	else
+		echo "ZCMD EXIT 255 (could not mount the host root over 9p)"
+	fi
+	;;
+esac
+
+if [ "$ZMODE" != cmd ] || grep -q '^zerrow ' /proc/modules; then
+	if rmmod zerrow; then
+		echo "ZTEST PASS rmmod"
+	else
+		echo "ZTEST FAIL rmmod: $(grep '^zerrow ' /proc/modules)"
+	fi
+fi
+bad="$(dmesg | grep -E 'BUG|WARNING|Bad rss-counter|Oops|general protection|Call Trace|refcount_t|list_del corruption' | head -20)"
+if [ -z "$bad" ]; then
+	echo "ZTEST PASS dmesg_clean"
+else
+	echo "ZTEST FAIL dmesg_clean: kernel complained:"
+	echo "$bad"
+	dmesg | tail -60
+fi
+echo "ZVM DONE"
+sync
+poweroff -f
