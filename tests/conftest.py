@@ -1,0 +1,78 @@
+"""Shared test helpers: memory figures from /proc, subprocess runs, pool fixtures."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pyarrow as pa
+import pytest
+
+
+def proc_status(field, pid="self"):
+    """A ``kB`` field of /proc/<pid>/status (VmRSS, RssShmem, ...) in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def rss_shmem(pid="self"):
+    """Resident shared-memory bytes mapped by a process (memfd pages count here)."""
+    return proc_status("RssShmem", pid)
+
+
+def meminfo(field="Shmem"):
+    """A field of /proc/meminfo in bytes (machine-wide; other processes move it too)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def memfd_mapping_of(address):
+    """(inode, start) of the memfd mapping in this process that holds ``address``, or None.
+
+    Identifies the segment a buffer lies in using only what the kernel shows
+    in /proc/self/maps.
+    """
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split()
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            if lo <= address < hi:
+                name = " ".join(parts[5:]) if len(parts) > 5 else ""
+                return (int(parts[4]), lo) if "memfd:" in name else None
+    return None
+
+
+def run_python(code, preload=False, env=None, timeout=120):
+    """Runs ``code`` in a fresh interpreter (optionally under the preload library);
+    returns its stdout, raising with stderr attached on failure."""
+    import zerrow_pool
+
+    env = dict(os.environ if env is None else env)
+    if preload:
+        env = zerrow_pool.preload_env(env)
+    else:
+        env.pop("LD_PRELOAD", None)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stderr}")
+    return proc.stdout
+
+
+@pytest.fixture
+def zerrow_default():
+    """The zerrow pool as pyarrow's default for the test; the previous one restored after."""
+    import zerrow_pool
+
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(zerrow_pool.pool())
+    try:
+        yield zerrow_pool.pool()
+    finally:
+        pa.set_memory_pool(previous)
