@@ -237,8 +237,8 @@ static long zf_append(struct zerrow_file *zf, struct zerrow_append __user *uarg)
 		return -EINVAL;
 	if (!a.len || a.addr + a.len < a.addr)
 		return -EINVAL;
-	if (current->mm != zf->mm)
-		return -EPERM;
+	if (current->mm != zf->mm || READ_ONCE(zf->sealed))
+		return -EPERM;	/* rechecked under append_lock */
 	if (a.addr + a.len > TASK_SIZE)
 		return -EFAULT;
 
@@ -358,7 +358,7 @@ static long zf_seal(struct zerrow_file *zf)
 	if (current->mm != zf->mm)
 		return -EPERM;
 	mutex_lock(&zf->append_lock);
-	zf->sealed = true;
+	WRITE_ONCE(zf->sealed, true);
 	mutex_unlock(&zf->append_lock);
 	return 0;
 }
