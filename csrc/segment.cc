@@ -55,10 +55,10 @@ arrow::Result<std::shared_ptr<Segment>> Segment::Create(size_t capacity) {
   return seg;
 }
 
-arrow::Result<std::shared_ptr<Segment>> Segment::Attach(int fd, size_t size, SegmentKind kind) {
+arrow::Result<std::unique_ptr<Segment>> Segment::Attach(int fd, size_t size, SegmentKind kind) {
   int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (own < 0) return Errno("dup");
-  std::shared_ptr<Segment> seg(new Segment());
+  std::unique_ptr<Segment> seg(new Segment());
   seg->fd_ = own;
   seg->kind_ = kind;
   struct stat st;
@@ -76,6 +76,7 @@ arrow::Result<std::shared_ptr<Segment>> Segment::Attach(int fd, size_t size, Seg
 Segment::~Segment() {
   if (map_base_ != nullptr) munmap(map_base_, map_len_);
   if (fd_ >= 0) close(fd_);
+  if (int ro = ro_fd_.load(); ro >= 0) close(ro);
 }
 
 arrow::Status Segment::Punch(size_t offset, size_t len) {
@@ -100,11 +101,27 @@ arrow::Status Segment::ProtectReadOnly() {
 }
 
 arrow::Result<int> Segment::OpenReadOnly() const {
-  char path[64];
-  snprintf(path, sizeof(path), "/proc/self/fd/%d", fd_);
-  int ro = open(path, O_RDONLY | O_CLOEXEC);
-  if (ro < 0) return Errno("reopen segment read-only");
-  return ro;
+  int ro = ro_fd_.load(std::memory_order_acquire);
+  if (ro < 0) {
+    if (!owned_) {
+      ro = fd_;  // attached segments were received read-only
+    } else {
+      char path[64];
+      snprintf(path, sizeof(path), "/proc/self/fd/%d", fd_);
+      int fresh = open(path, O_RDONLY | O_CLOEXEC);
+      if (fresh < 0) return Errno("reopen segment read-only");
+      int expected = -1;
+      if (ro_fd_.compare_exchange_strong(expected, fresh)) {
+        ro = fresh;
+      } else {
+        close(fresh);
+        ro = expected;
+      }
+    }
+  }
+  int out = fcntl(ro, F_DUPFD_CLOEXEC, 0);
+  if (out < 0) return Errno("dup read-only segment fd");
+  return out;
 }
 
 int64_t Segment::ResidentBytes() const {

@@ -4,6 +4,7 @@
 #include <sys/types.h>
 
 #include <cstddef>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -28,7 +29,7 @@ class Segment {
   static arrow::Result<std::shared_ptr<Segment>> Create(size_t capacity);
 
   // Maps `fd` read-only. The segment keeps its own dup of `fd`.
-  static arrow::Result<std::shared_ptr<Segment>> Attach(int fd, size_t size, SegmentKind kind);
+  static arrow::Result<std::unique_ptr<Segment>> Attach(int fd, size_t size, SegmentKind kind);
 
   ~Segment();
   Segment(const Segment&) = delete;
@@ -53,8 +54,8 @@ class Segment {
   arrow::Status Seal(bool future_write);
   // Makes this process's own mapping read-only.
   arrow::Status ProtectReadOnly();
-  // A new read-only file description of this segment's file (O_RDONLY|O_CLOEXEC):
-  // whoever holds it cannot map it writable.
+  // A new fd (the caller closes it) on a read-only file description of this
+  // segment's file: whoever holds it cannot map it writable.
   arrow::Result<int> OpenReadOnly() const;
   // Bytes of the file that are backed by memory right now.
   int64_t ResidentBytes() const;
@@ -66,6 +67,7 @@ class Segment {
   size_t map_len_ = 0;    // length of the whole reservation (includes alignment slack)
   uint8_t* map_base_ = nullptr;
   int fd_ = -1;
+  mutable std::atomic<int> ro_fd_{-1};  // read-only reopen of fd_, made on first use
   bool owned_ = false;
   SegmentKind kind_ = SegmentKind::kMemfd;
   uint64_t dev_ = 0, ino_ = 0;

@@ -8,8 +8,12 @@ of its own; ``owns()`` tells whether an object lies entirely in zerrow memory.
 from ._core import owns as _owns, pool, preload_active, release_unused as _release_unused, stats as _stats
 from ._preload import preload_env, preload_path
 from ._scope import scope
+from ._sharing import Channel, Share, ShareError, attach, recv, recv_share, send, share
 
-__all__ = ["pool", "scope", "owns", "stats", "release_unused", "preload_path", "preload_env", "preload_active"]
+__all__ = [
+    "pool", "scope", "owns", "stats", "release_unused", "preload_path", "preload_env", "preload_active",
+    "share", "attach", "send", "recv", "recv_share", "Share", "ShareError", "Channel",
+]
 
 
 def owns(obj) -> bool:

@@ -131,3 +131,6 @@ def owns(obj):
         buf = pyarrow_unwrap_buffer(obj)
         return InZerrowMemory(deref(buf))
     return AllInZerrowMemory(arrays_of(obj))
+
+
+include "_share.pxi"

@@ -1,0 +1,75 @@
+#include "attach_cache.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+
+#include "segment_registry.h"
+
+namespace zerrow {
+namespace {
+
+std::mutex cache_mu;
+std::map<std::pair<uint64_t, uint64_t>, std::weak_ptr<Segment>>& Cache() {
+  static auto* cache = new std::map<std::pair<uint64_t, uint64_t>, std::weak_ptr<Segment>>();
+  return *cache;
+}
+
+std::string FdTarget(int fd) {
+  char path[64], target[256];
+  snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(path, target, sizeof(target) - 1);
+  return n > 0 ? std::string(target, static_cast<size_t>(n)) : std::string();
+}
+
+arrow::Status CheckFd(int fd, SegmentKind kind, const struct stat& st) {
+  std::string target = FdTarget(fd);
+  if (kind == SegmentKind::kMemfd) {
+    if (!S_ISREG(st.st_mode) || target.rfind("/memfd:", 0) != 0)
+      return arrow::Status::Invalid("zerrow: fd ", fd, " is not a memfd (", target, ")");
+    int seals = fcntl(fd, F_GET_SEALS);
+    if (seals < 0 || (seals & F_SEAL_SHRINK) == 0)
+      return arrow::Status::Invalid("zerrow: memfd ", fd, " is not sealed against shrinking; mapping it could fault");
+  } else if (target.find("zerrow") == std::string::npos) {
+    return arrow::Status::Invalid("zerrow: fd ", fd, " is not a zerrow kernel-module file (", target, ")");
+  }
+  return arrow::Status::OK();
+}
+
+}  // namespace
+
+arrow::Result<std::shared_ptr<Segment>> AttachSegment(int fd, SegmentKind kind, uint64_t min_size) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return arrow::Status::Invalid("zerrow: fd ", fd, " is not open: ", std::strerror(errno));
+  ARROW_RETURN_NOT_OK(CheckFd(fd, kind, st));
+  auto size = static_cast<uint64_t>(st.st_size);
+  if (size < min_size)
+    return arrow::Status::Invalid("zerrow: segment file is ", size, " bytes, the descriptor expects ", min_size);
+  auto key = std::make_pair(static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino));
+  std::shared_ptr<Segment> cached;  // declared before the lock: its deleter takes cache_mu
+  std::lock_guard lock(cache_mu);
+  auto& slot = Cache()[key];
+  cached = slot.lock();
+  if (cached && cached->size() >= size) return cached;
+  ARROW_ASSIGN_OR_RAISE(auto fresh, Segment::Attach(fd, size, kind));
+  std::shared_ptr<Segment> seg(fresh.release(), [key](Segment* s) {
+    SegmentRegistry::Global().RemoveAttached(s);
+    {
+      std::lock_guard lock(cache_mu);
+      auto it = Cache().find(key);
+      if (it != Cache().end() && it->second.expired()) Cache().erase(it);
+    }
+    delete s;
+  });
+  SegmentRegistry::Global().AddAttached(seg);
+  slot = seg;
+  return seg;
+}
+
+}  // namespace zerrow

@@ -1,0 +1,18 @@
+// Read-only mappings of received segment files, one per file: a receiver that
+// still maps a segment reuses the mapping for the next object that refers to it.
+#pragma once
+
+#include <memory>
+
+#include <arrow/result.h>
+
+#include "segment.h"
+
+namespace zerrow {
+
+// Validates fd (a sealed memfd, or a zerrow kernel-module file) and returns the
+// mapping of its whole file, shared with earlier attaches of the same file.
+// `min_size`: the file must be at least this long.
+arrow::Result<std::shared_ptr<Segment>> AttachSegment(int fd, SegmentKind kind, uint64_t min_size);
+
+}  // namespace zerrow

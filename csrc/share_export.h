@@ -1,0 +1,53 @@
+// share(): describe an object's buffers as references into shareable segments,
+// freezing the pool segments they lie in, re-referencing attached segments, and
+// placing anything else through the foreign-memory hook or, failing that, one copy.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <arrow/result.h>
+
+#include "segment.h"
+#include "shared_object.h"
+
+namespace zerrow {
+
+struct ShareOptions {
+  bool seal = true;  // seal shared memfds against writes; make our own view read-only
+};
+
+struct ShareResult {
+  std::string descriptor;
+  std::vector<int> fds;  // read-only; owned by the caller
+  int64_t nbytes = 0;
+  int64_t nbuffers = 0;
+  int64_t bytes_zero_copy = 0;
+  int64_t bytes_copied = 0;
+  int64_t bytes_exposed = 0;  // other bytes a consumer can read in the shared files
+};
+
+arrow::Result<ShareResult> Share(const SharedObject& object, const ShareOptions& options);
+
+// Where a foreign buffer was placed without copying.
+struct ForeignPlacement {
+  std::shared_ptr<Segment> segment;
+  uint64_t offset = 0;
+  int64_t exposed_bytes = 0;  // unrelated bytes the placement makes readable
+};
+
+// Places memory that zerrow did not allocate into a shareable file without
+// copying (the kernel module does this), or declines with std::nullopt.
+class ForeignMemoryHook {
+ public:
+  virtual ~ForeignMemoryHook() = default;
+  virtual arrow::Result<std::optional<ForeignPlacement>> Place(const uint8_t* data, size_t size) = 0;
+};
+
+void SetForeignMemoryHook(std::shared_ptr<ForeignMemoryHook> hook);
+std::shared_ptr<ForeignMemoryHook> GetForeignMemoryHook();
+
+}  // namespace zerrow

@@ -1,0 +1,175 @@
+"""Handing Arrow objects to other processes without copying: share, attach, send, recv."""
+
+import os
+import socket
+
+from . import _core
+
+ShareError = _core.ShareError
+
+
+class Share:
+    """An object described for another process: a descriptor plus read-only fds.
+
+    ``descriptor`` (bytes) gives the object's layout and, for every buffer, a
+    (segment, offset, length) reference; ``fds`` are the segments' files, opened
+    read-only, owned by this Share and closed by :meth:`close` (or on garbage
+    collection). Counters, for shares made here: ``nbytes`` and ``nbuffers``
+    referenced, ``bytes_shared_zero_copy`` (buffers referenced in place),
+    ``bytes_copied`` (foreign buffers copied once into a fresh segment) and
+    ``bytes_exposed`` (other live bytes a consumer could read in the shared
+    segments, alignment padding included). A share received with
+    :func:`recv_share` knows only nbytes and nbuffers; the others are None.
+    """
+
+    __slots__ = ("descriptor", "fds", "nbytes", "nbuffers", "bytes_shared_zero_copy", "bytes_copied",
+                 "bytes_exposed", "__weakref__")
+
+    def __init__(self, descriptor, fds, nbytes=None, nbuffers=None, bytes_shared_zero_copy=None,
+                 bytes_copied=None, bytes_exposed=None):
+        self.descriptor = bytes(descriptor)
+        self.fds = list(fds)
+        if nbytes is None or nbuffers is None:
+            nbytes, nbuffers = _core.describe_raw(self.descriptor)
+        self.nbytes = nbytes
+        self.nbuffers = nbuffers
+        self.bytes_shared_zero_copy = bytes_shared_zero_copy
+        self.bytes_copied = bytes_copied
+        self.bytes_exposed = bytes_exposed
+
+    @property
+    def closed(self) -> bool:
+        return not self.fds
+
+    def attach(self, *, validate_full=False):
+        """Map this share and rebuild its object (see :func:`attach`)."""
+        if self.closed:
+            raise ShareError("share is closed")
+        return _core.attach_raw(self.descriptor, self.fds, validate_full)
+
+    def close(self) -> None:
+        """Close the fds; objects already attached stay valid."""
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self):
+        return (f"Share(nbytes={self.nbytes}, nbuffers={self.nbuffers}, segments={len(self.fds)}, "
+                f"zero_copy={self.bytes_shared_zero_copy}, copied={self.bytes_copied}, "
+                f"exposed={self.bytes_exposed}{', closed' if self.closed else ''})")
+
+
+def share(obj, *, seal=True) -> Share:
+    """Describe a Table, RecordBatch, Array or ChunkedArray for another process, in O(#buffers).
+
+    Buffers in this process's zerrow pool are referenced in place and the
+    segments they lie in are frozen: never reused or punched again, sealed
+    against shrinking and, with ``seal=True``, against any write (this process's
+    own view of them becomes read-only too). Buffers attached from another
+    process are referenced again (resharing). Anything else is placed by the
+    kernel module when it is loaded, or copied once into a fresh segment and
+    counted in ``bytes_copied``.
+    """
+    descriptor, fds, stats = _core.share_raw(obj, bool(seal))
+    return Share(descriptor, fds, **stats)
+
+
+def attach(descriptor, fds, *, validate_full=False):
+    """Rebuild a shared object from its descriptor and fds, without copying.
+
+    Every count, offset and length is checked against the descriptor and the
+    files' real sizes before anything is mapped; fds must be sealed memfds or
+    zerrow kernel-module files. Segments are mapped read-only, once per file
+    while any mapping is alive. The result's buffers keep their mappings alive.
+    ``fds`` stay owned by the caller. With ``validate_full``, also checks every
+    value (offsets, UTF-8...), in time proportional to the data: use it for
+    producers you do not trust. Raises :class:`ShareError` on bad input.
+    """
+    return _core.attach_raw(descriptor, fds, bool(validate_full))
+
+
+def _fileno(sock) -> int:
+    return sock if isinstance(sock, int) else sock.fileno()
+
+
+def send(sock, obj, *, seal=True) -> Share:
+    """Send an object (or a :class:`Share`) over an AF_UNIX socket; returns the share's counters.
+
+    Fds travel as SCM_RIGHTS, split across messages when there are more than
+    the kernel allows in one. Sending an object shares it first and closes
+    this side's fds once sent.
+    """
+    if isinstance(obj, Share):
+        if obj.closed:
+            raise ShareError("share is closed")
+        _core.send_raw(_fileno(sock), obj.descriptor, obj.fds)
+        return obj
+    with share(obj, seal=seal) as s:
+        _core.send_raw(_fileno(sock), s.descriptor, s.fds)
+    return s
+
+
+def recv_share(sock) -> Share:
+    """Receive a share without mapping anything (for a process that only forwards it)."""
+    descriptor, fds = _core.recv_raw(_fileno(sock))
+    try:
+        return Share(descriptor, fds)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def recv(sock, *, validate_full=False):
+    """Receive and attach an object sent with :func:`send`. Raises EOFError when the peer closed."""
+    with recv_share(sock) as s:
+        return s.attach(validate_full=validate_full)
+
+
+class Channel:
+    """One end of an AF_UNIX stream connection that carries Arrow objects.
+
+    ``a, b = Channel.pair()`` before starting a process (multiprocessing can
+    pass either end to a child), then ``a.send(table)`` / ``b.recv()``.
+    """
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    @classmethod
+    def pair(cls):
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        return cls(a), cls(b)
+
+    def send(self, obj, *, seal=True) -> Share:
+        return send(self.sock, obj, seal=seal)
+
+    def recv(self, *, validate_full=False):
+        return recv(self.sock, validate_full=validate_full)
+
+    def recv_share(self) -> Share:
+        return recv_share(self.sock)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
