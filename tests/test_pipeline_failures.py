@@ -4,6 +4,7 @@ import signal
 import time
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from zerrow_pool import pipeline as zp
@@ -14,7 +15,7 @@ MARKER_ENV = "ZERROW_TEST_MARKER_DIR"
 
 @zp.node
 def grow(src):
-    return src.append_column("twice", pa.compute.multiply(src["amount"], 2))
+    return src.append_column("twice", pc.multiply(src["amount"], 2))
 
 
 @zp.node

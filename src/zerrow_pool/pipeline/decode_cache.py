@@ -94,6 +94,7 @@ class DecodeCache:
     def plan(self, source):
         """Schema of the source's output and the row groups it must read."""
         import pyarrow.dataset as ds
+        from pyarrow.fs import LocalFileSystem
 
         files = source.files()
         fmt = ds.ParquetFileFormat()
@@ -102,7 +103,7 @@ class DecodeCache:
             fid = FileId.of(path)
             meta = self._meta.get(fid)
             if meta is None:
-                frag = fmt.make_fragment(path)
+                frag = fmt.make_fragment(path, filesystem=LocalFileSystem())
                 meta = self._meta[fid] = (frag, frag.physical_schema)
             frag, phys = meta
             schema = schema or phys

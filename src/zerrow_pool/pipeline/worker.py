@@ -29,6 +29,7 @@ from .transports import get_transport
 from .wire import close_fds, raise_fd_limit, recv_msg, send_msg
 
 _modules: dict = {}
+BATCH_ROWS = 1 << 20  # rows per decoded batch: fewer, larger chunks
 
 
 def load_function(ref):
@@ -92,15 +93,23 @@ def _read_source(task):
     import pyarrow.dataset as ds
 
     dataset = ds.dataset(task["files"], format="parquet")
-    return dataset.to_table(columns=task["columns"], filter=task["filter"])
+    return dataset.to_table(columns=task["columns"], filter=task["filter"], batch_size=BATCH_ROWS)
 
 
 def _decode_row_group(task):
     import pyarrow.dataset as ds
 
-    frag = ds.ParquetFileFormat().make_fragment(task["file"], row_groups=[task["row_group"]])
-    table = frag.to_table(schema=task["schema"], columns=task["columns"], filter=task["filter"])
-    return table.combine_chunks() if table.num_rows else table
+    from pyarrow.fs import LocalFileSystem
+
+    frag = ds.ParquetFileFormat().make_fragment(task["file"], filesystem=LocalFileSystem(),
+                                                row_groups=[task["row_group"]])
+    return frag.to_table(schema=task["schema"], columns=task["columns"], filter=task["filter"],
+                         batch_size=BATCH_ROWS)
+
+
+def _nonempty(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A chunked array with at least one chunk (a filter may leave none)."""
+    return col if col.num_chunks else pa.chunked_array([pa.array([], col.type)], col.type)
 
 
 def run_task(transport, task, fds):
@@ -124,7 +133,7 @@ def run_task(transport, task, fds):
             raise ValueError(f"unknown task {task['op']!r}")
         t2 = time.perf_counter()
         if task["op"] == "decode":
-            results = [transport.publish(col, task["out_dir"]) for col in out.columns]
+            results = [transport.publish(_nonempty(col), task["out_dir"]) for col in out.columns]
             spec = {"k": "columns", "parts": [r[0] for r in results], "rows": out.num_rows}
             out_fds, dones = [], []
             for s, f, d in results:

@@ -1,0 +1,74 @@
+"""Decode cache: hits across nodes, runs and concurrent DAGs; keyed by file identity."""
+import os
+import time
+
+import pyarrow.compute as pc
+import pytest
+
+from zerrow_pool import pipeline as zp
+from zerrow_pool.pipeline.testing import make_parquet, require_zerrow
+
+
+@zp.node
+def left(src):
+    return src.select(["key"])
+
+
+@zp.node
+def right(src):
+    return src.filter(pc.field("grp") < 4)
+
+
+@zp.node
+def other_view(src2):
+    return src2.select(["key"])
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_parquet(tmp_path / "d.parquet", rows=40_000, row_group_size=10_000)
+
+
+def _pipe(data, name="c", columns=("key", "grp", "value"), flt=None):
+    return zp.Pipeline(name, [zp.parquet("src", data, columns=list(columns), filter=flt), left, right])
+
+
+def test_hits_across_runs_and_concurrent_dags(data):
+    require_zerrow()
+    with zp.Runtime(workers=2, transport="zerrow") as rt:
+        first = rt.run(_pipe(data)).report
+        assert first.cache_misses == 4 * 3 and first.cache_hits == 0  # 4 row groups x 3 columns
+        second = rt.run(_pipe(data)).report
+        assert second.cache_hits == 12 and second.cache_misses == 0
+        # four concurrent DAGs over one new projection: every chunk is decoded once
+        before = rt.cache.decoded_bytes
+        runs = rt.run_many([_pipe(data, f"dag{i}", columns=("key", "grp", "amount"))
+                            for i in range(4)])
+        hits = sum(r.report.cache_hits for r in runs)
+        misses = sum(r.report.cache_misses for r in runs)
+        assert hits == 4 * 8 and misses == 4 * 4  # key, grp cached; amount decoded once
+        assert rt.cache.decoded_bytes - before == pytest.approx(40_000 * 8, rel=0.03)
+        for r in runs:
+            assert r["left"].equals(runs[0]["left"])
+
+
+def test_key_includes_filter_and_file_identity(data):
+    require_zerrow()
+    with zp.Runtime(workers=2, transport="zerrow") as rt:
+        rt.run(_pipe(data))
+        filtered = rt.run(_pipe(data, flt=pc.field("grp") == 1)).report
+        assert filtered.cache_hits == 0  # different pushed-down filter
+        time.sleep(0.01)
+        make_parquet(data, rows=40_000, row_group_size=10_000, seed=1)  # rewrite: new mtime
+        os.utime(data)
+        again = rt.run(_pipe(data)).report
+        assert again.cache_hits == 0
+
+
+def test_eviction_under_budget(data):
+    require_zerrow()
+    with zp.Runtime(workers=1, transport="zerrow", memory_budget="3M") as rt:
+        rt.run(_pipe(data, columns=("key", "grp", "value")), outputs=())
+        rt.run(_pipe(data, "b", columns=("key", "grp", "amount", "label")), outputs=())
+        assert rt.cache.evictions > 0
+        assert rt.rm.peak <= int(3 * (1 << 20) * 1.1)

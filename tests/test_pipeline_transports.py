@@ -1,0 +1,79 @@
+"""Both transports give equal results; the zerrow transport reshares for real."""
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from zerrow_pool import pipeline as zp
+from zerrow_pool.pipeline.testing import make_parquet, require_zerrow
+
+
+@zp.node
+def plus_col(src):
+    """Returns its input plus one new column."""
+    return src.append_column("double", pc.multiply(src["amount"], 2))
+
+
+@zp.node
+def sorted_(plus_col):
+    return plus_col.sort_by([("grp", "ascending"), ("key", "descending")])
+
+
+@zp.node
+def kept(plus_col):
+    return plus_col.filter(pc.field("value") > 0.5)
+
+
+@zp.node
+def stats(sorted_, kept):
+    return pa.table({"rows": [sorted_.num_rows, kept.num_rows],
+                     "sum": [pc.sum(sorted_["double"]).as_py(), pc.sum(kept["double"]).as_py()]})
+
+
+@zp.node
+def same(plus_col):
+    return plus_col
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_parquet(tmp_path_factory.mktemp("tr") / "d.parquet", rows=30_000, row_group_size=7_000)
+
+
+def _pipe(data):
+    src = zp.parquet("src", data, columns=["key", "grp", "value", "amount", "label"],
+                     filter=pc.field("grp") != 5)
+    return zp.Pipeline("eq", [src, plus_col, sorted_, kept, stats, same])
+
+
+def _run(transport, data, **kw):
+    with zp.Runtime(workers=2, transport=transport, **kw) as rt:
+        return rt.run(_pipe(data), outputs=["stats", "sorted_", "kept", "same"])
+
+
+def test_equal_results_under_both_transports(data):
+    require_zerrow()
+    a, b = _run("copy", data), _run("zerrow", data)
+    c = _run("zerrow", data, cache=False)
+    for name in ("stats", "sorted_", "kept", "same"):
+        assert a[name].equals(b[name]), name
+        assert a[name].equals(c[name]), name
+
+
+def test_add_column_reshares_input(data):
+    require_zerrow()
+    r = _run("zerrow", data)
+    rep = r.report
+    node = rep.node("plus_col")
+    new_col = r["same"]["double"].nbytes
+    # only the new column may be new memory; nothing of the input is copied
+    assert node.copied == 0, rep.format()
+    assert node.zero_copy >= node.bytes - 64
+    assert rep.node("same").copied == 0
+    assert rep.zero_copy_rate >= 0.99, rep.format()
+    assert new_col < node.bytes / 3
+
+
+def test_copy_transport_copies_everything(data):
+    rep = _run("copy", data).report
+    assert rep.zero_copy_rate == 0.0
+    assert rep.bytes_copied >= rep.node("plus_col").bytes
