@@ -80,6 +80,20 @@ class VMResult:
     cmd_exit: int | None
     bench: list[dict[str, str]]
 
+    @property
+    def cmd_output(self) -> str:
+        """What the command printed in cmd mode (between ZCMD START and ZCMD EXIT)."""
+        lines = self.output.replace("\r", "").splitlines()
+        out, inside = [], False
+        for line in lines:
+            if line.startswith("ZCMD START"):
+                inside = True
+            elif line.startswith("ZCMD EXIT"):
+                inside = False
+            elif inside:
+                out.append(line)
+        return "\n".join(out)
+
     def summary(self) -> str:
         lines = [f"kernel {self.kernel}: {len(self.passed)} passed, {len(self.failed)} failed, "
                  f"done={self.done} timed_out={self.timed_out} {self.elapsed:.1f}s"]
@@ -414,7 +428,7 @@ def run_vm(kernel: Kernel, mode: str = "tests", args: list[str] | None = None,
                 "-append", f"console=ttyS0 panic=-1 quiet loglevel=4 zmode={mode}",
                 "-nic", "none"]
         if mode == "cmd":
-            qemu += ["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on"]
+            qemu += ["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"]
         return _boot(kernel, qemu, timeout, echo)
 
 
