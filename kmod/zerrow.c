@@ -265,12 +265,13 @@ static long zf_append(struct zerrow_file *zf, struct zerrow_append __user *uarg)
 		ret = -EPERM;
 		goto out_unlock;
 	}
-	ret = zf_reserve(zf, n);
-	if (ret)
-		goto out_unlock;
+	/* charge first: an over-limit caller must not make us allocate */
 	ret = zf_charge(zf, n);
 	if (ret)
 		goto out_unlock;
+	ret = zf_reserve(zf, n);
+	if (ret)
+		goto out_uncharge;
 
 	/* Slots past npages are invisible to faults; fill them unlocked. */
 	base = zf->npages;
