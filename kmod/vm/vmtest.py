@@ -213,7 +213,7 @@ def build_ztest() -> Path:
     out = BUILD / "ztest"
     if not _newer(out, [src, hdr]):
         BUILD.mkdir(parents=True, exist_ok=True)
-        _run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter",
+        _run(["gcc", "-static", "-pthread", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter",
               "-o", str(out), str(src)])
     return out
 

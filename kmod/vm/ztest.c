@@ -14,6 +14,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -1039,6 +1040,113 @@ static int t_many_files(void)
 	return 0;
 }
 
+/* Threads append concurrently while another process faults the growing file. */
+#define CC_THREADS 4
+#define CC_RANGES 32
+#define CC_LEN (64 * 1024 + 100)
+
+struct cc_arg {
+	int fd;
+	int idx;
+	uint64_t offsets[CC_RANGES];
+	int err;
+};
+
+static void *cc_thread(void *p)
+{
+	struct cc_arg *a = p;
+
+	for (int i = 0; i < CC_RANGES; i++) {
+		uint8_t *buf = anon(CC_LEN + PAGE, 0);
+		struct zerrow_append r;
+
+		fill(buf + 7 * a->idx, CC_LEN, a->idx * CC_RANGES + i);
+		if (zappend(a->fd, buf + 7 * a->idx, CC_LEN, i % 2 ? ZERROW_APPEND_COPY_EDGES : 0, &r)) {
+			a->err = errno;
+			return NULL;
+		}
+		a->offsets[i] = r.offset;
+		munmap(buf, CC_LEN + PAGE);	/* readers keep the pages */
+	}
+	return NULL;
+}
+
+static int cc_toucher(int fd, uint64_t final)
+{
+	uint8_t *m = mmap(NULL, final, PROT_READ, MAP_SHARED, fd, 0);
+	struct zerrow_info info;
+	volatile uint8_t s = 0;
+	uint64_t seen = 0;
+
+	if (m == MAP_FAILED)
+		return 2;
+	while (seen < final) {
+		if (zinfo(fd, &info))
+			return 3;
+		for (uint64_t o = seen; o < info.size; o += PAGE)
+			s += m[o];
+		seen = info.size;
+	}
+	return 0;
+}
+
+static int t_concurrent(void)
+{
+	const uint64_t per = ALIGN_UP(CC_LEN + 7 * CC_THREADS, PAGE) + PAGE;
+	const uint64_t final_max = (uint64_t)CC_THREADS * CC_RANGES * per;
+	struct cc_arg args[CC_THREADS];
+	pthread_t th[CC_THREADS];
+	struct zerrow_info info;
+	struct reader r;
+	int dev = zdev(), fd = zcreate(dev), st;
+	pid_t toucher;
+
+	CHECK(fd >= 0, "create");
+	CHECK(reader_start(&r) == 0, "reader");
+	/* the toucher faults pages while they are being appended */
+	toucher = fork();
+	if (toucher == 0) {
+		alarm(60);
+		for (;;) {
+			struct zerrow_info i;
+
+			if (zinfo(fd, &i) == 0 && i.size > 0)
+				break;
+		}
+		_exit(cc_toucher(fd, final_max) == 0 ? 0 : 1);
+	}
+	for (int t = 0; t < CC_THREADS; t++) {
+		args[t] = (struct cc_arg){ .fd = fd, .idx = t };
+		pthread_create(&th[t], NULL, cc_thread, &args[t]);
+	}
+	for (int t = 0; t < CC_THREADS; t++) {
+		pthread_join(th[t], NULL);
+		CHECK(args[t].err == 0, "thread %d: %s", t, strerror(args[t].err));
+	}
+	CHECK(zinfo(fd, &info) == 0 && info.appends == CC_THREADS * CC_RANGES, "appends");
+	/* pad the file to the toucher's target so it finishes */
+	while (info.size < final_max) {
+		uint8_t *pad = anon(PAGE, 0);
+
+		memset(pad, 0, PAGE);
+		CHECK(zappend(fd, pad, PAGE, 0, NULL) == 0, "pad");
+		munmap(pad, PAGE);
+		info.size += PAGE;
+	}
+	waitpid(toucher, &st, 0);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "toucher %x", st);
+	CHECK(zinfo(fd, &info) == 0, "info");
+	CHECK(reader_cmd(&r, R_MAP, fd, info.size, 0, 0, 0) == 0, "map");
+	for (int t = 0; t < CC_THREADS; t++)
+		for (int i = 0; i < CC_RANGES; i++)
+			CHECK(reader_cmd(&r, R_VERIFY, -1, 0, args[t].offsets[i], CC_LEN,
+					 t * CC_RANGES + i) == 0, "range %d/%d", t, i);
+	close(fd);
+	close(dev);
+	reader_stop(&r);
+	return 0;
+}
+
 /* Final global checks; run last. */
 static int t_balance(void)
 {
@@ -1087,6 +1195,7 @@ static const struct test tests[] = {
 	{ "memlock", t_memlock },
 	{ "memory_back", t_memory_back },
 	{ "many_files", t_many_files },
+	{ "concurrent", t_concurrent },
 	{ "balance", t_balance },
 	{ NULL, NULL },
 };
