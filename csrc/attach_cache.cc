@@ -1,6 +1,7 @@
 #include "attach_cache.h"
 
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,6 +11,7 @@
 #include <mutex>
 #include <string>
 
+#include "../kmod/include/uapi/zerrow_kmod.h"
 #include "segment_registry.h"
 
 namespace zerrow {
@@ -36,8 +38,12 @@ arrow::Status CheckFd(int fd, SegmentKind kind, const struct stat& st) {
     int seals = fcntl(fd, F_GET_SEALS);
     if (seals < 0 || (seals & F_SEAL_SHRINK) == 0)
       return arrow::Status::Invalid("zerrow: memfd ", fd, " is not sealed against shrinking; mapping it could fault");
-  } else if (target.find("zerrow") == std::string::npos) {
-    return arrow::Status::Invalid("zerrow: fd ", fd, " is not a zerrow kernel-module file (", target, ")");
+  } else {
+    zerrow_info info;
+    std::memset(&info, 0, sizeof(info));
+    if (ioctl(fd, ZERROW_IOC_INFO, &info) != 0 || target.find("zerrow") == std::string::npos)
+      return arrow::Status::Invalid("zerrow: fd ", fd, " is not a zerrow kernel-module file (", target, ")");
+    if (!info.sealed) return arrow::Status::Invalid("zerrow: kernel-module file ", fd, " is not sealed");
   }
   return arrow::Status::OK();
 }

@@ -13,8 +13,8 @@
 
 namespace zerrow::api {
 
-inline arrow::Status Share(const SharedObject& object, bool seal, ShareResult* out) {
-  ARROW_ASSIGN_OR_RAISE(*out, zerrow::Share(object, ShareOptions{seal}));
+inline arrow::Status Share(const SharedObject& object, bool seal, bool strict_exposure, ShareResult* out) {
+  ARROW_ASSIGN_OR_RAISE(*out, zerrow::Share(object, ShareOptions{seal, strict_exposure}));
   return arrow::Status::OK();
 }
 

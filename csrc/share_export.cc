@@ -30,6 +30,7 @@ struct Placement {
   SegmentHeap* heap = nullptr;  // own pool memory, to be frozen
   bool copied = false;
   int64_t exposed = 0;          // from the foreign hook
+  int64_t copied_bytes = 0;     // edges the foreign hook copied
 };
 
 using BufferKey = std::pair<const uint8_t*, int64_t>;
@@ -68,7 +69,7 @@ class Exporter {
     // Pass 1: where does every buffer lie?
     for (const auto& col : object.columns)
       for (const auto& chunk : col) ARROW_RETURN_NOT_OK(PlaceAll(*chunk));
-    ARROW_RETURN_NOT_OK(CopyForeign());
+    ARROW_RETURN_NOT_OK(PlaceForeign());
     for (SegmentHeap* heap : heaps_) ARROW_RETURN_NOT_OK(ZerrowPool::Instance()->Freeze(heap, options_.seal));
 
     // Pass 2: the descriptor.
@@ -115,27 +116,38 @@ class Exporter {
       p.offset = r->offset;
       p.heap = r->heap;
       if (p.heap) heaps_.insert(p.heap);
-    } else if (auto h = GetForeignMemoryHook()) {
-      ARROW_ASSIGN_OR_RAISE(auto placed, h->Place(b.data(), static_cast<size_t>(b.size())));
-      if (placed) {
-        p.segment = std::move(placed->segment);
-        p.offset = placed->offset;
-        p.exposed = placed->exposed_bytes;
-      }
-    }
-    if (!p.segment) {
-      p.copied = true;
-      p.offset = RoundUp(copy_bytes_, kMinAlignment);
-      copy_bytes_ = p.offset + static_cast<uint64_t>(b.size());
-      copies_.push_back(&b);
+    } else {
+      foreign_.push_back(&b);
     }
     placements_.emplace(key, std::move(p));
     return arrow::Status::OK();
   }
 
-  // Foreign buffers the hook did not take: one copy, into a fresh memfd that
-  // holds nothing else.
-  arrow::Status CopyForeign() {
+  // Foreign buffers go to the hook (the kernel module) first; whatever it
+  // declines is copied once, into a fresh memfd that holds nothing else.
+  arrow::Status PlaceForeign() {
+    if (foreign_.empty()) return arrow::Status::OK();
+    std::vector<std::optional<ForeignPlacement>> placed(foreign_.size());
+    if (auto hook = GetForeignMemoryHook()) {
+      std::vector<ForeignRange> ranges;
+      for (const arrow::Buffer* b : foreign_) ranges.push_back({b->data(), static_cast<size_t>(b->size())});
+      ARROW_ASSIGN_OR_RAISE(placed, hook->Place(ranges, options_));
+      if (placed.size() != foreign_.size()) return arrow::Status::Invalid("zerrow: foreign-memory hook lost buffers");
+    }
+    for (size_t i = 0; i < foreign_.size(); ++i) {
+      Placement& p = placements_.at(BufferKey{foreign_[i]->data(), foreign_[i]->size()});
+      if (placed[i]) {
+        p.segment = std::move(placed[i]->segment);
+        p.offset = placed[i]->offset;
+        p.exposed = placed[i]->exposed_bytes;
+        p.copied_bytes = placed[i]->copied_bytes;
+      } else {
+        p.copied = true;
+        p.offset = RoundUp(copy_bytes_, kMinAlignment);
+        copy_bytes_ = p.offset + static_cast<uint64_t>(foreign_[i]->size());
+        copies_.push_back(foreign_[i]);
+      }
+    }
     if (copies_.empty()) return arrow::Status::OK();
     ARROW_ASSIGN_OR_RAISE(auto seg, Segment::Create(RoundUp(copy_bytes_, kPageSize)));
     for (const arrow::Buffer* b : copies_) {
@@ -163,7 +175,12 @@ class Exporter {
     auto len = static_cast<uint64_t>(b->size());
     result_.nbytes += b->size();
     result_.nbuffers += 1;
-    (p.copied ? result_.bytes_copied : result_.bytes_zero_copy) += b->size();
+    if (p.copied) {
+      result_.bytes_copied += b->size();
+    } else {
+      result_.bytes_zero_copy += b->size() - p.copied_bytes;
+      result_.bytes_copied += p.copied_bytes;
+    }
     ranges_[p.segment.get()].emplace_back(p.offset, len);
     return sipc::BufferRef{SegmentIndex(p.segment), p.offset, len};
   }
@@ -209,6 +226,7 @@ class Exporter {
   const ShareOptions options_;
   std::unordered_map<BufferKey, Placement, BufferKeyHash> placements_;
   std::unordered_set<SegmentHeap*> heaps_;
+  std::vector<const arrow::Buffer*> foreign_;  // in no zerrow segment
   std::vector<const arrow::Buffer*> copies_;
   uint64_t copy_bytes_ = 0;
 

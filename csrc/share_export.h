@@ -18,6 +18,9 @@ namespace zerrow {
 
 struct ShareOptions {
   bool seal = true;  // seal shared memfds against writes; make our own view read-only
+  // Copy the partial first/last pages of foreign buffers placed by the kernel
+  // module rather than expose the producer's unrelated bytes in them.
+  bool strict_exposure = false;
 };
 
 struct ShareResult {
@@ -37,14 +40,23 @@ struct ForeignPlacement {
   std::shared_ptr<Segment> segment;
   uint64_t offset = 0;
   int64_t exposed_bytes = 0;  // unrelated bytes the placement makes readable
+  int64_t copied_bytes = 0;   // bytes of the buffer that had to be copied anyway (edge pages)
 };
 
-// Places memory that zerrow did not allocate into a shareable file without
-// copying (the kernel module does this), or declines with std::nullopt.
+struct ForeignRange {
+  const uint8_t* data = nullptr;
+  size_t size = 0;
+};
+
+// Places memory that zerrow did not allocate into shareable files without
+// copying (the kernel module does this). Called once per share with every
+// foreign buffer; returns one entry per range, std::nullopt where it declines
+// (that buffer is then copied).
 class ForeignMemoryHook {
  public:
   virtual ~ForeignMemoryHook() = default;
-  virtual arrow::Result<std::optional<ForeignPlacement>> Place(const uint8_t* data, size_t size) = 0;
+  virtual arrow::Result<std::vector<std::optional<ForeignPlacement>>> Place(
+      const std::vector<ForeignRange>& ranges, const ShareOptions& options) = 0;
 };
 
 void SetForeignMemoryHook(std::shared_ptr<ForeignMemoryHook> hook);

@@ -9,11 +9,25 @@ from ._core import owns as _owns, pool, preload_active, release_unused as _relea
 from ._preload import preload_env, preload_path
 from ._scope import scope
 from ._sharing import Channel, Share, ShareError, attach, recv, recv_share, send, share
+from ._core import kernel_module_available as _kernel_module_available, cow_bytes_copied as _cow_bytes_copied
 
 __all__ = [
     "pool", "scope", "owns", "stats", "release_unused", "preload_path", "preload_env", "preload_active",
     "share", "attach", "send", "recv", "recv_share", "Share", "ShareError", "Channel",
+    "kernel_module_available",
 ]
+
+
+def kernel_module_available() -> bool:
+    """True when the zerrow kernel module is loaded (``/dev/zerrow`` answers).
+
+    Then :func:`share` pins buffers that zerrow did not allocate (numpy, Polars,
+    DuckDB...) into a de-anonymized file instead of copying them, and remaps
+    this process's view of them read-only; a later write here gets a private
+    copy of the touched 2 MiB chunk (``stats()["cow_bytes_copied"]``). Set
+    ``ZERROW_KMOD=0`` to copy instead.
+    """
+    return _kernel_module_available()
 
 
 def owns(obj) -> bool:
@@ -34,9 +48,13 @@ def stats() -> dict:
     in any Arrow pool; realloc_in_place / realloc_copied count reallocations
     that kept / moved their buffer; segments and frozen_segments count this
     process's memfd segments; bytes_resident is the memory backing them now and
-    bytes_retained the part of it that is free and kept for reuse.
+    bytes_retained the part of it that is free and kept for reuse;
+    cow_bytes_copied counts bytes this process copied because it wrote to
+    memory it had de-anonymized with the kernel module.
     """
-    return _stats()
+    s = _stats()
+    s["cow_bytes_copied"] = _cow_bytes_copied()
+    return s
 
 
 def release_unused() -> None:

@@ -38,10 +38,36 @@ cdef extern from "share_api.h" namespace "zerrow::api" nogil:
         shared_ptr[CRecordBatch] batch
         shared_ptr[CArray] array
         shared_ptr[CChunkedArray] chunked
-    CStatus Share(const SharedObject& obj, cbool seal, ShareResult* out)
+    CStatus Share(const SharedObject& obj, cbool seal, cbool strict_exposure, ShareResult* out)
     CStatus Attach(const cstring& descriptor, const vector[int]& fds, cbool validate_full, Attached* out)
     CStatus Recv(int sock, Received* out)
     CStatus Describe(const cstring& descriptor, int64_t* nbytes, int64_t* nbuffers)
+
+
+cdef extern from "share_export.h" namespace "zerrow" nogil:
+    cdef cppclass ForeignMemoryHook:
+        pass
+    void SetForeignMemoryHook(shared_ptr[ForeignMemoryHook] hook)
+
+
+cdef extern from "kmod_foreign_hook.h" namespace "zerrow" nogil:
+    cbool KernelModuleAvailable()
+    shared_ptr[ForeignMemoryHook] MakeKernelModuleHook()
+
+
+cdef extern from "cow_guard.h" namespace "zerrow" nogil:
+    int64_t CowBytesCopied()
+
+
+SetForeignMemoryHook(MakeKernelModuleHook())
+
+
+def kernel_module_available():
+    return KernelModuleAvailable()
+
+
+def cow_bytes_copied():
+    return CowBytesCopied()
 
 
 class ShareError(Exception):
@@ -67,13 +93,13 @@ cdef SharedObject shared_object_of(obj) except *:
     raise TypeError(f"share() takes a pyarrow Table, RecordBatch, Array or ChunkedArray, not {type(obj).__name__}")
 
 
-def share_raw(obj, cbool seal):
+def share_raw(obj, cbool seal, cbool strict_exposure=False):
     """Returns (descriptor, fds, stats dict); the caller owns the fds."""
     cdef SharedObject so = shared_object_of(obj)
     cdef ShareResult r
     cdef CStatus st
     with nogil:
-        st = Share(so, seal, &r)
+        st = Share(so, seal, strict_exposure, &r)
     if not st.ok():
         raise_share_error(st)
     stats = {

@@ -71,7 +71,7 @@ class Share:
                 f"exposed={self.bytes_exposed}{', closed' if self.closed else ''})")
 
 
-def share(obj, *, seal=True) -> Share:
+def share(obj, *, seal=True, strict_exposure=False) -> Share:
     """Describe a Table, RecordBatch, Array or ChunkedArray for another process, in O(#buffers).
 
     Buffers in this process's zerrow pool are referenced in place and the
@@ -80,9 +80,12 @@ def share(obj, *, seal=True) -> Share:
     own view of them becomes read-only too). Buffers attached from another
     process are referenced again (resharing). Anything else is placed by the
     kernel module when it is loaded, or copied once into a fresh segment and
-    counted in ``bytes_copied``.
+    counted in ``bytes_copied``. The kernel module works on whole pages: the
+    partial first and last page of such a buffer may hold unrelated bytes of
+    this process (counted in ``bytes_exposed``); ``strict_exposure=True`` copies
+    those edge pages instead (counted in ``bytes_copied``).
     """
-    descriptor, fds, stats = _core.share_raw(obj, bool(seal))
+    descriptor, fds, stats = _core.share_raw(obj, bool(seal), bool(strict_exposure))
     return Share(descriptor, fds, **stats)
 
 

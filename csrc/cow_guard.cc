@@ -1,0 +1,153 @@
+#include "cow_guard.h"
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+
+namespace zerrow {
+namespace {
+
+constexpr size_t kChunk = size_t{2} << 20;  // copy granularity: bounds the number of VMAs
+constexpr size_t kMaxRanges = 65536;
+
+// Slots are appended under g_register_mu and read lock-free by the handler;
+// the newest slot covering an address is the one in force.
+struct Range {
+  std::atomic<uintptr_t> start{0};
+  std::atomic<uintptr_t> end{0};
+  std::atomic<uint64_t>* private_chunks = nullptr;  // bit per kChunk already copied
+};
+Range g_ranges[kMaxRanges];
+std::atomic<size_t> g_used{0};
+std::mutex g_register_mu;
+
+std::atomic_flag g_fix_lock = ATOMIC_FLAG_INIT;
+std::atomic<int64_t> g_copied{0};
+struct sigaction g_previous;
+__attribute__((tls_model("initial-exec"))) thread_local uintptr_t t_last_fault = 0;
+
+void Handler(int sig, siginfo_t* info, void* ctx);
+
+bool OurHandlerInstalled() {
+  struct sigaction cur;
+  sigaction(SIGSEGV, nullptr, &cur);
+  return (cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == Handler;
+}
+
+// Makes [lo, hi) of a guarded range private and writable, keeping its bytes:
+// copy to fresh memory, then move that over the range in one step, so other
+// threads read the same bytes throughout.
+bool MakePrivate(uintptr_t lo, uintptr_t hi) {
+  size_t len = hi - lo;
+  void* fresh = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (fresh == MAP_FAILED) return false;
+  std::memcpy(fresh, reinterpret_cast<void*>(lo), len);
+  void* moved = mremap(fresh, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, reinterpret_cast<void*>(lo));
+  if (moved == MAP_FAILED) {
+    munmap(fresh, len);
+    return false;
+  }
+  g_copied.fetch_add(static_cast<int64_t>(len), std::memory_order_relaxed);
+  return true;
+}
+
+void Chain(int sig, siginfo_t* info, void* ctx) {
+  if (g_previous.sa_flags & SA_SIGINFO) {
+    if (g_previous.sa_sigaction) {
+      g_previous.sa_sigaction(sig, info, ctx);
+      return;
+    }
+  } else if (g_previous.sa_handler != SIG_DFL && g_previous.sa_handler != SIG_IGN) {
+    g_previous.sa_handler(sig);
+    return;
+  }
+  // Default action: restore it and return; the faulting instruction faults again.
+  signal(sig, SIG_DFL);
+}
+
+// 1: handled, the write can retry; 0: not a guarded write.
+int Fix(uintptr_t addr) {
+  for (size_t i = g_used.load(std::memory_order_acquire); i-- > 0;) {
+    uintptr_t s = g_ranges[i].start.load(std::memory_order_acquire);
+    uintptr_t e = g_ranges[i].end.load(std::memory_order_acquire);
+    if (addr < s || addr >= e) continue;
+    size_t chunk = ((addr & ~(kChunk - 1)) - (s & ~(kChunk - 1))) / kChunk;
+    std::atomic<uint64_t>& word = g_ranges[i].private_chunks[chunk / 64];
+    const uint64_t bit = uint64_t{1} << (chunk % 64);
+    while (g_fix_lock.test_and_set(std::memory_order_acquire)) {
+    }
+    int handled = 0;
+    if (word.load(std::memory_order_relaxed) & bit) {
+      // Another thread copied this chunk while we waited: retry the write once.
+      handled = t_last_fault != addr;
+    } else {
+      uintptr_t lo = addr & ~(kChunk - 1), hi = lo + kChunk;
+      if (lo < s) lo = s;
+      if (hi > e) hi = e;
+      if (MakePrivate(lo, hi)) {
+        word.fetch_or(bit, std::memory_order_relaxed);
+        handled = 1;
+      }
+    }
+    g_fix_lock.clear(std::memory_order_release);
+    return handled;
+  }
+  return 0;
+}
+
+void Handler(int sig, siginfo_t* info, void* ctx) {
+  auto addr = reinterpret_cast<uintptr_t>(info->si_addr);
+  if (info->si_code == SEGV_ACCERR) {
+    int saved = errno;
+    int handled = Fix(addr);
+    errno = saved;
+    if (handled) {
+      t_last_fault = addr;
+      return;
+    }
+  }
+  t_last_fault = 0;
+  Chain(sig, info, ctx);
+}
+
+arrow::Status InstallHandler() {
+  if (OurHandlerInstalled()) return arrow::Status::OK();
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof(sa));
+  sa.sa_sigaction = Handler;
+  sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+  sigemptyset(&sa.sa_mask);
+  struct sigaction previous;
+  if (sigaction(SIGSEGV, &sa, &previous) != 0)
+    return arrow::Status::IOError("zerrow: installing the SIGSEGV handler: ", std::strerror(errno));
+  if (!((previous.sa_flags & SA_SIGINFO) && previous.sa_sigaction == Handler)) g_previous = previous;
+  return arrow::Status::OK();
+}
+
+}  // namespace
+
+arrow::Status GuardReadOnlyRange(void* addr, size_t len) {
+  std::lock_guard lock(g_register_mu);
+  // Someone (Python's faulthandler, say) may have replaced our handler since.
+  ARROW_RETURN_NOT_OK(InstallHandler());
+  size_t n = g_used.load(std::memory_order_relaxed);
+  if (n == kMaxRanges) return arrow::Status::CapacityError("zerrow: too many guarded ranges");
+  auto s = reinterpret_cast<uintptr_t>(addr);
+  size_t chunks = ((s + len - 1) >> 21) - (s >> 21) + 1;
+  auto* bits = new std::atomic<uint64_t>[(chunks + 63) / 64];
+  for (size_t i = 0; i < (chunks + 63) / 64; ++i) bits[i].store(0, std::memory_order_relaxed);
+  g_ranges[n].private_chunks = bits;
+  g_ranges[n].start.store(s, std::memory_order_relaxed);
+  g_ranges[n].end.store(s + len, std::memory_order_relaxed);
+  g_used.store(n + 1, std::memory_order_release);
+  return arrow::Status::OK();
+}
+
+int64_t CowBytesCopied() { return g_copied.load(std::memory_order_relaxed); }
+
+}  // namespace zerrow
