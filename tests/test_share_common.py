@@ -193,8 +193,36 @@ def sample_table(rows=1000, cols=3, seed=0):
 # a persistent child process
 
 
-WORKER_PRELUDE = """
-import json, os, socket, sys, signal
+# Deterministic tables built with pyarrow compute (so that every buffer comes
+# from the default pool, i.e. the zerrow pool inside scope()).
+TABLE_SRC = """
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+def make_table(rows, seed=1, ncols=3):
+    base = pa.array(np.arange(rows, dtype=np.int64))
+    cols = {}
+    for c in range(ncols):
+        ints = pc.add(pc.multiply(base, seed + c), c)
+        if c % 3 == 0:
+            cols[f"c{c}"] = ints
+        elif c % 3 == 1:
+            cols[f"c{c}"] = pc.divide(pc.cast(ints, pa.float64()), 3.0)
+        else:
+            cols[f"c{c}"] = pc.cast(ints, pa.string())
+    return pa.table(cols)
+"""
+exec(TABLE_SRC)
+
+
+def pooled_table(rows, seed=1, ncols=3):
+    with z.scope():
+        return make_table(rows, seed, ncols)
+
+
+WORKER_PRELUDE = TABLE_SRC + """
+import json, os, socket, sys, signal, traceback, gc, ctypes
 import pyarrow as pa
 import zerrow_pool as z
 sock = socket.socket(fileno=int(os.environ["ZSOCK"]))
@@ -205,19 +233,30 @@ def recv_obj(sock, validate_full=False):
 def reply(obj):
     sys.stdout.write(json.dumps(obj) + "\\n")
     sys.stdout.flush()
+def serve():
+    # run snippets sent as JSON lines on stdin; `result` is replied
+    ns = globals()
+    for line in sys.stdin:
+        ns["result"] = None
+        try:
+            exec(json.loads(line), ns)
+            reply({"result": ns["result"]})
+        except BaseException:
+            reply({"error": traceback.format_exc()})
 """
 
 
 class Worker:
     """A child interpreter running ``code`` after WORKER_PRELUDE; ``self.sock`` is our end."""
 
-    def __init__(self, code, timeout=60):
+    def __init__(self, code="serve()", timeout=60):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ, ZSOCK=str(theirs.fileno()))
         env.pop("LD_PRELOAD", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-c", WORKER_PRELUDE + textwrap.dedent(code)], env=env,
-            pass_fds=[theirs.fileno()], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            pass_fds=[theirs.fileno()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
         theirs.close()
         # no settimeout(): it makes the fd non-blocking, and zerrow's recv then
         # fails with EAGAIN at once; we select() before receiving instead.
@@ -240,6 +279,15 @@ class Worker:
             self.proc.wait(timeout=timeout)
             raise AssertionError(f"worker exited ({self.proc.returncode}); stderr:\n{self.proc.stderr.read()}")
         return json.loads(line)
+
+    def run(self, code, timeout=None):
+        """Runs a snippet in the worker (default code: serve()); returns its `result`."""
+        self.proc.stdin.write(json.dumps(textwrap.dedent(code)) + "\n")
+        self.proc.stdin.flush()
+        out = self.read(timeout)
+        if "error" in out:
+            raise AssertionError("in the worker:\n" + out["error"])
+        return out["result"]
 
     def send(self, obj, **kw):
         try:
@@ -286,6 +334,11 @@ class Worker:
         if self.proc.poll() is None:
             self.kill()
         self.sock.close()
+        if self.proc.stdin:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
         self.proc.stdout.close()
         self.proc.stderr.close()
 
