@@ -72,8 +72,7 @@ def _mode_kwargs(mode):
 
 def _measure(benchmark, scenario, mode, run_once, rt):
     """Time ``run_once`` (returns a list of reports) over ROUNDS rounds."""
-    if mode != "zerrow-cold":
-        run_once()  # warm-up: worker imports, page cache, and the decode cache for "zerrow"
+    run_once()  # warm-up: worker imports, page cache, and the decode cache for "zerrow"
     reports, seconds = [], []
 
     def setup():

@@ -77,3 +77,26 @@ def test_copy_transport_copies_everything(data):
     rep = _run("copy", data).report
     assert rep.zero_copy_rate == 0.0
     assert rep.bytes_copied >= rep.node("plus_col").bytes
+
+
+def test_workers_run_with_preload_and_scope(data):
+    require_zerrow()
+    from zerrow_pool.pipeline import zerrow_api
+    with zp.Runtime(workers=1, transport="zerrow") as rt:
+        if zerrow_api.preload_library():
+            assert all(w.preload_active for w in rt.pool.workers)
+        r = rt.run(zp.Pipeline("pa", [zp.parquet("src", data), plus_col, same]), outputs=())
+        assert r.report.node("same").copied == 0
+
+
+def test_idle_worker_death_is_recovered(data):
+    import os
+    import signal
+    import time
+    with zp.Runtime(workers=1, transport="copy") as rt:
+        w = rt.pool.workers[0]
+        os.kill(w.pid, signal.SIGKILL)
+        w.proc.wait()
+        time.sleep(0.05)
+        r = rt.run(_pipe(data), outputs=["stats"])
+        assert r.ok and rt.pool.workers[0].pid != w.pid

@@ -195,8 +195,7 @@ class Runtime:
     def _start_step(self, st, step) -> None:
         rec = st.rec[step.name]
         rec.status = "running"
-        rec.start = time.monotonic()
-        self._emit("start", st, step.name)
+        rec.start = time.monotonic()  # re-set when a worker takes the task
         if isinstance(step, Source) and self.cache_enabled:
             try:
                 self._start_cached_source(st, step)
@@ -211,6 +210,7 @@ class Runtime:
         self.queue.append(Task(st, step.name, op, estimate=est))
 
     def _start_cached_source(self, st, src) -> None:
+        self._emit("start", st, src.name)
         schema, full_schema, reads = self.cache.plan(src)
         asm = SourceAssembly(st, src, schema, reads)
         todo = {}
@@ -342,9 +342,20 @@ class Runtime:
         else:
             msg.update(file=task.read.file.path, row_group=task.read.row_group,
                        columns=task.columns, filter=task.filter, schema=task.schema)
-        st.rec[task.name].worker_pid = w.pid
+        rec = st.rec[task.name]
+        if task.op != "decode":
+            rec.start = time.monotonic()
+            self._emit("start", st, task.name)
+        rec.worker_pid = w.pid
         w.task = task
-        w.send(msg, fds)
+        try:
+            w.send(msg, fds)
+        except OSError:  # the worker died while idle: replace it and try again
+            w.task = None
+            self.pool.replace(w)
+            if task.op != "decode":
+                rec.attempts -= 1
+            self.queue.appendleft(task)
 
     # --------------------------------------------------------------- replies
     def _on_reply(self, w) -> None:

@@ -150,10 +150,20 @@ def run_task(transport, task, fds):
     return reply, out_fds, dones
 
 
+def _preload_active() -> bool:
+    try:
+        import zerrow_pool
+
+        active = zerrow_pool.preload_active
+        return bool(active() if callable(active) else active)
+    except Exception:  # noqa: BLE001 - copy transport without a zerrow build
+        return False
+
+
 def serve(sock: socket.socket, transport_name: str) -> None:
     raise_fd_limit()
     transport = get_transport(transport_name)
-    send_msg(sock, {"ready": os.getpid()})
+    send_msg(sock, {"ready": os.getpid(), "preload_active": _preload_active()})
     while True:
         try:
             task, fds = recv_msg(sock)

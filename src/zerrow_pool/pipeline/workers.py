@@ -63,6 +63,7 @@ class Worker:
             self.sock.settimeout(None)
         if "ready" not in msg:
             raise WorkerStartError(f"worker {self.id} sent {msg!r} instead of ready")
+        self.preload_active = msg.get("preload_active", False)
 
     def send(self, task, fds=()) -> None:
         send_msg(self.sock, task, fds)
