@@ -1156,6 +1156,43 @@ static int t_concurrent(void)
 	return 0;
 }
 
+/* SIGKILL a producer in the middle of big appends: nothing may leak. */
+static int t_kill_during_append(void)
+{
+	const uint64_t len = 128 * MIB;
+	int sv[2], st;
+	pid_t pid;
+	char c;
+
+	CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) == 0, "socketpair");
+	pid = fork();
+	if (pid == 0) {
+		uint8_t *p = anon(len, 0);
+		int dev = zdev();
+
+		memset(p, 1, len);
+		if (write(sv[1], "r", 1) != 1)
+			_exit(2);
+		for (;;) {
+			int fd = zcreate(dev);
+
+			zappend(fd, p, len, 0, NULL);
+			close(fd);
+		}
+	}
+	CHECK(read(sv[0], &c, 1) == 1, "child ready");
+	usleep(30 * 1000);
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+	CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "status %x", st);
+	for (int i = 0; i < 50 && modparam("live_files"); i++)
+		usleep(10 * 1000);	/* the killed task's files are released on exit */
+	CHECK(modparam("live_files") == 0 && modparam("live_pinned_pages") == 0,
+	      "leaked: files %ld pinned %ld", modparam("live_files"),
+	      modparam("live_pinned_pages"));
+	return 0;
+}
+
 /* Final global checks; run last. */
 static int t_balance(void)
 {
@@ -1205,6 +1242,7 @@ static const struct test tests[] = {
 	{ "memory_back", t_memory_back },
 	{ "many_files", t_many_files },
 	{ "concurrent", t_concurrent },
+	{ "kill_during_append", t_kill_during_append },
 	{ "balance", t_balance },
 	{ NULL, NULL },
 };
