@@ -280,10 +280,21 @@ class Worker:
             raise AssertionError(f"worker exited ({self.proc.returncode}); stderr:\n{self.proc.stderr.read()}")
         return json.loads(line)
 
-    def run(self, code, timeout=None):
-        """Runs a snippet in the worker (default code: serve()); returns its `result`."""
+    def start(self, code):
+        """Starts a snippet in the worker (default code: serve()); see finish()."""
         self.proc.stdin.write(json.dumps(textwrap.dedent(code)) + "\n")
         self.proc.stdin.flush()
+
+    def finish(self, timeout=None):
+        """The `result` of the snippet started last."""
+        out = self.read(timeout)
+        if "error" in out:
+            raise AssertionError("in the worker:\n" + out["error"])
+        return out["result"]
+
+    def run(self, code, timeout=None):
+        """Runs a snippet in the worker (default code: serve()); returns its `result`."""
+        self.start(code)
         out = self.read(timeout)
         if "error" in out:
             raise AssertionError("in the worker:\n" + out["error"])
@@ -314,7 +325,10 @@ class Worker:
         return z.recv_share(self.sock)
 
     def close(self, timeout=None):
+        """Closes our ends (socket and stdin) and waits for the worker to exit."""
         self.sock.close()
+        if self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()
         try:
             self.proc.wait(timeout=self.timeout if timeout is None else timeout)
         except subprocess.TimeoutExpired:
@@ -334,7 +348,7 @@ class Worker:
         if self.proc.poll() is None:
             self.kill()
         self.sock.close()
-        if self.proc.stdin:
+        if self.proc.stdin and not self.proc.stdin.closed:
             try:
                 self.proc.stdin.close()
             except OSError:

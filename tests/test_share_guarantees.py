@@ -70,9 +70,7 @@ def test_consumer_table_survives_producer(fate):
             result = z.stats()["bytes_allocated"]
             """)
         if fate == "exit":
-            w.sock.shutdown(0)
-            w.proc.stdin.close()
-            assert w.proc.wait(timeout=30) == 0
+            assert w.close(timeout=30) == 0
         if fate == "sigkill":
             w.kill(signal.SIGKILL)
             assert w.proc.returncode == -signal.SIGKILL

@@ -1,0 +1,142 @@
+"""Nothing leaks: shared memory, fds and mappings return to where they started
+after many shares between two processes are dropped."""
+
+import gc
+import os
+
+import pyarrow as pa
+import pytest
+
+import zerrow_pool as z
+from conftest import meminfo
+from test_share_common import Worker, fd_count, memfd_mappings, pooled_table, wait_until
+
+MiB = 1 << 20
+
+
+def _settled():
+    gc.collect()
+    z.release_unused()
+
+
+WORKER_STATE = """
+gc.collect(); z.release_unused()
+fds = 0
+for name in os.listdir("/proc/self/fd"):
+    try:
+        fds += os.readlink(f"/proc/self/fd/{name}").startswith("/memfd:")
+    except OSError:
+        pass
+maps = sum(1 for line in open("/proc/self/maps") if "memfd:" in line)
+result = {"memfds": fds, "maps": maps, "fds": len(os.listdir("/proc/self/fd")),
+          "segments": z.stats()["segments"]}
+"""
+
+
+def test_hundreds_of_shares_between_two_processes_leave_nothing():
+    n = 300
+    _settled()
+    shmem0 = meminfo("Shmem")
+    fds0 = fd_count()
+    maps0 = sum(memfd_mappings().values())
+    with Worker() as w:
+        base = w.run(WORKER_STATE)
+        # the worker produces, we consume; half the tables are kept a while, some are
+        # forwarded back to the worker (resharing), all dropped at the end
+        w.start(f"""
+        for i in range({n}):
+            with z.scope():
+                t = make_table(20_000 + i, seed=i)
+            z.send(sock, t)
+            del t
+        """)
+        kept = []
+        for i in range(n):
+            t = w.recv()
+            assert t.num_rows == 20_000 + i
+            if i % 2:
+                kept.append(t)
+        w.finish()
+        for t in kept[::5]:
+            w.send(t.slice(5))
+        peak = meminfo("Shmem")
+        w.run(f"""
+        back = [recv_obj(sock) for _ in range({len(range(0, n // 2, 5))})]
+        assert all(b.num_rows > 0 for b in back)
+        del back
+        """)
+        # our side: one consumer's view of 150 live tables of ~0.5 MB each
+        assert len(kept) == n // 2
+        del kept, t
+        _settled()
+        after = w.run(WORKER_STATE)
+        assert after["segments"] == base["segments"], (base, after)
+        assert after["memfds"] == base["memfds"], (base, after)
+        assert after["maps"] == base["maps"], (base, after)
+        assert after["fds"] == base["fds"], (base, after)
+        assert sum(memfd_mappings().values()) == maps0
+        w.close()
+    assert fd_count() == fds0
+    # machine-wide: other processes move Shmem too, so allow some slack and some time
+    tolerance = 24 * MiB
+    assert wait_until(lambda: meminfo("Shmem") <= shmem0 + tolerance, timeout=10), \
+        (shmem0 / MiB, peak / MiB, meminfo("Shmem") / MiB)
+
+
+def test_dropped_share_closes_its_fds():
+    _settled()
+    fds0 = fd_count()
+    t = pooled_table(1000)
+    z.share(t).close()  # the segment's memfd, and the read-only fd the pool keeps for it
+    fds1 = fd_count()
+    assert fds1 - fds0 == 2
+    s = z.share(t)
+    assert fd_count() == fds1 + len(s.fds) > fds1
+    del s
+    gc.collect()
+    assert fd_count() == fds1
+    del t
+    _settled()
+    assert fd_count() == fds0, "the segment and its read-only fd go with the last buffer"
+
+
+def test_attached_objects_unmap_when_dropped():
+    # received from another process, so the mapping is the consumer's own
+    _settled()
+    with Worker() as w:
+        maps0 = memfd_mappings()
+        w.run("""
+        with z.scope():
+            t = make_table(50_000, seed=2)
+        z.send(sock, t)
+        z.send(sock, t.slice(10, 10))
+        """)
+        a = w.recv()
+        b = w.recv()
+        grown = memfd_mappings()
+        new = set(grown) - set(maps0)
+        assert len(new) == 1, "one segment"
+        ino = new.pop()
+        assert grown[ino] == 1, "one mapping for both tables"
+        del a
+        gc.collect()
+        assert memfd_mappings().get(ino) == 1, "b still maps the segment"
+        del b
+        gc.collect()
+        assert ino not in memfd_mappings()
+
+
+def test_repeated_share_attach_in_process_is_bounded():
+    t = pooled_table(10_000)
+    z.share(t).close()
+    _settled()
+    fds0 = fd_count()
+    maps0 = sum(memfd_mappings().values())
+    for _ in range(500):
+        with z.share(t) as s:
+            got = s.attach()
+            assert got.num_rows == 10_000
+        del got
+    _settled()
+    assert fd_count() == fds0
+    assert sum(memfd_mappings().values()) == maps0
