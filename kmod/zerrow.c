@@ -39,7 +39,6 @@
 
 #define ZERROW_FS_MAGIC 0x7a65726fU	/* "zero" */
 #define ZERROW_PIN_BATCH 65536UL	/* pages per pin_user_pages_fast call */
-#define ZERROW_FAULT_AROUND 16UL	/* pages inserted per fault */
 #define ZERROW_PAGE_OWNED 1UL		/* tag bit: page was allocated here */
 
 /* Global counters, read-only module parameters (for tests and monitoring). */
@@ -62,6 +61,11 @@ module_param_cb(live_pinned_pages, &zerrow_counter_ops, &zerrow_live_pinned, 044
 MODULE_PARM_DESC(live_pinned_pages, "producer pages pinned by live files");
 module_param_cb(live_copied_pages, &zerrow_counter_ops, &zerrow_live_copied, 0444);
 MODULE_PARM_DESC(live_copied_pages, "edge pages copied by live files");
+
+/* Pages mapped per reader fault (the faulting one and the following ones). */
+static unsigned int fault_around = 16;
+module_param(fault_around, uint, 0644);
+MODULE_PARM_DESC(fault_around, "pages mapped per fault, 1..512 (default 16)");
 
 struct zerrow_file {
 	/* Protects pages, npages and cap against faults (read side). */
@@ -400,8 +404,8 @@ static vm_fault_t zf_fault(struct vm_fault *vmf)
 	struct zerrow_file *zf = vma->vm_file->private_data;
 	unsigned long addr = vmf->address & PAGE_MASK;
 	pgoff_t pgoff = vmf->pgoff;
+	unsigned long i, around = clamp_t(unsigned int, READ_ONCE(fault_around), 1, 512);
 	vm_fault_t ret;
-	unsigned long i;
 
 	down_read(&zf->lock);
 	if (pgoff >= zf->npages) {
@@ -410,7 +414,7 @@ static vm_fault_t zf_fault(struct vm_fault *vmf)
 	}
 	ret = vmf_insert_pfn(vma, addr, page_to_pfn(zf_page(zf->pages[pgoff])));
 	/* Fault-around: map the following pages too (errors ignored). */
-	for (i = 1; i < ZERROW_FAULT_AROUND && !(ret & VM_FAULT_ERROR); i++) {
+	for (i = 1; i < around && !(ret & VM_FAULT_ERROR); i++) {
 		unsigned long a = addr + i * PAGE_SIZE;
 
 		if (a >= vma->vm_end || pgoff + i >= zf->npages)

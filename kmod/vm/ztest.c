@@ -1294,6 +1294,16 @@ static int cmp_double(const void *a, const void *b)
 
 #define REPS 5
 
+static void set_fault_around(int pages)
+{
+	FILE *f = fopen("/sys/module/zerrow/parameters/fault_around", "w");
+
+	if (f) {
+		fprintf(f, "%d\n", pages);
+		fclose(f);
+	}
+}
+
 static double median(double *v, int n)
 {
 	qsort(v, n, sizeof(*v), cmp_double);
@@ -1304,6 +1314,7 @@ static void bench_one(uint64_t mib, int thp)
 {
 	const uint64_t len = mib * MIB;
 	double t_de[REPS], t_dep[REPS], t_cp[REPS], t_rd_de[REPS], t_rd_cp[REPS], t_close[REPS];
+	double t_rd_de512[REPS];
 	int dev = zdev();
 	long kb = 0;
 
@@ -1343,6 +1354,15 @@ static void bench_one(uint64_t mib, int thp)
 			s += m[i];
 		t_rd_de[rep] = now() - t0;
 		munmap(m, len);
+		/* the same with 512 pages mapped per fault */
+		set_fault_around(512);
+		m = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+		t0 = now();
+		for (uint64_t i = 0; i < len; i += PAGE)
+			s += m[i];
+		t_rd_de512[rep] = now() - t0;
+		munmap(m, len);
+		set_fault_around(16);
 		munmap(p, len);
 		t0 = now();
 		close(fd);	/* last reference: unpin */
@@ -1375,12 +1395,14 @@ static void bench_one(uint64_t mib, int thp)
 		double de = median(t_de, REPS), dep = median(t_dep, REPS);
 		double cp = median(t_cp, REPS), rdd = median(t_rd_de, REPS);
 		double rdc = median(t_rd_cp, REPS), cl = median(t_close, REPS);
+		double rd512 = median(t_rd_de512, REPS);
 
 		printf("ZBENCH size_mib=%lu pages=%s anon_huge_kb=%ld deanon_ms=%.3f "
 		       "deanon_protect_ms=%.3f copy_ms=%.3f ratio=%.1f ratio_protect=%.1f "
-		       "reader_fault_deanon_ms=%.3f reader_fault_memfd_ms=%.3f release_ms=%.3f\n",
+		       "reader_fault_deanon_ms=%.3f reader_fault512_deanon_ms=%.3f "
+		       "reader_fault_memfd_ms=%.3f release_ms=%.3f\n",
 		       mib, thp ? "thp" : "4k", kb, de * 1e3, dep * 1e3, cp * 1e3, cp / de,
-		       cp / dep, rdd * 1e3, rdc * 1e3, cl * 1e3);
+		       cp / dep, rdd * 1e3, rd512 * 1e3, rdc * 1e3, cl * 1e3);
 		fflush(stdout);
 	}
 }
