@@ -1310,6 +1310,20 @@ static double median(double *v, int n)
 	return v[n / 2];
 }
 
+/* Seconds for one read per page of a fresh read-only mapping of fd. */
+static double reader_pass(int fd, uint64_t len)
+{
+	uint8_t *m = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+	volatile uint8_t s = 0;
+	double t0 = now();
+
+	for (uint64_t i = 0; i < len; i += PAGE)
+		s += m[i];
+	t0 = now() - t0;
+	munmap(m, len);
+	return t0;
+}
+
 static void bench_one(uint64_t mib, int thp)
 {
 	const uint64_t len = mib * MIB;
@@ -1321,7 +1335,6 @@ static void bench_one(uint64_t mib, int thp)
 	for (int rep = 0; rep < REPS; rep++) {
 		uint8_t *p = anon_aligned(len, thp);
 		struct zerrow_append a;
-		volatile uint8_t s = 0;
 		double t0, t1, t2;
 		uint8_t *m, *q;
 		int fd, mfd;
@@ -1348,20 +1361,10 @@ static void bench_one(uint64_t mib, int thp)
 		t_de[rep] = t1 - t0;
 		t_dep[rep] = t2 - t0;
 		/* a reader's first pass over the mapping (page faults) */
-		m = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
-		t0 = now();
-		for (uint64_t i = 0; i < len; i += PAGE)
-			s += m[i];
-		t_rd_de[rep] = now() - t0;
-		munmap(m, len);
+		t_rd_de[rep] = reader_pass(fd, len);
 		/* the same with 512 pages mapped per fault */
 		set_fault_around(512);
-		m = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
-		t0 = now();
-		for (uint64_t i = 0; i < len; i += PAGE)
-			s += m[i];
-		t_rd_de512[rep] = now() - t0;
-		munmap(m, len);
+		t_rd_de512[rep] = reader_pass(fd, len);
 		set_fault_around(16);
 		munmap(p, len);
 		t0 = now();
@@ -1381,12 +1384,7 @@ static void bench_one(uint64_t mib, int thp)
 		memcpy(m, p, len);
 		t_cp[rep] = now() - t0;
 		munmap(m, len);
-		m = mmap(NULL, len, PROT_READ, MAP_SHARED, mfd, 0);
-		t0 = now();
-		for (uint64_t i = 0; i < len; i += PAGE)
-			s += m[i];
-		t_rd_cp[rep] = now() - t0;
-		munmap(m, len);
+		t_rd_cp[rep] = reader_pass(mfd, len);
 		close(mfd);
 		munmap(p, len);
 	}
