@@ -50,10 +50,11 @@ def dataset():
     return demo_data.generate(ROWS)
 
 
-def _summary(reports, seconds):
+def _summary(reports, seconds, cpu):
     last = reports[-1]
     return {
         "seconds": seconds, "mean_s": sum(seconds) / len(seconds), "min_s": min(seconds),
+        "cpu_s": cpu, "mean_cpu_s": sum(cpu) / len(cpu),
         "edge_bytes": last.edge_bytes, "edge_zero_copy": last.edge_zero_copy,
         "zero_copy_rate": last.zero_copy_rate, "bytes_copied": last.bytes_copied,
         "peak_held": last.peak_held, "budget": last.budget, "spills": last.spills,
@@ -73,7 +74,7 @@ def _mode_kwargs(mode):
 def _measure(benchmark, scenario, mode, run_once, rt):
     """Time ``run_once`` (returns a list of reports) over ROUNDS rounds."""
     run_once()  # warm-up: worker imports, page cache, and the decode cache for "zerrow"
-    reports, seconds = [], []
+    reports, seconds, cpu = [], [], []
 
     def setup():
         if mode == "zerrow-cold" and rt.cache:
@@ -81,11 +82,13 @@ def _measure(benchmark, scenario, mode, run_once, rt):
 
     def once():
         t = time.perf_counter()
-        reports.extend(run_once())
+        reps = run_once()
         seconds.append(time.perf_counter() - t)
+        cpu.append(sum(r.cpu_s for r in reps))
+        reports.extend(reps)
 
     benchmark.pedantic(once, setup=setup, rounds=ROUNDS, iterations=1)
-    RESULTS["scenarios"].setdefault(scenario, {})[mode] = _summary(reports, seconds)
+    RESULTS["scenarios"].setdefault(scenario, {})[mode] = _summary(reports, seconds, cpu)
     return reports
 
 

@@ -80,8 +80,13 @@ class RunReport:
 
     @property
     def bytes_copied(self) -> int:
-        """Bytes copied to publish node outputs (each output counted once)."""
-        return sum(n.copied for n in self.nodes if n.status == "done")
+        """Bytes copied to publish node outputs (each once) plus bytes spilled to disk."""
+        return sum(n.copied for n in self.nodes if n.status == "done") + self.spilled_bytes
+
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the workers spent on this run's tasks."""
+        return sum(n.timing.get("cpu_user_s", 0) + n.timing.get("cpu_sys_s", 0) for n in self.nodes)
 
     @property
     def zero_copy_rate(self) -> float:
@@ -91,12 +96,13 @@ class RunReport:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(zero_copy_rate=self.zero_copy_rate, bytes_copied=self.bytes_copied,
-                 edge_bytes=self.edge_bytes)
+                 edge_bytes=self.edge_bytes, cpu_s=self.cpu_s)
         return d
 
     def format(self) -> str:
         """Human-readable tables (what ``zerrow run`` prints)."""
-        lines = [f"pipeline {self.pipeline}: {self.status} in {self.wall_s:.2f}s "
+        lines = [f"pipeline {self.pipeline}: {self.status} in {self.wall_s:.2f}s, "
+                 f"{self.cpu_s:.2f} CPU-s in workers "
                  f"(transport={self.transport}, workers={self.workers}, "
                  f"cache={'on' if self.cache else 'off'}"
                  + (f", budget={fmt_bytes(self.budget)}" if self.budget else "") + ")", ""]

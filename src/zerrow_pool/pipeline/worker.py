@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import resource
 import socket
 import sys
 import threading
@@ -115,6 +116,7 @@ def _nonempty(col: pa.ChunkedArray) -> pa.ChunkedArray:
 def run_task(transport, task, fds):
     """Execute one task; returns (reply, fds to send, callbacks after sending)."""
     t0 = time.perf_counter()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     timing = {}
     with transport.scope(), PeakSampler() as peak:
         if task["op"] == "node":
@@ -146,6 +148,10 @@ def run_task(transport, task, fds):
         timing["publish_s"] = time.perf_counter() - t2
         del out
     timing["total_s"] = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    timing["cpu_user_s"] = ru1.ru_utime - ru0.ru_utime
+    timing["cpu_sys_s"] = ru1.ru_stime - ru0.ru_stime
+    timing["minor_faults"] = ru1.ru_minflt - ru0.ru_minflt
     reply = {"ok": True, "result": spec, "timing": timing, "peak": peak.peak}
     return reply, out_fds, dones
 
