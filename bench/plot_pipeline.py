@@ -54,31 +54,28 @@ def plot(res, out: str) -> None:
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
     width = 0.2
     present = [(k, t) for k, t in SCENARIOS if k in res["scenarios"]]
-    for j, mode in enumerate(MODES):
-        xs, ys = [], []
+
+    def series(j, mode, value):
+        """(x, y, copy-baseline) for each scenario that measured ``mode``."""
+        out = []
         for i, (key, _) in enumerate(present):
             m = res["scenarios"][key].get(mode)
             if m:
-                xs.append(i + (j - 1.5) * width)
-                ys.append(m["mean_s"])
-        bars = ax.bar(xs, ys, width, label=LABELS[mode], color=COLORS[mode])
-        for x, y, (key, _) in zip(xs, ys, [p for p in present if res["scenarios"][p[0]].get(mode)]):
-            base = res["scenarios"][key].get("copy")
+                out.append((i + (j - 1.5) * width, value(m), res["scenarios"][key].get("copy")))
+        return out
+
+    for j, mode in enumerate(MODES):
+        pts = series(j, mode, lambda m: m["mean_s"])
+        ax.bar([p[0] for p in pts], [p[1] for p in pts], width, label=LABELS[mode], color=COLORS[mode])
+        for x, y, base in pts:
             if base and mode != "copy":
                 ax.annotate(f"{base['mean_s'] / y:.1f}x", (x, y), ha="center", va="bottom", fontsize=8)
-        del bars
+        pts = series(j, mode, lambda m: max(gib(m["bytes_copied"]), 1e-6))
+        ax2.bar([p[0] for p in pts], [p[1] for p in pts], width, color=COLORS[mode])
     ax.set_xticks(range(len(present)), [t for _, t in present], fontsize=9)
     ax.set_ylabel("seconds per run (mean)")
     ax.set_title(f"Pipeline wall time, {res['rows'] / 1e6:.0f}M trips, {res['workers']} workers")
     ax.legend(fontsize=8)
-    for j, mode in enumerate(MODES):
-        xs, ys = [], []
-        for i, (key, _) in enumerate(present):
-            m = res["scenarios"][key].get(mode)
-            if m:
-                xs.append(i + (j - 1.5) * width)
-                ys.append(max(gib(m["bytes_copied"]), 1e-6))
-        ax2.bar(xs, ys, width, color=COLORS[mode])
     ax2.set_yscale("log")
     ax2.set_xticks(range(len(present)), [t.split(".")[0] for _, t in present])
     ax2.set_ylabel("GiB copied per run (log)")
