@@ -89,3 +89,19 @@ def test_eviction_under_budget(data):
         again = rt.run(a)  # evicted chunks are decoded again, results unchanged
         assert again.report.cache_misses > 0
         assert again["left"].equals(ra["left"]) and rb["right"].num_rows > 0
+
+
+@zp.node
+def both_views(src, src2):
+    return src.append_column("key2", src2["key"])
+
+
+def test_two_sources_in_one_dag_decode_once(data):
+    require_zerrow()
+    a = zp.parquet("src", data, columns=["key", "value"])
+    b = zp.parquet("src2", data, columns=["key"])
+    with zp.Runtime(workers=2, transport="zerrow") as rt:
+        r = rt.run(zp.Pipeline("two", [a, b, both_views]))
+        assert rt.cache.decoded_bytes == pytest.approx(40_000 * 16, rel=0.03)  # key once
+        assert r["both_views"]["key2"].equals(r["both_views"]["key"])
+        assert r.report.node("both_views").copied == 0

@@ -61,3 +61,13 @@ def test_demo_tiny(tiny, tmp_path):
                 env={"ZERROW_DATA": str(root)})
     assert r.returncode == 0, r.stderr + r.stdout
     assert "comparison" in r.stdout and "copy (warm)" in r.stdout
+
+
+def test_run_zerrow_transport(tiny):
+    from zerrow_pool.pipeline.testing import require_zerrow
+    require_zerrow()
+    r = _zerrow("run", "examples/taxi_movement.py", "--workers", "2", "--memory-budget", "1G",
+                env={"ZERROW_DEMO_DIR": tiny})
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "zero-copy rate 100.00%" in r.stdout
+    assert "transport=zerrow" in r.stdout

@@ -50,7 +50,8 @@ def cmd_run(args) -> int:
         rt = zp.Runtime(workers=args.workers, transport=args.transport,
                         memory_budget=args.memory_budget, cache=not args.no_cache,
                         on_event=None if args.quiet else _progress_printer())
-    except (zp.PipelineDefinitionError, zp.ZerrowUnavailable, FileNotFoundError, ValueError) as e:
+    except (zp.PipelineDefinitionError, zp.ZerrowUnavailable, zp.WorkerStartError,
+            FileNotFoundError, ValueError) as e:
         print(f"zerrow run: {e}", file=sys.stderr)
         return 2
     with rt:
