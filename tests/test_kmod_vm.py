@@ -63,7 +63,8 @@ def _guest_results(kernel) -> vmtest.VMResult:
 @pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 def test_module_builds_without_warnings(kernel):
     kernel = _kernel_or_skip(kernel)
-    ko = vmtest.build_module(kernel)  # raises on any compiler warning
+    with vmtest.build_lock():
+        ko = vmtest.build_module(kernel)  # raises on any compiler warning
     assert ko.exists()
 
 

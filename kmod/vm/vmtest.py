@@ -14,7 +14,9 @@ their inputs change.  Used by tests/test_kmod_vm.py and kmod/vm/run_in_vm.py.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import gzip
 import io
 import lzma
@@ -314,8 +316,25 @@ def module_load_order(kernel: Kernel, wanted: list[str]) -> list[Path]:
     return [kernel.moddir / m for m in order]
 
 
+@contextlib.contextmanager
+def build_lock():
+    """Serializes builds of concurrent test sessions sharing kmod/build/."""
+    BUILD.mkdir(parents=True, exist_ok=True)
+    with open(BUILD / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def build_initramfs(kernel: Kernel) -> Path:
     """Base initramfs for `kernel` (cached): busybox init, zerrow.ko, tests, 9p modules."""
+    with build_lock():
+        return _build_initramfs(kernel)
+
+
+def _build_initramfs(kernel: Kernel) -> Path:
     ko = build_module(kernel)
     ztest = build_ztest()
     client = build_client_test()
