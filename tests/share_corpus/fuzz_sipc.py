@@ -1,0 +1,187 @@
+"""Fuzzes zerrow_pool.attach() with mutated SIPC descriptors (and fd lists).
+
+    python tests/share_corpus/fuzz_sipc.py --examples 3000 --out DIR [--seed N]
+
+Starts from the real shares in base_*.json, mutates them with hypothesis (bit
+flips, truncations, splices of two descriptors, byte insertions/deletions,
+integer fields overwritten with boundary values, dropped/duplicated/swapped
+fds) and attaches each input with validate_full True (then reads every value)
+and False. Each input is written to DIR/current.json before it is tried, so
+that if this process crashes the parent (tests/test_share_fuzz.py) can save
+it. Any outcome but success or a ShareError is a failure: the input goes to
+DIR/failure.json and the process exits 1. On success prints a JSON summary.
+"""
+
+import argparse
+import collections
+import json
+import os
+import re
+import struct
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st  # noqa: E402
+
+import sipc_corpus as corpus  # noqa: E402
+from test_share_common import sipc_fields  # noqa: E402
+
+BOUNDARY = {
+    1: [0, 1, 2, 3, 4, 5, 0x7F, 0x80, 0xFF],
+    2: [0, 1, 2, 0x7FFF, 0x8000, 0xFFFF],
+    4: [0, 1, 2, 3, 63, 64, 253, 254, 4096, 4097, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF],
+    8: [0, 1, 7, 8, 63, 64, 4095, 4096, 1 << 20, 1 << 30, 1 << 31, 1 << 32, (1 << 62), (1 << 63) - 1,
+        1 << 63, (1 << 64) - 8, (1 << 64) - 1],
+}
+
+
+def load_bases():
+    bases = [e for e in corpus.load_all(HERE) if e["name"].startswith("base_")]
+    prepared = []
+    for e in bases:
+        descriptor, fds, _ = corpus.materialize(e)
+        prepared.append({"entry": e, "descriptor": descriptor, "fds": fds, "fields": sipc_fields(descriptor)})
+    return prepared
+
+
+@st.composite
+def mutated(draw, bases):
+    b = draw(st.sampled_from(range(len(bases))))
+    base = bases[b]
+    data = bytearray(base["descriptor"])
+    fds = list(base["fds"])
+    fd_source = [b] * len(fds)
+    ops = []
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["field", "field", "field", "flip", "flip", "truncate", "splice", "insert",
+                                   "delete", "fds", "field_relative"]))
+        if op in ("field", "field_relative"):
+            # the header's version is covered by the corpus; spend the cases deeper
+            fields = [f for f in base["fields"] if f[0] + f[1] <= len(data) and f[3] != "version"]
+            if not fields:
+                continue
+            off, size, signed, name = draw(st.sampled_from(fields))
+            if op == "field":
+                value = draw(st.sampled_from(BOUNDARY[size]))
+            else:
+                old = int.from_bytes(data[off:off + size], "little")
+                value = (old + draw(st.sampled_from([-64, -9, -8, -1, 1, 8, 9, 64, 4096]))) % (1 << (8 * size))
+            data[off:off + size] = value.to_bytes(size, "little")
+            ops.append((op, name, off, value))
+        elif op == "flip":
+            if not data:
+                continue
+            lo = 0 if draw(st.integers(0, 99)) < 3 or len(data) <= 6 else 6  # mostly past magic+version
+            pos = draw(st.integers(lo, len(data) - 1))
+            bit = draw(st.integers(0, 7))
+            data[pos] ^= 1 << bit
+            ops.append((op, pos, bit))
+        elif op == "truncate":
+            n = draw(st.integers(0, len(data)))
+            del data[n:]
+            ops.append((op, n))
+        elif op == "splice":
+            other = bases[draw(st.sampled_from(range(len(bases))))]["descriptor"]
+            i = draw(st.integers(0, len(data)))
+            j = draw(st.integers(0, len(other)))
+            data = data[:i] + bytearray(other[j:])
+            ops.append((op, i, j))
+        elif op == "insert":
+            i = draw(st.integers(0, len(data)))
+            blob = draw(st.binary(min_size=1, max_size=40))
+            data[i:i] = blob
+            ops.append((op, i, len(blob)))
+        elif op == "delete":
+            if not data:
+                continue
+            i = draw(st.integers(0, len(data) - 1))
+            n = draw(st.integers(1, 40))
+            del data[i:i + n]
+            ops.append((op, i, n))
+        elif op == "fds":
+            kind = draw(st.sampled_from(["drop", "dup", "swap"]))
+            if kind == "drop" and fds:
+                k = draw(st.integers(0, len(fds) - 1))
+                del fds[k], fd_source[k]
+            elif kind == "dup" and fds:
+                k = draw(st.integers(0, len(fds) - 1))
+                fds.append(fds[k])
+                fd_source.append(fd_source[k])
+            elif kind == "swap" and fds:
+                ob = draw(st.sampled_from(range(len(bases))))
+                if bases[ob]["fds"]:
+                    k = draw(st.integers(0, len(fds) - 1))
+                    fds[k] = bases[ob]["fds"][0]
+                    fd_source[k] = ob
+            ops.append((op, kind))
+    return bytes(data), fds, fd_source, b, ops
+
+
+def to_entry(bases, data, fds, fd_source, b, ops, name, why):
+    """A self-contained corpus entry for an input (segment images travel with it)."""
+    images, order = [], []
+    index = {}
+    for fd, src in zip(fds, fd_source):
+        key = (src, bases[src]["fds"].index(fd))
+        if key not in index:
+            index[key] = len(images)
+            images.append(bases[src]["entry"]["segments"][key[1]])
+        order.append(index[key])
+    return {"name": name, "why": why, "expect": "any", "descriptor": corpus.b64(data), "segments": images,
+            "fds": order, "ops": [list(map(str, o)) for o in ops], "base": bases[b]["entry"]["name"]}
+
+
+def normalize(message):
+    return re.sub(r"-?\d+", "N", message)[:90]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--examples", type=int, default=3000)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=None)
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    bases = load_bases()
+    outcomes = collections.Counter()
+    count = [0]
+    current = os.path.join(args.out, "current.json")
+
+    @settings(max_examples=args.examples, deadline=None, database=None, derandomize=args.seed is not None,
+              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(mutated(bases))
+    def run(case):
+        data, fds, fd_source, b, ops = case
+        entry = to_entry(bases, data, fds, fd_source, b, ops, "crash_" + corpus.entry_id(
+            {"descriptor": corpus.b64(data), "fds": fds}), "the fuzzer crashed on this input")
+        with open(current, "w") as f:
+            json.dump(entry, f)
+        try:
+            full, light = corpus.attach_both(data, fds)
+        except Exception as e:  # not a ShareError: a validation gap
+            entry["name"] = entry["name"].replace("crash_", "failure_")
+            entry["why"] = f"attach raised {type(e).__name__}: {e}"
+            with open(os.path.join(args.out, "failure.json"), "w") as f:
+                json.dump(entry, f)
+            raise
+        count[0] += 1
+        outcomes["ok" if full == "ok" else "error: " + normalize(full)] += 1
+        if light == "ok" and full != "ok":
+            outcomes["light ok, full error"] += 1
+
+    if args.seed is not None:
+        import random
+        random.seed(args.seed)
+    try:
+        run()
+    except Exception:
+        sys.exit(1)
+    os.remove(current)
+    print(json.dumps({"examples": count[0], "outcomes": dict(outcomes.most_common())}))
+
+
+if __name__ == "__main__":
+    main()

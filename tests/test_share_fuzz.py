@@ -1,0 +1,98 @@
+"""The SIPC regression corpus (tests/share_corpus/*.json) and a hypothesis fuzzer
+of attach(), both run in a subprocess so that a crash is a test failure that
+names its input instead of the end of pytest."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CORPUS = os.path.join(HERE, "share_corpus")
+sys.path.insert(0, CORPUS)
+
+import sipc_corpus  # noqa: E402
+
+REPLAY = r"""
+import json, os, sys, traceback
+sys.path.insert(0, sys.argv[1])
+import sipc_corpus as corpus
+results = []
+for name in sorted(os.listdir(sys.argv[1])):
+    if not name.endswith(".json"):
+        continue
+    print(name, file=sys.stderr, flush=True)   # the last name printed names a crash
+    with open(os.path.join(sys.argv[1], name)) as f:
+        entry = json.load(f)
+    before = len(os.listdir("/proc/self/fd"))
+    try:
+        full, light = corpus.replay(entry)
+        err = None
+    except AssertionError as e:
+        full = light = None
+        err = str(e)
+    except Exception:
+        full = light = None
+        err = traceback.format_exc()
+    after = len(os.listdir("/proc/self/fd"))
+    results.append({"file": name, "full": full, "light": light, "error": err, "fd_delta": after - before})
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def corpus_results():
+    p = subprocess.run([sys.executable, "-c", REPLAY, CORPUS], capture_output=True, text=True, timeout=120)
+    if p.returncode != 0:
+        last = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "?"
+        pytest.fail(f"replaying the corpus crashed ({p.returncode}) at {last}:\n{p.stderr[-3000:]}")
+    return {r["file"]: r for r in json.loads(p.stdout.strip().splitlines()[-1])}
+
+
+ENTRIES = sorted(n for n in os.listdir(CORPUS) if n.endswith(".json"))
+
+
+def test_corpus_is_there():
+    assert sum(n.startswith("base_") for n in ENTRIES) >= 8
+    assert sum(n.startswith("bad_") for n in ENTRIES) >= 50
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_corpus_entry(corpus_results, name):
+    r = corpus_results[name]
+    assert r["error"] is None, r["error"]
+    assert r["fd_delta"] == 0, "an attach that failed (or succeeded and was dropped) leaked fds"
+    with open(os.path.join(CORPUS, name)) as f:
+        entry = json.load(f)
+    if entry["expect"] == "error":
+        # the message names the problem, and both validation levels refuse
+        assert entry["match"] in r["full"], (r["full"], entry["why"])
+
+
+def test_fuzz_attach(tmp_path):
+    """2500 mutated descriptors (about 10 s); ZERROW_FUZZ_EXAMPLES for more. A crashing
+    or misbehaving input is saved and named in the failure (copied into
+    tests/share_corpus/ with ZERROW_FUZZ_SAVE=1)."""
+    n = int(os.environ.get("ZERROW_FUZZ_EXAMPLES", "2500"))
+    p = subprocess.run([sys.executable, os.path.join(CORPUS, "fuzz_sipc.py"), "--examples", str(n),
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    if p.returncode == 0:
+        summary = json.loads(p.stdout.strip().splitlines()[-1])
+        assert summary["examples"] == n
+        assert summary["outcomes"].get("ok", 0) > 0, "some mutations must still attach"
+        assert len(summary["outcomes"]) > 20, "mutations must reach many different checks"
+        return
+    saved = None
+    for name in ("failure.json", "current.json"):
+        path = tmp_path / name
+        if path.exists():
+            saved = path
+            break
+    if saved and os.environ.get("ZERROW_FUZZ_SAVE"):
+        with open(saved) as f:
+            entry = json.load(f)
+        shutil.copy(saved, os.path.join(CORPUS, f"{entry['name']}.json"))
+    pytest.fail(f"the fuzzer failed ({p.returncode}); input saved at {saved}\n{p.stderr[-3000:]}")
