@@ -27,6 +27,10 @@ for name in sorted(os.listdir(sys.argv[1])):
     print(name, file=sys.stderr, flush=True)   # the last name printed names a crash
     with open(os.path.join(sys.argv[1], name)) as f:
         entry = json.load(f)
+    if entry.get("known_crash") and len(sys.argv) < 3:
+        continue   # replayed one by one (test_known_crash)
+    if len(sys.argv) > 2 and name != sys.argv[2]:
+        continue
     before = len(os.listdir("/proc/self/fd"))
     try:
         full, light = corpus.replay(entry)
@@ -52,7 +56,13 @@ def corpus_results():
     return {r["file"]: r for r in json.loads(p.stdout.strip().splitlines()[-1])}
 
 
-ENTRIES = sorted(n for n in os.listdir(CORPUS) if n.endswith(".json"))
+def _load(name):
+    with open(os.path.join(CORPUS, name)) as f:
+        return json.load(f)
+
+
+ENTRIES = sorted(n for n in os.listdir(CORPUS) if n.endswith(".json") and not _load(n).get("known_crash"))
+KNOWN_CRASHES = sorted(n for n in os.listdir(CORPUS) if n.endswith(".json") and _load(n).get("known_crash"))
 
 
 def test_corpus_is_there():
@@ -72,16 +82,30 @@ def test_corpus_entry(corpus_results, name):
         assert entry["match"] in r["full"], (r["full"], entry["why"])
 
 
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
+    strict=True, reason=_load(n)["known_crash"])) for n in KNOWN_CRASHES])
+def test_known_crash(name):
+    """Inputs that crashed the consumer; each must end in a ShareError naming the problem."""
+    p = subprocess.run([sys.executable, "-c", REPLAY, CORPUS, name], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, f"the consumer died ({p.returncode}): {p.stderr[-600:]}"
+    (r,) = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["error"] is None, r["error"]
+    assert _load(name)["match"] in r["full"]
+
+
 def test_fuzz_attach(tmp_path):
     """2500 mutated descriptors (about 10 s); ZERROW_FUZZ_EXAMPLES for more. A crashing
     or misbehaving input is saved and named in the failure (copied into
     tests/share_corpus/ with ZERROW_FUZZ_SAVE=1)."""
     n = int(os.environ.get("ZERROW_FUZZ_EXAMPLES", "2500"))
+    seed = os.environ.get("ZERROW_FUZZ_SEED", "20261125")  # "random" for a fresh run
+    args = [] if seed == "random" else ["--seed", seed]
     p = subprocess.run([sys.executable, os.path.join(CORPUS, "fuzz_sipc.py"), "--examples", str(n),
-                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+                        "--out", str(tmp_path)] + args, capture_output=True, text=True, timeout=600)
     if p.returncode == 0:
         summary = json.loads(p.stdout.strip().splitlines()[-1])
-        assert summary["examples"] == n
+        skipped = summary["outcomes"].get("skipped: known crash", 0)
+        assert summary["examples"] + skipped == n
         assert summary["outcomes"].get("ok", 0) > 0, "some mutations must still attach"
         assert len(summary["outcomes"]) > 20, "mutations must reach many different checks"
         return

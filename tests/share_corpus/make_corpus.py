@@ -216,6 +216,34 @@ def nasty(b):
     return out
 
 
+CRASH_REASON = ("BUG share_import.cc: Attach() calls arrow::MakeArray() before validating; MapArray::SetData "
+                "ARROW_CHECKs its child data, so a map whose entries (or keys) claim nulls aborts the consumer "
+                "(SIGABRT) instead of raising ShareError")
+
+
+def crashes(b):
+    """Minimal inputs for crashes found by the fuzzer (kept as known_crash until fixed)."""
+    t = b["table"]
+    d0 = parse_sipc(unb64(t["descriptor"]))
+    schema = pa.ipc.read_schema(pa.py_buffer(d0["schema"]))
+    col = schema.get_field_index("map")
+
+    def entries(d):
+        return d["columns"][col][0]["children"][0]
+
+    out = []
+    for name, why, mutate in (
+            ("map_entries_null_count", "the entries struct of a map claims 2 nulls (no validity buffer)",
+             lambda d: entries(d).update(null_count=2)),
+            ("map_keys_null_count", "the keys of a map claim a null",
+             lambda d: entries(d)["children"][0].update(null_count=1))):
+        e = bad(t, name, why, "Map array", mutate=mutate)
+        e["name"] = f"crash_{name}"
+        e["known_crash"] = CRASH_REASON
+        out.append(e)
+    return out
+
+
 def _shrink_last_buffer(d):
     node = d["columns"][0][0]
     seg, off, ln = node["buffers"][2]
@@ -233,13 +261,15 @@ def _patch_first_node_u32(raw, rel, value):
 
 def main():
     for name in os.listdir(HERE):
-        if (name.startswith("base_") or name.startswith("bad_")) and name.endswith(".json"):
+        if name.startswith(("base_", "bad_", "crash_map_")) and name.endswith(".json"):
             os.remove(os.path.join(HERE, name))
     b = bases()
     for e in b.values():
         save(e)
     entries = nasty(b)
     for e in entries:
+        save(e)
+    for e in crashes(b):
         save(e)
     print(f"{len(b)} base and {len(entries)} nasty entries written to {HERE}")
 
