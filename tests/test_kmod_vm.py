@@ -89,17 +89,32 @@ def test_guest(kernel, name):
         f"timed_out={res.timed_out}):\n{res.output[-3000:]}")
 
 
-@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
-def test_host_command_runs_in_guest(kernel):
+def _cmd_params():
+    """One command boot per kernel: read-only root on the oldest, overlay on the newest."""
+    if not KERNELS:
+        return [pytest.param(None, False, id="no-kernel")]
+    params = [pytest.param(KERNELS[0], False, id=f"{KERNELS[0].short}-ro")]
+    params.append(pytest.param(KERNELS[-1], True, id=f"{KERNELS[-1].short}-overlay"))
+    return params
+
+
+@pytest.mark.parametrize("kernel,writable", _cmd_params())
+def test_host_command_runs_in_guest(kernel, writable):
     """run_in_vm's cmd mode: host Python over 9p sees /dev/zerrow; exit code comes back."""
     kernel = _kernel_or_skip(kernel)
     code = ("import os, sys; print('guest', os.uname().release); "
-            "fd = os.open('/dev/zerrow', os.O_RDWR); os.close(fd); sys.exit(7)")
+            "fd = os.open('/dev/zerrow', os.O_RDWR); os.close(fd); "
+            "p = os.path.join(os.getcwd(), '.zerrow-vm-write-probe')\n"
+            "try:\n open(p, 'w').write('x'); print('write ok')\n"
+            "except OSError as e:\n print('write failed', e.errno)\n"
+            "sys.exit(7)")
     res = vmtest.run_vm(kernel, "cmd", command=[sys.executable, "-c", code], cwd=str(REPO),
-                        timeout=300)
+                        timeout=300, writable=writable)
     assert not res.timed_out, res.output[-3000:]
     assert res.cmd_exit == 7, res.output[-3000:]
     assert f"guest {kernel.version}" in res.cmd_output
+    assert ("write ok" if writable else "write failed 30") in res.cmd_output, res.cmd_output
+    assert not (REPO / ".zerrow-vm-write-probe").exists()  # the overlay never reaches the host
     assert not res.failed, res.summary()
 
 

@@ -4,7 +4,9 @@
 #   tests  insmod zerrow.ko, run /bin/ztest (args from /zargs) and the
 #          kmod_client smoke test, then the global checks
 #   bench  run /bin/ztest --bench (args from /zargs)
-#   cmd    mount the host's / (9p, read-only) and run /zcmd.sh chrooted in it
+#   cmd    mount the host's / (9p, read-only) and run /zcmd.sh chrooted in it;
+#          with "zwritable=1" a tmpfs overlay makes it writable (changes are
+#          lost at poweroff)
 # Every mode ends with: rmmod check, dmesg check, "ZVM DONE", poweroff.
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin
@@ -15,8 +17,12 @@ mount -t devtmpfs dev /dev 2>/dev/null
 mount -t tmpfs tmp /tmp
 
 ZMODE=tests
+ZWRITABLE=0
 for w in $(cat /proc/cmdline); do
-	case "$w" in zmode=*) ZMODE="${w#zmode=}" ;; esac
+	case "$w" in
+	zmode=*) ZMODE="${w#zmode=}" ;;
+	zwritable=*) ZWRITABLE="${w#zwritable=}" ;;
+	esac
 done
 ZARGS=""
 [ -f /zargs ] && ZARGS="$(cat /zargs)"
@@ -49,19 +55,28 @@ cmd)
 	for m in $(cat /lib/zmods/order); do
 		insmod "/lib/zmods/$m" || { echo "ZVM insmod $m failed"; ok=0; }
 	done
+	ROOT=/host
 	if [ $ok = 1 ] && mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 hostroot /host; then
-		mount -t proc proc /host/proc
-		mount -t sysfs sys /host/sys
-		mount -t devtmpfs dev /host/dev
-		mount -t tmpfs tmp /host/tmp
-		[ -d /host/run ] && mount -t tmpfs run /host/run
-		[ -d /host/dev/shm ] || mkdir -p /host/dev/shm
-		mount -t tmpfs shm /host/dev/shm
+		if [ "$ZWRITABLE" = 1 ]; then
+			# writable view: tmpfs overlay on the read-only host root
+			mkdir -p /ovl /merged && mount -t tmpfs ovl /ovl &&
+				mkdir -p /ovl/up /ovl/work &&
+				mount -t overlay overlay -o lowerdir=/host,upperdir=/ovl/up,workdir=/ovl/work /merged &&
+				ROOT=/merged || echo "ZVM overlay failed; the host root stays read-only"
+		fi
+		mount -t proc proc $ROOT/proc
+		mount -t sysfs sys $ROOT/sys
+		mount -t devtmpfs dev $ROOT/dev
+		mount -t tmpfs tmp $ROOT/tmp
+		[ -d $ROOT/run ] && mount -t tmpfs run $ROOT/run
+		[ -d $ROOT/dev/shm ] || mkdir -p $ROOT/dev/shm
+		mount -t tmpfs shm $ROOT/dev/shm
 		echo "ZCMD START"
-		chroot /host /bin/sh /proc/1/root/zcmd.sh
+		chroot $ROOT /bin/sh /proc/1/root/zcmd.sh
 		rc=$?
 		echo "ZCMD EXIT $rc"
-		umount /host/dev/shm /host/run /host/tmp /host/dev /host/sys /host/proc 2>/dev/null
+		umount $ROOT/dev/shm $ROOT/run $ROOT/tmp $ROOT/dev $ROOT/sys $ROOT/proc 2>/dev/null
+		[ $ROOT = /merged ] && umount /merged
 		umount /host 2>/dev/null
 	else
 		echo "ZCMD EXIT 255 (could not mount the host root over 9p)"

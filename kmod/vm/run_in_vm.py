@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=None, help="seconds before qemu is killed")
     ap.add_argument("--memory", default="2G")
     ap.add_argument("--quiet", action="store_true", help="do not echo the serial console")
+    ap.add_argument("--writable", action="store_true",
+                    help="command mode: put a tmpfs overlay on the host root so it can write "
+                         "anywhere (changes are discarded at poweroff)")
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- command to run in the guest")
     args = ap.parse_args(argv)
 
@@ -54,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         mode, extra = "tests", args.tests or None
         timeout = args.timeout or 300
     res = vmtest.run_vm(kernel, mode, args=extra, command=command or None, cwd=os.getcwd(),
-                        timeout=timeout, memory=args.memory, echo=not args.quiet)
+                        timeout=timeout, memory=args.memory, echo=not args.quiet,
+                        writable=args.writable)
     if args.quiet:
         if mode == "cmd":
             print(res.cmd_output)

@@ -418,8 +418,12 @@ def parse_output(kernel: str, output: str, returncode: int | None, timed_out: bo
 def run_vm(kernel: Kernel, mode: str = "tests", args: list[str] | None = None,
            command: list[str] | None = None, cwd: str | None = None, timeout: float = 240,
            memory: str = "2G", smp: int = 2, echo: bool = False,
-           extra_env: dict[str, str] | None = None) -> VMResult:
-    """Boot `kernel` in `mode` ('tests', 'bench' or 'cmd') and collect the results."""
+           extra_env: dict[str, str] | None = None, writable: bool = False) -> VMResult:
+    """Boot `kernel` in `mode` ('tests', 'bench' or 'cmd') and collect the results.
+
+    In 'cmd' mode `command` runs in `cwd` chrooted into the host's / (read-only
+    9p; with `writable`, behind a tmpfs overlay whose changes are discarded).
+    """
     initrd = build_initramfs(kernel)
     extra: dict[str, bytes] = {}
     if args:
@@ -444,7 +448,8 @@ def run_vm(kernel: Kernel, mode: str = "tests", args: list[str] | None = None,
                 f.write(_extra_initramfs(extra))
         qemu = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-nographic", "-no-reboot",
                 "-m", memory, "-smp", str(smp), "-kernel", str(kernel.vmlinuz), "-initrd", str(rd),
-                "-append", f"console=ttyS0 panic=-1 quiet loglevel=4 zmode={mode}",
+                "-append", f"console=ttyS0 panic=-1 quiet loglevel=4 zmode={mode} "
+                           f"zwritable={int(writable)}",
                 "-nic", "none"]
         if mode == "cmd":
             qemu += ["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"]
