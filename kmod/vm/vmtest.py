@@ -19,7 +19,10 @@ import dataclasses
 import fcntl
 import gzip
 import io
-import lzma
+try:
+    import lzma
+except ImportError:  # pragma: no cover
+    lzma = None
 import os
 import re
 import shlex
@@ -282,6 +285,8 @@ class Cpio:
 def _read_module(path: Path) -> bytes:
     data = path.read_bytes()
     if path.name.endswith(".xz"):
+        if lzma is None:  # Python built without liblzma
+            return subprocess.run(["xz", "-dc", str(path)], capture_output=True, check=True).stdout
         return lzma.decompress(data)
     if path.name.endswith(".zst"):
         return subprocess.run(["zstd", "-dc", str(path)], capture_output=True, check=True).stdout
