@@ -708,6 +708,41 @@ static int t_producer_gone_common(int kill_it)
 	return 0;
 }
 
+/* A child forked before the append shares the pages COW; its writes stay its own. */
+static int t_fork_before_append(void)
+{
+	const uint64_t len = 2 * MIB;
+	struct reader r;
+	struct prod pr;
+	int go[2], done[2], st;
+	pid_t pid;
+	char c;
+
+	CHECK(reader_start(&r) == 0, "reader");
+	CHECK(pipe(go) == 0 && pipe(done) == 0, "pipe");
+	pr.p = anon(len, 0);
+	fill(pr.p, len, 13);
+	pid = fork();
+	if (pid == 0) {	/* shares every page with the parent until someone writes */
+		if (read(go[0], &c, 1) != 1)
+			_exit(2);
+		memset(pr.p, 0, len);
+		_exit(write(done[1], "d", 1) == 1 ? 0 : 3);
+	}
+	pr.dev = zdev();
+	pr.fd = zcreate(pr.dev);
+	CHECK(zappend(pr.fd, pr.p, len, 0, NULL) == 0, "append");
+	CHECK(reader_cmd(&r, R_MAP, pr.fd, len, 0, 0, 0) == 0, "map");
+	CHECK(write(go[1], "g", 1) == 1 && read(done[0], &c, 1) == 1, "child ran");
+	waitpid(pid, &st, 0);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %x", st);
+	CHECK(reader_cmd(&r, R_VERIFY, -1, 0, 0, len, 13) == 0, "child's write reached readers");
+	CHECK(verify(pr.p, len, 13) == 0, "child's write reached the producer");
+	prod_close(&pr);
+	reader_stop(&r);
+	return 0;
+}
+
 static int t_producer_exit(void)
 {
 	return t_producer_gone_common(0);
@@ -1231,6 +1266,7 @@ static const struct test tests[] = {
 	{ "copy_edges", t_copy_edges },
 	{ "protect", t_protect },
 	{ "unprotected_semantics", t_unprotected_semantics },
+	{ "fork_before_append", t_fork_before_append },
 	{ "producer_exit", t_producer_exit },
 	{ "producer_killed", t_producer_killed },
 	{ "reader_fork", t_reader_fork },
