@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import os
 import resource
+import signal
 import socket
 import sys
 import threading
@@ -167,6 +168,9 @@ def _preload_active() -> bool:
 
 
 def serve(sock: socket.socket, transport_name: str) -> None:
+    # Ctrl-C reaches the whole process group: the coordinator decides what
+    # stops; a worker exits when its socket closes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_fd_limit()
     transport = get_transport(transport_name)
     send_msg(sock, {"ready": os.getpid(), "preload_active": _preload_active()})
