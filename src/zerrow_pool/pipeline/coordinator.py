@@ -385,6 +385,9 @@ class Runtime:
         self._complete(st, task.name, payload, reply.get("timing", {}), reply.get("peak", 0))
 
     def _on_decoded(self, task, reply, fds) -> None:
+        timing = task.run.rec[task.name].timing  # decode work counts for its source
+        for k, v in reply["timing"].items():
+            timing[k] = timing.get(k, 0) + v
         res = reply["result"]
         total = sum(p["nbytes"] for p in res["parts"]) or 1
         secs = reply["timing"].get("total_s", 0.0)

@@ -65,7 +65,7 @@ def load_function(ref):
 class PeakSampler:
     """Samples the default pool's bytes_allocated while a task runs."""
 
-    def __init__(self, interval=0.002):
+    def __init__(self, interval=float(os.environ.get("ZERROW_PEAK_SAMPLE_S", "0.005"))):
         self.interval = interval
         self.peak = 0
         self._stop = threading.Event()
