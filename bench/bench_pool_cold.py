@@ -6,6 +6,13 @@ Prints one JSON object: the time of the first run of OP (its result freed
 inside the timed region, as in bench_pool.py), the process's peak RSS (VmHWM,
 which includes memfd pages) and page faults before and after, and the pool's
 counters. Inputs are memory-mapped, so the pool has served nothing before OP.
+
+    python bench/bench_pool_cold.py --serve
+
+keeps the process (and its pool) for warm runs: it reads one OP per line on
+stdin and answers each with one JSON line (seconds, page faults, VmHWM), so
+that compare_pools.py can interleave the rounds of all pools and the machine's
+changing load falls on every pool alike.
 """
 
 import json
@@ -17,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import OPS, load_input, prepare, proc_figures, select_pool, timed  # noqa: E402
 
 
-def main(op):
+def cold(op):
     paths = prepare()
     table = load_input(paths[0])
     pool = select_pool()
@@ -34,5 +41,24 @@ def main(op):
     print(json.dumps(out))
 
 
+def serve():
+    from conftest import make_small_batches, small_alloc_churn, small_batches_compute
+
+    paths = prepare()
+    table = load_input(paths[0])
+    pool = select_pool()
+    small = make_small_batches(table)
+    ops = {**{op: (lambda f: lambda: f(table, paths))(f) for op, f in OPS.items()},
+           "small_alloc_python": lambda: small_alloc_churn(pool),
+           "small_batches_compute": lambda: small_batches_compute(small)}
+    print(json.dumps({"ready": pool.backend_name}), flush=True)
+    for line in sys.stdin:
+        op = line.strip()
+        f0 = proc_figures()["minflt"]
+        seconds = timed(ops[op])
+        fig = proc_figures()
+        print(json.dumps({"op": op, "seconds": seconds, "minflt": fig["minflt"] - f0, "VmHWM": fig["VmHWM"]}), flush=True)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    serve() if sys.argv[1] == "--serve" else cold(sys.argv[1])

@@ -2,9 +2,12 @@
 
     python bench/compare_pools.py [--cold-reps 3] [--warm-only | --cold-only] [--json out.json]
 
-* warm: ``bench_pool.py`` under pytest-benchmark, one process per pool
-  (conftest.bench_env: Arrow's default pool switched by ARROW_DEFAULT_MEMORY_POOL,
-  or the zerrow preload), median of 5 rounds after a warm-up round;
+* warm: one long-lived process per pool (``bench_pool_cold.py --serve``, under
+  conftest.bench_env: Arrow's default pool switched by ARROW_DEFAULT_MEMORY_POOL,
+  or the zerrow preload); the rounds of the pools are interleaved (the order
+  rotating), so a change in the machine's load falls on all of them alike;
+  median of --rounds after one warm-up round. ``--pytest`` runs
+  ``bench_pool.py`` under pytest-benchmark instead, one pool after the other;
 * cold: ``bench_pool_cold.py OP``, a fresh process per (pool, op, repetition),
   pools interleaved; median time, median peak RSS (VmHWM, memfd pages
   included) and the peak's growth during the operation.
@@ -37,7 +40,36 @@ def run_warm(pool, out_dir):
     subprocess.run(cmd, env=bench_env(pool), check=True, cwd=HERE, stdout=subprocess.DEVNULL)
     with open(out) as f:
         data = json.load(f)
-    return {b["group"]: b["stats"]["median"] for b in data["benchmarks"]}
+    return ({b["group"]: b["stats"]["median"] for b in data["benchmarks"]},
+            {b["group"]: b["extra_info"]["minflt_per_round"] for b in data["benchmarks"] if "minflt_per_round" in b["extra_info"]})
+
+
+def run_warm_interleaved(pools, rounds):
+    """Median time and page faults per (op, pool), rounds interleaved across pools."""
+    workers = {}
+    for p in pools:
+        workers[p] = subprocess.Popen([sys.executable, os.path.join(HERE, "bench_pool_cold.py"), "--serve"],
+                                      env=bench_env(p), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert json.loads(workers[p].stdout.readline())["ready"] == p
+    times = {op: {p: [] for p in pools} for op in [*OPS, *MICRO]}
+    faults = {op: {p: [] for p in pools} for op in [*OPS, *MICRO]}
+    try:
+        for op in times:
+            for r in range(rounds + 1):
+                order = pools[r % len(pools):] + pools[:r % len(pools)]
+                for p in order:
+                    workers[p].stdin.write(op + "\n")
+                    workers[p].stdin.flush()
+                    res = json.loads(workers[p].stdout.readline())
+                    if r > 0:  # round 0 warms the pool up
+                        times[op][p].append(res["seconds"])
+                        faults[op][p].append(res["minflt"])
+    finally:
+        for w in workers.values():
+            w.stdin.close()
+            w.wait()
+    return ({p: {op: statistics.median(times[op][p]) for op in times} for p in pools},
+            {p: {op: statistics.median(faults[op][p]) for op in times} for p in pools})
 
 
 def run_cold(pool, op):
@@ -69,7 +101,9 @@ def ratio_table(title, values, unit_fmt, pools):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cold-reps", type=int, default=3)
+    ap.add_argument("--cold-reps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--pytest", action="store_true", help="warm runs through pytest-benchmark, pool after pool")
     ap.add_argument("--warm-only", action="store_true")
     ap.add_argument("--cold-only", action="store_true")
     ap.add_argument("--pools", default=",".join(POOLS))
@@ -80,12 +114,23 @@ def main():
     prepare()
     report, summary = {}, {}
     if not args.cold_only:
-        with tempfile.TemporaryDirectory() as d:
-            warm = {p: run_warm(p, d) for p in pools}
+        if args.pytest:
+            with tempfile.TemporaryDirectory() as d:
+                per_pool = {p: run_warm(p, d) for p in pools}
+            warm = ({p: v[0] for p, v in per_pool.items()}, {p: v[1] for p, v in per_pool.items()})
+            how = "pytest-benchmark, median of 5 rounds, one pool after the other"
+        else:
+            warm = run_warm_interleaved(pools, args.rounds)
+            how = f"median of {args.rounds} rounds, interleaved across pools"
         report["warm"] = warm
-        values = {op: {p: warm[p][op] for p in pools} for op in [*OPS, *MICRO]}
-        text, summary["warm_time"] = ratio_table("Warm time (median of 5 rounds)", values, lambda s: f"{s * 1000:.0f} ms", pools)
+        values = {op: {p: warm[0][p][op] for p in pools} for op in [*OPS, *MICRO]}
+        text, summary["warm_time"] = ratio_table(f"Warm time ({how})", values, lambda s: f"{s * 1000:.0f} ms", pools)
         print(text + "\n")
+        print("Minor page faults per warm round (median):\n")
+        print("| op | " + " | ".join(pools) + " |\n|---|" + "---|" * len(pools))
+        for op in OPS:
+            print(f"| {op} | " + " | ".join(f"{warm[1][p].get(op, 0):.0f}" for p in pools) + " |")
+        print()
     if not args.warm_only:
         runs = {op: {p: [] for p in pools} for op in OPS}
         for _ in range(args.cold_reps):
