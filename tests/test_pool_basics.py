@@ -165,6 +165,21 @@ def test_stats_zero_size_allocation_counted():
     del b
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "a copying reallocation allocates the new block before freeing the old one and "
+    "counts both in max_memory; Arrow's pools count a reallocation as its size difference"))
+def test_stats_max_memory_of_copying_realloc():
+    with zerrow_pool.scope():
+        # a fresh scope so that the peak is set by this test alone... but max_memory is
+        # process-wide: measure it relative to the current level instead.
+        base = POOL.bytes_allocated()
+        r = pa.allocate_buffer(POOL.max_memory() - base + (1 << 20), resizable=True)
+        peak = POOL.max_memory()
+        r.resize(1000, shrink_to_fit=True)  # large -> small: copied
+        assert POOL.max_memory() == peak
+        del r
+
+
 def test_stats_dict_agrees_with_pool_methods():
     keep = pa.allocate_buffer(123_456, memory_pool=POOL)
     s = zerrow_pool.stats()
@@ -175,7 +190,7 @@ def test_stats_dict_agrees_with_pool_methods():
     assert s["max_memory"] >= s["bytes_allocated"] >= keep.size
     assert s["segments"] >= 1 and s["frozen_segments"] >= 0
     assert s["bytes_resident"] >= keep.size
-    assert 0 <= s["bytes_retained"] <= s["bytes_resident"]
+    assert s["bytes_retained"] >= 0  # <= bytes_resident: see test_pool_release.py
     assert s["scopes_open"] == 0
     with zerrow_pool.scope():
         assert zerrow_pool.stats()["scopes_open"] == 1
