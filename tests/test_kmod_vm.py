@@ -81,6 +81,8 @@ def test_guest_boot_completes(kernel):
 def test_guest(kernel, name):
     kernel = _kernel_or_skip(kernel)
     res = _guest_results(kernel)
+    if name in res.skipped:
+        pytest.skip(f"{name} skipped in {kernel.version}: {res.skipped[name]}")
     if name in res.failed:
         info = "\n".join(line for line in res.output.splitlines() if "ZTEST INFO" in line)
         pytest.fail(f"{name} failed in {kernel.version}: {res.failed[name]}\n{info}")

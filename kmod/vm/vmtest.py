@@ -81,6 +81,7 @@ class VMResult:
     elapsed: float
     passed: list[str]
     failed: dict[str, str]
+    skipped: dict[str, str]
     done: bool
     cmd_exit: int | None
     bench: list[dict[str, str]]
@@ -101,6 +102,7 @@ class VMResult:
 
     def summary(self) -> str:
         lines = [f"kernel {self.kernel}: {len(self.passed)} passed, {len(self.failed)} failed, "
+                 f"{len(self.skipped)} skipped, "
                  f"done={self.done} timed_out={self.timed_out} {self.elapsed:.1f}s"]
         for name, why in self.failed.items():
             lines.append(f"  FAIL {name}: {why}")
@@ -393,6 +395,7 @@ def parse_output(kernel: str, output: str, returncode: int | None, timed_out: bo
                  elapsed: float) -> VMResult:
     passed: list[str] = []
     failed: dict[str, str] = {}
+    skipped: dict[str, str] = {}
     bench: list[dict[str, str]] = []
     done = False
     cmd_exit = None
@@ -407,6 +410,9 @@ def parse_output(kernel: str, output: str, returncode: int | None, timed_out: bo
         elif kind == "ZTEST" and rest.startswith("FAIL "):
             name, _, why = rest[5:].partition(":")
             failed[name.strip()] = why.strip()
+        elif kind == "ZTEST" and rest.startswith("SKIP "):
+            name, _, why = rest[5:].partition(":")
+            skipped[name.strip()] = why.strip()
         elif kind == "ZBENCH" and "=" in rest:
             bench.append(dict(kv.split("=", 1) for kv in rest.split() if "=" in kv))
         elif kind == "ZCMD" and rest.startswith("EXIT"):
@@ -416,8 +422,8 @@ def parse_output(kernel: str, output: str, returncode: int | None, timed_out: bo
                 cmd_exit = 255
         elif kind == "ZVM" and rest == "DONE":
             done = True
-    return VMResult(kernel, output, returncode, timed_out, elapsed, passed, failed, done,
-                    cmd_exit, bench)
+    return VMResult(kernel, output, returncode, timed_out, elapsed, passed, failed, skipped,
+                    done, cmd_exit, bench)
 
 
 def run_vm(kernel: Kernel, mode: str = "tests", args: list[str] | None = None,
