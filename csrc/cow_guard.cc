@@ -148,6 +148,12 @@ arrow::Status GuardReadOnlyRange(void* addr, size_t len) {
   return arrow::Status::OK();
 }
 
+void EnsureCowHandler() {
+  if (g_used.load(std::memory_order_acquire) == 0) return;
+  std::lock_guard lock(g_register_mu);
+  (void)InstallHandler();
+}
+
 int64_t CowBytesCopied() { return g_copied.load(std::memory_order_relaxed); }
 
 }  // namespace zerrow

@@ -20,6 +20,11 @@ namespace zerrow {
 // (chaining to any previous one for faults that are not ours) if needed.
 arrow::Status GuardReadOnlyRange(void* addr, size_t len);
 
+// Puts the handler back in front if something replaced it (Python's
+// faulthandler restores its predecessor when disabled, for one). Cheap; a
+// no-op until a range was guarded.
+void EnsureCowHandler();
+
 // Bytes this process copied because it wrote to a guarded range.
 int64_t CowBytesCopied();
 

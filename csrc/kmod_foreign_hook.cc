@@ -50,24 +50,17 @@ class KernelModuleHook final : public ForeignMemoryHook {
     }
     if (placed.empty()) return out;
     if (auto st = file.Seal(); !st.ok()) return arrow::Status::IOError(st.message);
-    // Producer protection: remap the whole pages of each range read-only onto
-    // the file, so this process can no longer change what readers see; a
-    // later write here gets a private copy (cow_guard.h).
+    // Producer protection: remap the whole pages inside each range read-only
+    // onto the file, so this process can no longer change what readers see
+    // there; a later write gets a private copy (cow_guard.h). The partial
+    // edge pages stay as they are: they also hold unrelated memory (allocator
+    // headers, neighbours), so they are either copied (strict_exposure) or
+    // pinned and counted as exposed.
     for (size_t i : placed) {
       const KmodAppend& a = appended[i];
-      auto addr = reinterpret_cast<uintptr_t>(ranges[i].data);
-      uintptr_t lo = addr & ~(page - 1), hi = (addr + ranges[i].size + page - 1) & ~(page - 1);
-      if (options.strict_exposure) {  // edge pages were copied, not pinned: only whole pages map the producer's
-        lo = reinterpret_cast<uintptr_t>(a.protect_addr);
-        hi = lo + a.protect_len;
-      }
-      if (hi > lo) {
-        uint64_t file_off = a.offset - (addr - lo);
-        ARROW_RETURN_NOT_OK(GuardReadOnlyRange(reinterpret_cast<void*>(lo), hi - lo));
-        void* m = mmap(reinterpret_cast<void*>(lo), hi - lo, PROT_READ, MAP_SHARED | MAP_FIXED, file.fd(),
-                       static_cast<off_t>(file_off));
-        if (m == MAP_FAILED) return arrow::Status::IOError("zerrow: remapping a de-anonymized range read-only failed");
-      }
+      if (a.protect_len == 0) continue;
+      ARROW_RETURN_NOT_OK(GuardReadOnlyRange(a.protect_addr, a.protect_len));
+      if (auto st = file.Protect(a); !st.ok()) return arrow::Status::IOError(st.message);
     }
     ARROW_ASSIGN_OR_RAISE(std::shared_ptr<Segment> segment,
                           Segment::Attach(file.fd(), /*size=*/0, SegmentKind::kKernelFile));

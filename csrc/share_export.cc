@@ -13,6 +13,7 @@
 #include <arrow/ipc/writer.h>
 
 #include "buffer_walk.h"
+#include "cow_guard.h"
 #include "segment_heap.h"
 #include "segment_registry.h"
 #include "size_classes.h"
@@ -66,6 +67,7 @@ class Exporter {
   explicit Exporter(const ShareOptions& options) : options_(options) {}
 
   arrow::Result<ShareResult> Run(const SharedObject& object) {
+    EnsureCowHandler();
     // Pass 1: where does every buffer lie?
     for (const auto& col : object.columns)
       for (const auto& chunk : col) ARROW_RETURN_NOT_OK(PlaceAll(*chunk));

@@ -57,6 +57,7 @@ cdef extern from "kmod_foreign_hook.h" namespace "zerrow" nogil:
 
 cdef extern from "cow_guard.h" namespace "zerrow" nogil:
     int64_t CowBytesCopied()
+    void EnsureCowHandler()
 
 
 SetForeignMemoryHook(MakeKernelModuleHook())
@@ -68,6 +69,17 @@ def kernel_module_available():
 
 def cow_bytes_copied():
     return CowBytesCopied()
+
+
+def ensure_cow_handler():
+    EnsureCowHandler()
+
+
+# Whatever replaced the copy-on-write SIGSEGV handler during the run (pytest
+# restores its predecessor on exit, for one), frees during interpreter
+# shutdown may still write to de-anonymized ranges: put it back first.
+import atexit as _atexit
+_atexit.register(ensure_cow_handler)
 
 
 class ShareError(Exception):
