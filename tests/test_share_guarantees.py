@@ -374,3 +374,30 @@ def test_consecutive_tables_from_one_segment_map_it_once():
         for ino in inos:
             assert after.get(ino, 0) - before.get(ino, 0) <= 1
     del got
+
+
+REPROTECT = """
+import ctypes, mmap
+import pyarrow as pa, zerrow_pool as z
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+with z.scope():
+    a = pa.array(range(100_000), pa.int64())
+s = z.share(a, seal=True)
+consumer = z.attach(s.descriptor, s.fds)   # a read-only mapping of its own
+buf = a.buffers()[1]
+page = buf.address & ~(mmap.PAGESIZE - 1)
+if libc.mprotect(ctypes.c_void_p(page), mmap.PAGESIZE, mmap.PROT_READ | mmap.PROT_WRITE) == 0:
+    ctypes.memset(buf.address, 0x41, 8)
+print(consumer[0].as_py())
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="DESIGN GAP zerrow_pool/arena freeze: seal=True leaves the producer's "
+                   "MAP_SHARED mapping with VM_MAYWRITE, so the producer can mprotect it writable again and "
+                   "change bytes consumers already validated (F_SEAL_FUTURE_WRITE spares existing mappings); "
+                   "remapping the segment from a read-only fd and adding F_SEAL_WRITE would close it")
+def test_sealed_bytes_cannot_be_made_writable_again():
+    p = subprocess.run([sys.executable, "-c", REPROTECT], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "0", "the consumer saw the producer's write after sealing"
