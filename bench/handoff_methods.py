@@ -120,7 +120,11 @@ class Method:
         import ray
 
         if not ray.is_initialized():
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            # the actor's class lives in this module: let Ray's workers import it
+            path = os.pathsep.join(p for p in (os.path.dirname(os.path.abspath(__file__)),
+                                               os.environ.get("PYTHONPATH")) if p)
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"PYTHONPATH": path}})
 
         @ray.remote(num_cpus=0)
         class Receiver:

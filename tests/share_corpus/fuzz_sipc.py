@@ -135,6 +135,7 @@ def to_entry(bases, data, fds, fd_source, b, ops, name, why):
 
 
 def _map_nodes(node, type_, out, dictionaries=None, depth=0):
+    """Appends (kind, node) for every map and union node."""
     import pyarrow as pa
 
     if depth > 70:
@@ -142,7 +143,9 @@ def _map_nodes(node, type_, out, dictionaries=None, depth=0):
     if isinstance(type_, pa.BaseExtensionType):
         type_ = type_.storage_type
     if pa.types.is_map(type_):
-        out.append(node)
+        out.append(("map", node))
+    if pa.types.is_union(type_):
+        out.append(("union", node))
     if pa.types.is_dictionary(type_):
         if dictionaries is not None and 0 <= node["dictionary"] < len(dictionaries):
             _map_nodes(dictionaries[node["dictionary"]], type_.value_type, out, dictionaries, depth + 1)
@@ -152,8 +155,9 @@ def _map_nodes(node, type_, out, dictionaries=None, depth=0):
 
 
 def known_crash(data):
-    """Inputs that hit an already reported crash (crash_map_*.json in the corpus):
-    a map whose entries or keys claim nulls aborts the process in MapArray::SetData."""
+    """Inputs that hit an already reported crash (crash_*.json in the corpus): a map
+    whose entries or keys claim nulls (MapArray::SetData), a union with a first
+    buffer (UnionArray::SetData) abort the process."""
     import pyarrow as pa
     from test_share_common import SipcError, parse_sipc
 
@@ -166,7 +170,11 @@ def known_crash(data):
     for field, col in zip(schema, d["columns"]):
         for node in col:
             _map_nodes(node, field.type, maps, d["dictionaries"])
-    for m in maps:
+    for kind, m in maps:
+        if kind == "union":
+            if m["buffers"][:1] and m["buffers"][0][0] != -1:
+                return True
+            continue
         for entries in m["children"][:1]:
             if entries["null_count"] != 0 or any(k["null_count"] != 0 for k in entries["children"][:1]):
                 return True

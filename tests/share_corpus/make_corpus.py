@@ -219,6 +219,9 @@ def nasty(b):
 CRASH_REASON = ("BUG share_import.cc: Attach() calls arrow::MakeArray() before validating; MapArray::SetData "
                 "ARROW_CHECKs its child data, so a map whose entries (or keys) claim nulls aborts the consumer "
                 "(SIGABRT) instead of raising ShareError")
+UNION_REASON = ("BUG share_import.cc: Attach() calls arrow::MakeArray() before validating; UnionArray::SetData "
+                "ARROW_CHECKs that buffers[0] is null, so a union node whose first buffer reference is not -1 "
+                "(an empty buffer -2 or any segment) aborts the consumer (SIGABRT) instead of raising ShareError")
 
 
 def crashes(b):
@@ -241,6 +244,17 @@ def crashes(b):
         e["name"] = f"crash_{name}"
         e["known_crash"] = CRASH_REASON
         out.append(e)
+    for union in ("dense", "sparse"):
+        ucol = schema.get_field_index(union)
+        for name, ref in (("empty", (-2, 0, 0)), ("segment", None)):
+            def mutate(d, ucol=ucol, ref=ref):
+                node = d["columns"][ucol][0]
+                node["buffers"][0] = ref or node["buffers"][1]
+            e = bad(t, f"{union}_union_validity_{name}", f"a {union} union whose (always absent) validity "
+                    f"buffer is {'an empty buffer' if ref else 'a real range'}", "union", mutate=mutate)
+            e["name"] = f"crash_{union}_union_validity_{name}"
+            e["known_crash"] = UNION_REASON
+            out.append(e)
     return out
 
 
@@ -261,7 +275,7 @@ def _patch_first_node_u32(raw, rel, value):
 
 def main():
     for name in os.listdir(HERE):
-        if name.startswith(("base_", "bad_", "crash_map_")) and name.endswith(".json"):
+        if name.startswith(("base_", "bad_", "crash_map_", "crash_dense_", "crash_sparse_")) and name.endswith(".json"):
             os.remove(os.path.join(HERE, name))
     b = bases()
     for e in b.values():
