@@ -146,6 +146,8 @@ def _map_nodes(node, type_, out, dictionaries=None, depth=0):
         out.append(("map", node))
     if pa.types.is_union(type_):
         out.append(("union", node))
+    if pa.types.is_fixed_size_list(type_):
+        out.append(("fsl", node, type_.list_size))
     if pa.types.is_dictionary(type_):
         if dictionaries is not None and 0 <= node["dictionary"] < len(dictionaries):
             _map_nodes(dictionaries[node["dictionary"]], type_.value_type, out, dictionaries, depth + 1)
@@ -157,7 +159,9 @@ def _map_nodes(node, type_, out, dictionaries=None, depth=0):
 def known_crash(data):
     """Inputs that hit an already reported crash (crash_*.json in the corpus): a map
     whose entries or keys claim nulls (MapArray::SetData), a union with a first
-    buffer (UnionArray::SetData) abort the process."""
+    buffer (UnionArray::SetData) abort the process; a fixed-size list whose
+    offset + length runs past its child passes Arrow's validation and reads out
+    of bounds."""
     import pyarrow as pa
     from test_share_common import SipcError, parse_sipc
 
@@ -170,7 +174,12 @@ def known_crash(data):
     for field, col in zip(schema, d["columns"]):
         for node in col:
             _map_nodes(node, field.type, maps, d["dictionaries"])
-    for kind, m in maps:
+    for kind, m, *extra in maps:
+        if kind == "fsl":
+            child = m["children"][0] if m["children"] else None
+            if child is not None and (m["offset"] + m["length"]) * extra[0] > child["length"]:
+                return True
+            continue
         if kind == "union":
             if m["buffers"][:1] and m["buffers"][0][0] != -1:
                 return True

@@ -219,6 +219,10 @@ def nasty(b):
 CRASH_REASON = ("BUG share_import.cc: Attach() calls arrow::MakeArray() before validating; MapArray::SetData "
                 "ARROW_CHECKs its child data, so a map whose entries (or keys) claim nulls aborts the consumer "
                 "(SIGABRT) instead of raising ShareError")
+FSL_REASON = ("BUG share_import.cc (and Arrow 26 ValidateFull): a fixed_size_list node's offset is not checked "
+              "against its child: (offset + length) * list_size may exceed the child's length; Validate/"
+              "ValidateFull accept it and reading the values reads out of bounds (SIGSEGV for large offsets; "
+              "ARROW_CHECK abort in ArrayData::Slice on some paths). The importer must check it itself")
 UNION_REASON = ("BUG share_import.cc: Attach() calls arrow::MakeArray() before validating; UnionArray::SetData "
                 "ARROW_CHECKs that buffers[0] is null, so a union node whose first buffer reference is not -1 "
                 "(an empty buffer -2 or any segment) aborts the consumer (SIGABRT) instead of raising ShareError")
@@ -255,6 +259,14 @@ def crashes(b):
             e["name"] = f"crash_{union}_union_validity_{name}"
             e["known_crash"] = UNION_REASON
             out.append(e)
+    fcol = schema.get_field_index("fsl")
+    for name, off in (("4096", 4096), ("2_40", 1 << 40)):
+        e = bad(t, f"fsl_offset_{name}", f"a fixed-size list sliced at {off}, far past its child's values: Arrow's "
+                "ValidateFull accepts it and reading it reads out of bounds", "fixed",
+                mutate=lambda d, off=off: d["columns"][fcol][0].update(offset=off))
+        e["name"] = f"crash_fsl_offset_{name}"
+        e["known_crash"] = FSL_REASON
+        out.append(e)
     return out
 
 
@@ -275,7 +287,7 @@ def _patch_first_node_u32(raw, rel, value):
 
 def main():
     for name in os.listdir(HERE):
-        if name.startswith(("base_", "bad_", "crash_map_", "crash_dense_", "crash_sparse_")) and name.endswith(".json"):
+        if name.startswith(("base_", "bad_", "crash_map_", "crash_dense_", "crash_sparse_", "crash_fsl_")) and name.endswith(".json"):
             os.remove(os.path.join(HERE, name))
     b = bases()
     for e in b.values():
