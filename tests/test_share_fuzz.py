@@ -93,22 +93,12 @@ def test_known_crash(name):
     assert _load(name)["match"] in r["full"]
 
 
-def test_fuzz_attach(tmp_path):
-    """2500 mutated descriptors (about 10 s); ZERROW_FUZZ_EXAMPLES for more. A crashing
-    or misbehaving input is saved and named in the failure (copied into
-    tests/share_corpus/ with ZERROW_FUZZ_SAVE=1)."""
-    n = int(os.environ.get("ZERROW_FUZZ_EXAMPLES", "2500"))
-    seed = os.environ.get("ZERROW_FUZZ_SEED", "20261125")  # "random" for a fresh run
-    args = [] if seed == "random" else ["--seed", seed]
-    p = subprocess.run([sys.executable, os.path.join(CORPUS, "fuzz_sipc.py"), "--examples", str(n),
-                        "--out", str(tmp_path)] + args, capture_output=True, text=True, timeout=600)
+def _run_fuzzer(tmp_path, args):
+    """Runs fuzz_sipc.py; its summary, or a test failure naming the saved input."""
+    p = subprocess.run([sys.executable, os.path.join(CORPUS, "fuzz_sipc.py"), "--out", str(tmp_path)] + args,
+                       capture_output=True, text=True, timeout=600)
     if p.returncode == 0:
-        summary = json.loads(p.stdout.strip().splitlines()[-1])
-        skipped = summary["outcomes"].get("skipped: known crash", 0)
-        assert summary["examples"] + skipped == n
-        assert summary["outcomes"].get("ok", 0) > 0, "some mutations must still attach"
-        assert len(summary["outcomes"]) > 20, "mutations must reach many different checks"
-        return
+        return json.loads(p.stdout.strip().splitlines()[-1])
     saved = None
     for name in ("failure.json", "current.json"):
         path = tmp_path / name
@@ -120,3 +110,27 @@ def test_fuzz_attach(tmp_path):
             entry = json.load(f)
         shutil.copy(saved, os.path.join(CORPUS, f"{entry['name']}.json"))
     pytest.fail(f"the fuzzer failed ({p.returncode}); input saved at {saved}\n{p.stderr[-3000:]}")
+
+
+@pytest.mark.parametrize("tight", [False, True], ids=["sparse_segments", "tight_segments"])
+def test_fuzz_attach(tmp_path, tight):
+    """2500 mutated descriptors (about 10 s each way); ZERROW_FUZZ_EXAMPLES for more.
+    tight: segment images cut to their last referenced page, so that reads past
+    the data fault instead of finding zeros. A crashing or misbehaving input is
+    saved and named in the failure (copied into tests/share_corpus/ with
+    ZERROW_FUZZ_SAVE=1)."""
+    n = int(os.environ.get("ZERROW_FUZZ_EXAMPLES", "2500"))
+    seed = os.environ.get("ZERROW_FUZZ_SEED", "20261125")  # "random" for a fresh run
+    args = ["--examples", str(n)] + ([] if seed == "random" else ["--seed", seed]) + (["--tight"] if tight else [])
+    summary = _run_fuzzer(tmp_path, args)
+    skipped = summary["outcomes"].get("skipped: known crash", 0)
+    assert summary["examples"] + skipped == n
+    assert summary["outcomes"].get("ok", 0) > 0, "some mutations must still attach"
+    assert len(summary["outcomes"]) > 20, "mutations must reach many different checks"
+
+
+def test_sweep_node_fields(tmp_path):
+    """Every node of every base with boundary offsets, lengths and null counts, on
+    tight segments (about 600 descriptors)."""
+    summary = _run_fuzzer(tmp_path, ["--sweep", "--tight"])
+    assert summary["examples"] > 500

@@ -38,8 +38,27 @@ BOUNDARY = {
 }
 
 
-def load_bases():
+def tighten(entry):
+    """The entry with every segment cut to its last referenced page, so that reads
+    past the referenced data fault instead of finding zeros."""
+    import copy
+
+    from test_share_common import encode_sipc, parse_sipc
+
+    e = copy.deepcopy(entry)
+    d = parse_sipc(corpus.unb64(e["descriptor"]))
+    for i, img in enumerate(e["segments"]):
+        end = max((off + len(corpus.unb64(data)) for off, data in img["chunks"]), default=0)
+        img["size"] = max(4096, (end + 4095) // 4096 * 4096)
+        d["segments"][i] = (d["segments"][i][0], img["size"])
+    e["descriptor"] = corpus.b64(encode_sipc(d))
+    return e
+
+
+def load_bases(tight=False):
     bases = [e for e in corpus.load_all(HERE) if e["name"].startswith("base_")]
+    if tight:
+        bases = [tighten(e) for e in bases]
     prepared = []
     for e in bases:
         descriptor, fds, _ = corpus.materialize(e)
@@ -194,14 +213,55 @@ def normalize(message):
     return re.sub(r"-?\d+", "N", message)[:90]
 
 
+def sweep_cases(bases):
+    """Deterministic semantic mutations: every node of every base gets boundary
+    offsets, lengths and null counts (with num_rows kept consistent where the node
+    is a column chunk). Yields (data, fds, fd_source, base index, ops)."""
+    from test_share_common import encode_sipc, parse_sipc
+
+    for b, base in enumerate(bases):
+        d0 = parse_sipc(base["descriptor"])
+        paths = []
+
+        def walk(node, path):
+            paths.append(path)
+            for i, c in enumerate(node["children"]):
+                walk(c, path + ("children", i))
+        for i, n in enumerate(d0["dictionaries"]):
+            walk(n, ("dictionaries", i))
+        for c, col in enumerate(d0["columns"]):
+            for k, n in enumerate(col):
+                walk(n, ("columns", c, k))
+        for path in paths:
+            for field, values in (("offset", [1, 7, 64, 4096, 1 << 20, 1 << 40]),
+                                  ("length", [0, 1, 64, 4096, 1 << 20, 1 << 40]),
+                                  ("null_count", [-1, 0, 1])):
+                for v in values:
+                    d = parse_sipc(base["descriptor"])
+                    node = d
+                    for p in path:
+                        node = node[p]
+                    if field == "null_count" and v > node["length"]:
+                        continue
+                    node[field] = v
+                    if field == "length" and path[0] == "columns" and len(path) == 3:
+                        d["num_rows"] = sum(n["length"] for n in d["columns"][path[1]])
+                    if field == "length" and node["null_count"] > v:
+                        node["null_count"] = -1
+                    yield (encode_sipc(d), list(base["fds"]), [b] * len(base["fds"]), b,
+                           [("sweep", "/".join(map(str, path)), field, v)])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--examples", type=int, default=3000)
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--sweep", action="store_true", help="the deterministic node sweep instead of hypothesis")
+    ap.add_argument("--tight", action="store_true", help="segments cut to their last referenced page")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    bases = load_bases()
+    bases = load_bases(args.tight)
     outcomes = collections.Counter()
     count = [0]
     current = os.path.join(args.out, "current.json")
@@ -231,6 +291,12 @@ def main():
         if light == "ok" and full != "ok":
             outcomes["light ok, full error"] += 1
 
+    if args.sweep:
+        for case in sweep_cases(bases):
+            run.hypothesis.inner_test(case)
+        os.remove(current)
+        print(json.dumps({"examples": count[0], "outcomes": dict(outcomes.most_common())}))
+        return
     if args.seed is not None:
         import random
         random.seed(args.seed)
