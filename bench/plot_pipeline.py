@@ -72,6 +72,9 @@ def plot(res, out: str) -> None:
                 ax.annotate(f"{base['mean_s'] / y:.1f}x", (x, y), ha="center", va="bottom", fontsize=8)
         pts = series(j, mode, lambda m: max(gib(m["bytes_copied"]), 1e-6))
         ax2.bar([p[0] for p in pts], [p[1] for p in pts], width, color=COLORS[mode])
+        for x, y, _ in pts:
+            if y <= 1e-6:
+                ax2.annotate("0", (x, y), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(present)), [t for _, t in present], fontsize=9)
     ax.set_ylabel("seconds per run (mean)")
     ax.set_title(f"Pipeline wall time, {res['rows'] / 1e6:.0f}M trips, {res['workers']} workers")
