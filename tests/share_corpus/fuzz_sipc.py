@@ -167,6 +167,10 @@ def _map_nodes(node, type_, out, dictionaries=None, depth=0):
         out.append(("union", node))
     if pa.types.is_fixed_size_list(type_):
         out.append(("fsl", node, type_.list_size))
+    if pa.types.is_string_view(type_) or pa.types.is_binary_view(type_):
+        out.append(("view", node))
+    if pa.types.is_union(type_):
+        out.append(("union_buffers", node, type_.mode))
     if pa.types.is_dictionary(type_):
         if dictionaries is not None and 0 <= node["dictionary"] < len(dictionaries):
             _map_nodes(dictionaries[node["dictionary"]], type_.value_type, out, dictionaries, depth + 1)
@@ -178,7 +182,9 @@ def _map_nodes(node, type_, out, dictionaries=None, depth=0):
 def known_crash(data):
     """Inputs that hit an already reported crash (crash_*.json in the corpus): a map
     whose entries or keys claim nulls (MapArray::SetData), a union with a first
-    buffer (UnionArray::SetData) abort the process; a fixed-size list whose
+    buffer (UnionArray::SetData) abort the process; a union without type ids
+    (or a dense one without offsets) or a view array without views segfaults;
+    a fixed-size list whose
     offset + length runs past its child passes Arrow's validation and reads out
     of bounds."""
     import pyarrow as pa
@@ -194,6 +200,13 @@ def known_crash(data):
         for node in col:
             _map_nodes(node, field.type, maps, d["dictionaries"])
     for kind, m, *extra in maps:
+        refs = m["buffers"]
+        if kind == "view" and len(refs) > 1 and refs[1][0] == -1:
+            return True
+        if kind == "union_buffers":
+            if (len(refs) > 1 and refs[1][0] == -1) or (extra[0] == "dense" and len(refs) > 2 and refs[2][0] == -1):
+                return True
+            continue
         if kind == "fsl":
             child = m["children"][0] if m["children"] else None
             if child is not None and (m["offset"] + m["length"]) * extra[0] > child["length"]:
@@ -250,6 +263,20 @@ def sweep_cases(bases):
                         node["null_count"] = -1
                     yield (encode_sipc(d), list(base["fds"]), [b] * len(base["fds"]), b,
                            [("sweep", "/".join(map(str, path)), field, v)])
+            node0 = d0
+            for p in path:
+                node0 = node0[p]
+            for k, (seg, off, ln) in enumerate(node0["buffers"]):
+                for ref in ((-1, 0, 0), (-2, 0, 0), (seg, off, 0), (seg, off, ln // 2), (seg, off + 8, ln)):
+                    if ref == (seg, off, ln):
+                        continue
+                    d = parse_sipc(base["descriptor"])
+                    node = d
+                    for p in path:
+                        node = node[p]
+                    node["buffers"][k] = ref
+                    yield (encode_sipc(d), list(base["fds"]), [b] * len(base["fds"]), b,
+                           [("sweep", "/".join(map(str, path)), f"buffer{k}", ref)])
 
 
 def main():
@@ -259,6 +286,7 @@ def main():
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--sweep", action="store_true", help="the deterministic node sweep instead of hypothesis")
     ap.add_argument("--tight", action="store_true", help="segments cut to their last referenced page")
+    ap.add_argument("--start", type=int, default=0, help="--sweep: skip the first START cases")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     bases = load_bases(args.tight)
@@ -292,7 +320,11 @@ def main():
             outcomes["light ok, full error"] += 1
 
     if args.sweep:
-        for case in sweep_cases(bases):
+        for i, case in enumerate(sweep_cases(bases)):
+            if i < args.start:
+                continue
+            with open(os.path.join(args.out, "index"), "w") as f:
+                f.write(str(i))
             run.hypothesis.inner_test(case)
         os.remove(current)
         print(json.dumps({"examples": count[0], "outcomes": dict(outcomes.most_common())}))

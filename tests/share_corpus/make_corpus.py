@@ -54,7 +54,26 @@ def base_objects():
         table = pa.table({"ints": ints, "strs": strs, "views": views, "lists": lists, "struct": struct_,
                           "map": map_, "dense": dense, "sparse": sparse, "ree": ree, "fsl": fsl,
                           "bools": bools})
+        lv_values = pa.array(range(30), pa.int16())
+        more = pa.table({
+            "list_view": pa.ListViewArray.from_arrays(pa.array([(i * 3) % 25 for i in range(n)], pa.int32()),
+                                                      pa.array([i % 4 for i in range(n)], pa.int32()), lv_values),
+            "large_list_view": pa.LargeListViewArray.from_arrays(
+                pa.array([i % 20 for i in range(n)], pa.int64()), pa.array([i % 3 for i in range(n)], pa.int64()),
+                lv_values),
+            "large_list": pa.array([[i] * (i % 3) for i in range(n)], pa.large_list(pa.int64())),
+            "large_string": pa.array([None if i % 5 == 0 else "L" * i for i in range(n)], pa.large_string()),
+            "binary_view": pa.array([b"short" if i % 2 else b"a much longer binary value %d" % i for i in range(n)],
+                                    pa.binary_view()),
+            "fixed_binary": pa.array([bytes([i]) * 5 for i in range(n)], pa.binary(5)),
+            "decimal": pa.array([i * 10 for i in range(n)], pa.decimal128(12, 2)),
+            "dict_str": pa.DictionaryArray.from_arrays(pa.array([i % 3 for i in range(n)], pa.int16()), d),
+            "ree_int": pa.RunEndEncodedArray.from_arrays(pa.array([7, 20], pa.int16()), pa.array([1, 2], pa.int64())),
+            "ts": pa.array(range(n), pa.timestamp("us", "UTC")),
+            "nested": pa.array([{"x": [{"y": str(i)}]} for i in range(n)]),
+        })
         return {
+            "table_more": more.slice(2),
             "table": table.slice(1),
             "table_int": pa.table({"i": ints}),
             "table_str": pa.table({"s": strs}),
@@ -223,6 +242,11 @@ FSL_REASON = ("BUG share_import.cc (and Arrow 26 ValidateFull): a fixed_size_lis
               "against its child: (offset + length) * list_size may exceed the child's length; Validate/"
               "ValidateFull accept it and reading the values reads out of bounds (SIGSEGV for large offsets; "
               "ARROW_CHECK abort in ArrayData::Slice on some paths). The importer must check it itself")
+NULL_BUFFER_REASON = ("BUG share_import.cc: a buffer reference -1 (null pointer) is accepted in any position; for "
+                      "a union's type ids or offsets, or a view array's views, Arrow's Validate() does not notice, "
+                      "so attach(validate_full=False) succeeds and reading segfaults, and "
+                      "attach(validate_full=True) segfaults inside ValidateFull. Only validity bitmaps may be -1; "
+                      "elsewhere the importer should refuse -1 or substitute a non-null empty buffer")
 UNION_REASON = ("BUG share_import.cc: Attach() calls arrow::MakeArray() before validating; UnionArray::SetData "
                 "ARROW_CHECKs that buffers[0] is null, so a union node whose first buffer reference is not -1 "
                 "(an empty buffer -2 or any segment) aborts the consumer (SIGABRT) instead of raising ShareError")
@@ -267,6 +291,20 @@ def crashes(b):
         e["name"] = f"crash_fsl_offset_{name}"
         e["known_crash"] = FSL_REASON
         out.append(e)
+    for base, col, k, name in (("table", "sparse", 1, "sparse_union_type_ids"),
+                               ("table", "dense", 1, "dense_union_type_ids"),
+                               ("table", "dense", 2, "dense_union_offsets"),
+                               ("table", "views", 1, "string_view_views"),
+                               ("table_view", "v", 1, "string_view_views_alone")):
+        src = b[base]
+        sch = pa.ipc.read_schema(pa.py_buffer(parse_sipc(unb64(src["descriptor"]))["schema"]))
+        ci = sch.get_field_index(col)
+        e = bad(src, f"null_{name}", f"the {name.replace('_', ' ')} buffer referenced as -1 (a null pointer): "
+                "Arrow's Validate does not notice, ValidateFull and any read dereference it", "buffer",
+                mutate=lambda d, ci=ci, k=k: d["columns"][ci][0]["buffers"].__setitem__(k, (-1, 0, 0)))
+        e["name"] = f"crash_null_{name}"
+        e["known_crash"] = NULL_BUFFER_REASON
+        out.append(e)
     return out
 
 
@@ -287,7 +325,8 @@ def _patch_first_node_u32(raw, rel, value):
 
 def main():
     for name in os.listdir(HERE):
-        if name.startswith(("base_", "bad_", "crash_map_", "crash_dense_", "crash_sparse_", "crash_fsl_")) and name.endswith(".json"):
+        if name.startswith(("base_", "bad_", "crash_map_", "crash_dense_", "crash_sparse_", "crash_fsl_",
+                                 "crash_null_")) and name.endswith(".json"):
             os.remove(os.path.join(HERE, name))
     b = bases()
     for e in b.values():
