@@ -262,7 +262,8 @@ class Runtime:
                    for i in range(len(asm.reads))) if asm.schema.names else 0
         asm.slots = {}
         payload = ColumnsPayload(asm.schema, cols, rows)
-        self._complete(asm.run, asm.source.name, payload, {}, 0)
+        rec = asm.run.rec[asm.source.name]
+        self._complete(asm.run, asm.source.name, payload, rec.timing, rec.peak)
 
     # ------------------------------------------------------------ dispatching
     def _dispatch(self) -> None:
@@ -385,7 +386,9 @@ class Runtime:
         self._complete(st, task.name, payload, reply.get("timing", {}), reply.get("peak", 0))
 
     def _on_decoded(self, task, reply, fds) -> None:
-        timing = task.run.rec[task.name].timing  # decode work counts for its source
+        rec = task.run.rec[task.name]  # decode work counts for its source
+        rec.peak = max(rec.peak, reply.get("peak", 0))
+        timing = rec.timing
         for k, v in reply["timing"].items():
             timing[k] = timing.get(k, 0) + v
         res = reply["result"]

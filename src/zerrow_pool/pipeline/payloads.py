@@ -124,11 +124,13 @@ class ColumnsPayload(Payload):
 
     def __init__(self, schema: pa.Schema, columns: list, rows: int):
         entries = [e for col in columns for e in col]
-        stats = {k: sum(e.payload.stats.get(k, 0) for e in entries)
-                 for k in ("zero_copy", "copied", "exposed")}
+        stats = {k: sum(e.payload.stats.get(k, 0) for e in entries) for k in ("zero_copy", "copied")}
         super().__init__(rows, sum(e.payload.nbytes for e in entries), stats)
         self.schema = schema
         self.columns = columns  # list (per field) of lists of CacheEntry
+        # Column chunks of one row group share segments: what a reader can see
+        # beyond the data is the segments' size minus the data, counted once.
+        self.stats["exposed"] = max(0, sum(self.memory().values()) - self.nbytes)
 
     def memory(self) -> dict:
         out = {}
