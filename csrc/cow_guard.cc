@@ -1,5 +1,6 @@
 #include "cow_guard.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -56,6 +57,53 @@ bool MakePrivate(uintptr_t lo, uintptr_t hi) {
   return true;
 }
 
+// The bounds of the mapping holding addr, if it is a zerrow kernel-module file
+// mapping: read from /proc/self/maps with raw syscalls only (signal-safe).
+// Parts of a guarded range may have been unmapped or mapped anew since it was
+// guarded; only this mapping may be replaced.
+bool ZerrowMappingAt(uintptr_t addr, uintptr_t* start, uintptr_t* end) {
+  int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char buf[4096];
+  char line[512];
+  size_t len = 0;
+  bool found = false, done = false;
+  while (!done) {
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n <= 0) break;
+    for (ssize_t i = 0; i < n && !done; ++i) {
+      char c = buf[i];
+      if (c != '\n') {
+        if (len + 1 < sizeof(line)) line[len++] = c;
+        continue;
+      }
+      line[len] = '\0';
+      uintptr_t lo = 0, hi = 0;
+      size_t j = 0;
+      auto hex = [&](uintptr_t* v) {
+        for (; j < len; ++j) {
+          char h = line[j];
+          int d = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : -1;
+          if (d < 0) break;
+          *v = *v * 16 + static_cast<uintptr_t>(d);
+        }
+      };
+      hex(&lo);
+      ++j;  // '-'
+      hex(&hi);
+      if (addr >= lo && addr < hi) {
+        done = true;
+        found = std::strstr(line, " zerrow:[") != nullptr;  // kmod files, not /memfd:zerrow
+        *start = lo;
+        *end = hi;
+      }
+      len = 0;
+    }
+  }
+  close(fd);
+  return found;
+}
+
 void Chain(int sig, siginfo_t* info, void* ctx) {
   if (g_previous.sa_flags & SA_SIGINFO) {
     if (g_previous.sa_sigaction) {
@@ -85,10 +133,12 @@ int Fix(uintptr_t addr) {
     if (word.load(std::memory_order_relaxed) & bit) {
       // Another thread copied this chunk while we waited: retry the write once.
       handled = t_last_fault != addr;
-    } else {
+    } else if (uintptr_t ms, me; ZerrowMappingAt(addr, &ms, &me)) {
       uintptr_t lo = addr & ~(kChunk - 1), hi = lo + kChunk;
-      if (lo < s) lo = s;
-      if (hi > e) hi = e;
+      lo = lo < s ? s : lo;
+      lo = lo < ms ? ms : lo;
+      hi = hi > e ? e : hi;
+      hi = hi > me ? me : hi;
       if (MakePrivate(lo, hi)) {
         word.fetch_or(bit, std::memory_order_relaxed);
         handled = 1;
@@ -153,6 +203,8 @@ void EnsureCowHandler() {
   std::lock_guard lock(g_register_mu);
   (void)InstallHandler();
 }
+
+bool CowRangesGuarded() { return g_used.load(std::memory_order_acquire) != 0; }
 
 int64_t CowBytesCopied() { return g_copied.load(std::memory_order_relaxed); }
 

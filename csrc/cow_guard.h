@@ -25,6 +25,9 @@ arrow::Status GuardReadOnlyRange(void* addr, size_t len);
 // no-op until a range was guarded.
 void EnsureCowHandler();
 
+// True once any range was guarded.
+bool CowRangesGuarded();
+
 // Bytes this process copied because it wrote to a guarded range.
 int64_t CowBytesCopied();
 

@@ -50,17 +50,25 @@ class KernelModuleHook final : public ForeignMemoryHook {
     }
     if (placed.empty()) return out;
     if (auto st = file.Seal(); !st.ok()) return arrow::Status::IOError(st.message);
-    // Producer protection: remap the whole pages inside each range read-only
-    // onto the file, so this process can no longer change what readers see
-    // there; a later write gets a private copy (cow_guard.h). The partial
-    // edge pages stay as they are: they also hold unrelated memory (allocator
-    // headers, neighbours), so they are either copied (strict_exposure) or
-    // pinned and counted as exposed.
+    // Producer protection: remap the pages of each range read-only onto the
+    // file, so this process can no longer change what readers see; a later
+    // write here (the owner mutating, or its allocator reusing the addresses
+    // or writing its headers next to the buffer) gets a private copy
+    // (cow_guard.h). With strict_exposure the edge pages were copied into the
+    // file instead of pinned: only the whole pages inside are the producer's.
     for (size_t i : placed) {
       const KmodAppend& a = appended[i];
-      if (a.protect_len == 0) continue;
-      ARROW_RETURN_NOT_OK(GuardReadOnlyRange(a.protect_addr, a.protect_len));
-      if (auto st = file.Protect(a); !st.ok()) return arrow::Status::IOError(st.message);
+      auto addr = reinterpret_cast<uintptr_t>(ranges[i].data);
+      uintptr_t lo = addr & ~(page - 1), hi = (addr + ranges[i].size + page - 1) & ~(page - 1);
+      if (options.strict_exposure) {
+        lo = reinterpret_cast<uintptr_t>(a.protect_addr);
+        hi = lo + a.protect_len;
+      }
+      if (hi <= lo) continue;
+      ARROW_RETURN_NOT_OK(GuardReadOnlyRange(reinterpret_cast<void*>(lo), hi - lo));
+      void* m = mmap(reinterpret_cast<void*>(lo), hi - lo, PROT_READ, MAP_SHARED | MAP_FIXED, file.fd(),
+                     static_cast<off_t>(a.offset - (addr - lo)));
+      if (m == MAP_FAILED) return arrow::Status::IOError("zerrow: remapping a de-anonymized range read-only failed");
     }
     ARROW_ASSIGN_OR_RAISE(std::shared_ptr<Segment> segment,
                           Segment::Attach(file.fd(), /*size=*/0, SegmentKind::kKernelFile));

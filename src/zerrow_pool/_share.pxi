@@ -58,6 +58,7 @@ cdef extern from "kmod_foreign_hook.h" namespace "zerrow" nogil:
 cdef extern from "cow_guard.h" namespace "zerrow" nogil:
     int64_t CowBytesCopied()
     void EnsureCowHandler()
+    cbool CowRangesGuarded()
 
 
 SetForeignMemoryHook(MakeKernelModuleHook())
@@ -75,11 +76,19 @@ def ensure_cow_handler():
     EnsureCowHandler()
 
 
-# Whatever replaced the copy-on-write SIGSEGV handler during the run (pytest
-# restores its predecessor on exit, for one), frees during interpreter
-# shutdown may still write to de-anonymized ranges: put it back first.
+# Something may replace the copy-on-write SIGSEGV handler during the run
+# (pytest's faulthandler plugin restores its predecessor when it ends), and
+# frees during shutdown (other libraries' atexit hooks included) may still
+# write to de-anonymized ranges: put the handler back first thing at exit.
+# Re-registered after each share that guarded memory, so it runs before the
+# exit hooks of libraries imported since (atexit runs the newest first).
 import atexit as _atexit
-_atexit.register(ensure_cow_handler)
+
+
+def keep_cow_handler_at_exit():
+    if CowRangesGuarded():
+        _atexit.unregister(ensure_cow_handler)
+        _atexit.register(ensure_cow_handler)
 
 
 class ShareError(Exception):

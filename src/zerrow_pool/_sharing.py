@@ -86,6 +86,7 @@ def share(obj, *, seal=True, strict_exposure=False) -> Share:
     those edge pages instead (counted in ``bytes_copied``).
     """
     descriptor, fds, stats = _core.share_raw(obj, bool(seal), bool(strict_exposure))
+    _core.keep_cow_handler_at_exit()
     return Share(descriptor, fds, **stats)
 
 
