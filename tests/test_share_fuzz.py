@@ -114,12 +114,12 @@ def _run_fuzzer(tmp_path, args):
 
 @pytest.mark.parametrize("tight", [False, True], ids=["sparse_segments", "tight_segments"])
 def test_fuzz_attach(tmp_path, tight):
-    """2500 mutated descriptors (about 10 s each way); ZERROW_FUZZ_EXAMPLES for more.
+    """2000 mutated descriptors (about 8 s each way); ZERROW_FUZZ_EXAMPLES for more.
     tight: segment images cut to their last referenced page, so that reads past
     the data fault instead of finding zeros. A crashing or misbehaving input is
     saved and named in the failure (copied into tests/share_corpus/ with
     ZERROW_FUZZ_SAVE=1)."""
-    n = int(os.environ.get("ZERROW_FUZZ_EXAMPLES", "2500"))
+    n = int(os.environ.get("ZERROW_FUZZ_EXAMPLES", "2000"))
     seed = os.environ.get("ZERROW_FUZZ_SEED", "20261125")  # "random" for a fresh run
     args = ["--examples", str(n)] + ([] if seed == "random" else ["--seed", seed]) + (["--tight"] if tight else [])
     summary = _run_fuzzer(tmp_path, args)
