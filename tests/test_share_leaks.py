@@ -19,6 +19,21 @@ def _settled():
     z.release_unused()
 
 
+def memfd_inodes(pid="self"):
+    """{inode: bytes of memory} of the memfds a process holds by fd or by mapping."""
+    out = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{name}").startswith("/memfd:"):
+                st = os.stat(f"/proc/{pid}/fd/{name}")
+                out[st.st_ino] = st.st_blocks * 512
+        except OSError:
+            pass
+    for ino in memfd_mappings(pid):
+        out.setdefault(ino, 0)
+    return out
+
+
 WORKER_STATE = """
 gc.collect(); z.release_unused()
 fds = 0
@@ -39,8 +54,10 @@ def test_hundreds_of_shares_between_two_processes_leave_nothing():
     shmem0 = meminfo("Shmem")
     fds0 = fd_count()
     maps0 = sum(memfd_mappings().values())
+    ours0 = memfd_inodes()
     with Worker() as w:
         base = w.run(WORKER_STATE)
+        theirs0 = memfd_inodes(w.pid)
         # the worker produces, we consume; half the tables are kept a while, some are
         # forwarded back to the worker (resharing), all dropped at the end
         w.start(f"""
@@ -74,6 +91,9 @@ def test_hundreds_of_shares_between_two_processes_leave_nothing():
         assert after["memfds"] == base["memfds"], (base, after)
         assert after["maps"] == base["maps"], (base, after)
         assert after["fds"] == base["fds"], (base, after)
+        # the memory itself: the same memfds (by inode) in both processes as at the start
+        assert set(memfd_inodes(w.pid)) <= set(theirs0)
+        assert set(memfd_inodes()) <= set(ours0)
         assert sum(memfd_mappings().values()) == maps0
         w.close()
     assert fd_count() == fds0
