@@ -61,6 +61,18 @@ def test_demo_tiny(tiny, tmp_path):
                 env={"ZERROW_DATA": str(root)})
     assert r.returncode == 0, r.stderr + r.stdout
     assert "comparison" in r.stdout and "copy (warm)" in r.stdout
+    from zerrow_pool.pipeline import zerrow_api
+    if zerrow_api.available():
+        assert "zerrow (warm cache)" in r.stdout and "shared zero-copy" in r.stdout
+
+
+def test_run_no_cache_flag(tiny):
+    from zerrow_pool.pipeline.testing import require_zerrow
+    require_zerrow()
+    r = _zerrow("run", "examples/taxi_zones.py", "--no-cache",
+                "-q", "--workers", "1", env={"ZERROW_DEMO_DIR": tiny})
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "cache=off" in r.stdout and "decode cache:" not in r.stdout
 
 
 def test_run_zerrow_transport(tiny):
