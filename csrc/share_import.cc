@@ -11,6 +11,8 @@
 #include <arrow/io/memory.h>
 #include <arrow/ipc/dictionary.h>
 #include <arrow/ipc/reader.h>
+#include <arrow/util/bit_util.h>
+#include <arrow/util/bitmap_ops.h>
 
 #include "attach_cache.h"
 
@@ -44,6 +46,54 @@ arrow::Result<std::shared_ptr<arrow::Schema>> ReadSchemaCached(const std::string
   if (cache->size() >= 256) cache->clear();
   cache->emplace(bytes, *schema);
   return *schema;
+}
+
+// Arrow's array classes assume some of the layout when they are built, before
+// Validate() can run (they abort or dereference null): check that first.
+arrow::Status CheckBuffersPresent(const arrow::DataType& type, const arrow::DataTypeLayout& layout, int64_t length,
+                                  const std::vector<std::shared_ptr<arrow::Buffer>>& buffers) {
+  for (size_t i = 0; i < layout.buffers.size() && i < buffers.size(); ++i) {
+    auto kind = layout.buffers[i].kind;
+    if (kind == arrow::DataTypeLayout::ALWAYS_NULL && buffers[i] != nullptr)
+      return arrow::Status::Invalid("SIPC descriptor: ", type.ToString(), " must not have buffer ", i);
+    bool needed = i >= 1 && (kind == arrow::DataTypeLayout::FIXED_WIDTH || kind == arrow::DataTypeLayout::BITMAP);
+    if (needed && length > 0 && buffers[i] == nullptr)
+      return arrow::Status::Invalid("SIPC descriptor: ", type.ToString(), " of length ", length, " lacks buffer ", i);
+  }
+  return arrow::Status::OK();
+}
+
+// The null count of data, computed from its validity bitmap if unknown, after
+// checking the bitmap covers the array.
+arrow::Result<int64_t> NullCount(const arrow::ArrayData& data) {
+  if (data.null_count.load() >= 0 || !data.buffers[0]) return std::max<int64_t>(data.null_count.load(), 0);
+  if (data.buffers[0]->size() * 8 < data.offset + data.length)
+    return arrow::Status::Invalid("SIPC descriptor: validity bitmap shorter than the array");
+  return data.length - arrow::internal::CountSetBits(data.buffers[0]->data(), data.offset, data.length);
+}
+
+arrow::Status CheckBeforeMakeArray(const arrow::DataType& storage, const arrow::ArrayData& data) {
+  switch (storage.id()) {
+    case arrow::Type::MAP: {
+      const auto& entries = *data.child_data[0];
+      ARROW_ASSIGN_OR_RAISE(int64_t entry_nulls, NullCount(entries));
+      if (entry_nulls != 0) return arrow::Status::Invalid("SIPC descriptor: map entries have nulls");
+      ARROW_ASSIGN_OR_RAISE(int64_t key_nulls, NullCount(*entries.child_data[0]));
+      if (key_nulls != 0) return arrow::Status::Invalid("SIPC descriptor: map keys have nulls");
+      break;
+    }
+    case arrow::Type::FIXED_SIZE_LIST: {
+      const int64_t size = static_cast<const arrow::FixedSizeListType&>(storage).list_size();
+      const int64_t end = data.offset + data.length;
+      if (size > 0 && end > data.child_data[0]->length / size)
+        return arrow::Status::Invalid("SIPC descriptor: fixed-size list of ", end, " x ", size,
+                                      " values has a child of ", data.child_data[0]->length);
+      break;
+    }
+    default:
+      break;
+  }
+  return arrow::Status::OK();
 }
 
 class Importer {
@@ -87,9 +137,11 @@ class Importer {
     } else if (node.dictionary != -1) {
       return arrow::Status::Invalid("SIPC descriptor: ", type->ToString(), " is not a dictionary type");
     }
+    ARROW_RETURN_NOT_OK(CheckBuffersPresent(*type, layout, node.length, buffers));
     auto data = arrow::ArrayData::Make(type, node.length, std::move(buffers), std::move(children),
                                        node.null_count < 0 ? arrow::kUnknownNullCount : node.null_count, node.offset);
     data->dictionary = std::move(dictionary);
+    ARROW_RETURN_NOT_OK(CheckBeforeMakeArray(*storage, *data));
     return data;
   }
 
