@@ -134,3 +134,22 @@ def test_nothing_left_after_close(data, tmp_path, monkeypatch):
         assert os.listdir(out_dir) == []  # every intermediate file dropped
     assert not os.path.exists(out_dir)
     _assert_shmem_back(shm0)
+
+
+def test_decode_failure_fails_source_clearly(tmp_path):
+    from zerrow_pool.pipeline.testing import require_zerrow
+    require_zerrow()
+    bad = tmp_path / "bad.parquet"
+    make_parquet(bad, rows=1000, row_group_size=500)
+    with zp.Runtime(workers=1, transport="zerrow") as rt:
+        src = zp.parquet("src", bad, retries=1)
+        rt.cache.plan(src)  # metadata cached, then the file is damaged in place
+        data = bytearray(bad.read_bytes())
+        data[100:400] = b"\0" * 300
+        st = os.stat(bad)
+        bad.write_bytes(bytes(data))
+        os.utime(bad, ns=(st.st_atime_ns, st.st_mtime_ns))  # same identity: a stale plan
+        res = rt.run(zp.Pipeline("bad", [src, grow]), raise_on_error=False)
+        assert res.report.node("src").status == "failed"
+        assert res.report.node("grow").status == "skipped"
+        assert res.report.node("src").error

@@ -38,6 +38,7 @@ class Task:
         self.estimate = estimate
         self.read, self.columns = read, columns  # decode tasks
         self.pinned: list = []
+        self.attempts = 0  # decode tasks: failed attempts so far
 
     def describe(self) -> str:
         if self.op == "decode":
@@ -409,6 +410,12 @@ class Runtime:
     def _task_failed(self, task, error: str, died: bool = False) -> None:
         st = task.run
         if task.op == "decode":
+            task.attempts += 1
+            src = st.p.by_name[task.name]
+            if task.attempts <= src.retries:  # the source's retries cover its decodes
+                self._emit("retry", st, task.name, error=error)
+                self.queue.append(task)
+                return
             for col in task.columns:
                 for waiter in self.cache.inflight.pop(self.cache.key(task.read, col), []):
                     waiter(None, error)
