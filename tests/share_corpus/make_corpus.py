@@ -268,7 +268,7 @@ def crashes(b):
              lambda d: entries(d).update(null_count=2)),
             ("map_keys_null_count", "the keys of a map claim a null",
              lambda d: entries(d)["children"][0].update(null_count=1))):
-        e = bad(t, name, why, "Map array", mutate=mutate)
+        e = bad(t, name, why, "map", mutate=mutate)
         e["name"] = f"crash_{name}"
         e["known_crash"] = CRASH_REASON
         out.append(e)

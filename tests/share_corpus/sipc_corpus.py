@@ -216,7 +216,8 @@ def replay(entry):
     if expect == "error":
         assert full != "ok" and light != "ok", (entry["name"], full, light)
         if entry.get("match"):
-            assert entry["match"] in full and entry["match"] in light, (entry["name"], entry["match"], full)
+            m = entry["match"].lower()
+            assert m in full.lower() and m in light.lower(), (entry["name"], entry["match"], full)
     elif expect == "ok":
         assert full == "ok" and light == "ok", (entry["name"], full, light)
     return full, light
