@@ -14,6 +14,7 @@ import selectors
 import shutil
 import tempfile
 import time
+import weakref
 from collections import deque
 
 from .budget import BudgetExceeded, ResourceManager, fmt_bytes, parse_size
@@ -107,7 +108,14 @@ class Runtime:
         self.estimates: dict = {}
         self.runs: list = []
         self.closed = False
-        self.pool = WorkerPool(self.n_workers, self.transport)
+        # Files left behind if close() is never called (workers exit on their
+        # own when this process goes: their sockets close).
+        self._finalizer = weakref.finalize(self, _remove_dirs, self.out_dir, self.spiller.dir)
+        try:
+            self.pool = WorkerPool(self.n_workers, self.transport)
+        except BaseException:
+            self._finalizer()
+            raise
 
     # ------------------------------------------------------------------ public
     def run(self, pipeline: Pipeline, *, outputs=None, raise_on_error: bool = True) -> RunResult:
@@ -153,8 +161,7 @@ class Runtime:
             self.cache.clear()
         for p in list(self.rm.live.values()):
             p.close()
-        self.spiller.cleanup()
-        shutil.rmtree(self.out_dir, ignore_errors=True)
+        self._finalizer()
 
     def __enter__(self):
         return self
@@ -538,6 +545,11 @@ class Runtime:
 
     def _entry_freed(self, entry) -> None:
         self.rm.untrack(entry.payload)
+
+
+def _remove_dirs(*dirs) -> None:
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def run(pipeline: Pipeline, **kwargs) -> RunResult:
