@@ -116,6 +116,8 @@ class Runtime:
         except BaseException:
             self._finalizer()
             raise
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _shutdown, self.pool, self.out_dir, self.spiller.dir)
 
     # ------------------------------------------------------------------ public
     def run(self, pipeline: Pipeline, *, outputs=None, raise_on_error: bool = True) -> RunResult:
@@ -156,12 +158,11 @@ class Runtime:
         if self.closed:
             return
         self.closed = True
-        self.pool.close()
         if self.cache:
             self.cache.clear()
         for p in list(self.rm.live.values()):
             p.close()
-        self._finalizer()
+        self._finalizer()  # stops the workers, removes the directories
 
     def __enter__(self):
         return self
@@ -545,6 +546,11 @@ class Runtime:
 
     def _entry_freed(self, entry) -> None:
         self.rm.untrack(entry.payload)
+
+
+def _shutdown(pool, *dirs) -> None:
+    pool.close()
+    _remove_dirs(*dirs)
 
 
 def _remove_dirs(*dirs) -> None:
