@@ -125,14 +125,23 @@ def test_retries(rt, data):
     assert r["flaky"].num_rows == 20_000 and r["flaky_kill"].num_rows == 20_000
 
 
-def test_nothing_left_after_close(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("transport", zerrow_params())
+def test_nothing_left_after_close(transport, data, tmp_path, monkeypatch):
     monkeypatch.setenv(MARKER_ENV, str(tmp_path))
-    shm0 = shmem_bytes()
-    with zp.Runtime(workers=2, transport="copy") as rt:
+    shm0, fds0 = shmem_bytes(), open_fds()
+    with zp.Runtime(workers=2, transport=transport) as rt:
         out_dir = rt.out_dir
-        rt.run(zp.Pipeline("x", [zp.parquet("src", data), grow, side]), outputs=())
+        p = zp.Pipeline("x", [zp.parquet("src", data), grow, side, boom, after_boom])
+        for _ in range(3):
+            rt.run(p, outputs=(), raise_on_error=False)
         assert os.listdir(out_dir) == []  # every intermediate file dropped
+        held = rt.rm.usage()
+        if transport == "copy":
+            assert held == 0
+        else:  # only the decode cache is left
+            assert held == rt.rm.usage() and rt.cache.nbytes > 0
     assert not os.path.exists(out_dir)
+    assert open_fds() <= fds0
     _assert_shmem_back(shm0)
 
 
