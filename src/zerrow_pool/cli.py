@@ -97,12 +97,12 @@ def cmd_demo(args) -> int:
     from .pipeline import zerrow_api
 
     rows = args.rows or demo_data.DEFAULT_ROWS
-    directory = demo_data.dataset_dir(rows)
+    directory = demo_data.dataset_dir(rows, args.compression)
     if not demo_data.is_complete(directory):
         print(f"generating {rows:,} synthetic taxi trips into {directory} ...", flush=True)
         t = time.monotonic()
-        demo_data.generate(rows, directory, progress=lambda i, n: print(
-            f"  wrote file {i}/{n}", flush=True))
+        demo_data.generate(rows, directory, compression=args.compression,
+                           progress=lambda i, n: print(f"  wrote file {i}/{n}", flush=True))
         print(f"  done in {time.monotonic() - t:.1f}s", flush=True)
     else:
         print(f"using the dataset in {directory}", flush=True)
@@ -152,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-q", "--quiet", action="store_true", help="no live progress")
     r.set_defaults(fn=cmd_run)
     d = sub.add_parser("demo", help="generate the synthetic dataset and compare transports")
-    d.add_argument("--rows", type=int, default=None, help="trips to generate (default 28M, ~2.2 GB)")
+    d.add_argument("--rows", type=int, default=None, help="trips to generate (default 28M: ~2 GB of Parquet, 2.2 GB decoded)")
+    d.add_argument("--compression", default="snappy", choices=["snappy", "zstd", "none"],
+                   help="Parquet compression of the generated files")
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--pipeline", choices=["movement", "zones", "both"], default="both")
     d.add_argument("-q", "--quiet", action="store_true", help="no live progress")
