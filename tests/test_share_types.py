@@ -325,6 +325,21 @@ def test_share_without_segments_attaches(obj):
     assert got.equals(obj)
 
 
+@pytest.mark.xfail(strict=False, reason="BUG share_export.cc: a dictionary whose value type is directly another "
+                   "dictionary does not survive the IPC Schema message (read back as the inner dictionary type): "
+                   "share() succeeds, attach() fails with 'string needs 3 buffers, got 2'; share() should refuse it")
+def test_dictionary_of_dictionary():
+    with z.scope():
+        inner = pa.DictionaryArray.from_arrays(pa.array([1, 0], pa.int8()), pa.array(["p", "q"]))
+        a = pa.DictionaryArray.from_arrays(pa.array([0, 1, 0], pa.int32()), inner)
+    try:
+        s = z.share(a)
+    except z.ShareError:
+        return  # refusing up front is fine too
+    with s:
+        assert_same(z.attach(s.descriptor, s.fds), a)
+
+
 @pytest.mark.xfail(strict=False, reason="BUG _sharing.py: recv() of an object without buffers raises "
                    "'share is closed' (same cause as test_share_without_segments_attaches)")
 def test_recv_object_without_buffers():
