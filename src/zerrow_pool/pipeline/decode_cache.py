@@ -137,6 +137,9 @@ class DecodeCache:
 
     def add(self, key, payload, cost_s: float) -> CacheEntry:
         """Wrap a freshly decoded chunk; admission decides whether it stays cached."""
+        old = self.entries.get(key)
+        if old is not None:  # never two cached entries for one key
+            self.evict(old)
         e = CacheEntry(key, payload, cost_s, self._on_free)
         self.decoded_bytes += payload.nbytes
         if self.max_entry_bytes is None or payload.nbytes <= self.max_entry_bytes:
