@@ -65,7 +65,16 @@ class _Reader:
         return b
 
 
-def _get_node(r):
+def _count(r, name, item, strict):
+    n = r.get("I", name)
+    if strict and n * item > len(r.data) - r.pos:
+        raise SipcError(f"{name} {n} exceeds the descriptor size")
+    return n
+
+
+def _get_node(r, strict=False, depth=0):
+    if strict and depth > 64:
+        raise SipcError("nesting deeper than 64")
     n = {
         "length": r.get("q", "node.length"),
         "null_count": r.get("q", "node.null_count"),
@@ -74,30 +83,52 @@ def _get_node(r):
     nbuf = r.get("I", "node.nbuffers")
     nchild = r.get("I", "node.nchildren")
     n["dictionary"] = r.get("i", "node.dictionary")
+    if strict and (n["length"] < 0 or n["offset"] < 0 or not -1 <= n["null_count"] <= n["length"]):
+        raise SipcError("node has length, offset, null count out of range")
     if nbuf * REF_SIZE > len(r.data) - r.pos or nchild * NODE_FIXED > len(r.data) - r.pos:
         raise SipcError("count exceeds descriptor")
     n["buffers"] = [(r.get("i", "ref.segment"), r.get("Q", "ref.offset"), r.get("Q", "ref.length"))
                     for _ in range(nbuf)]
-    n["children"] = [_get_node(r) for _ in range(nchild)]
+    n["children"] = [_get_node(r, strict, depth + 1) for _ in range(nchild)]
     return n
 
 
-def parse_sipc(data, with_fields=False):
-    """Descriptor bytes -> dict (kind, flags, num_rows, segments, schema, dictionaries, columns)."""
+def parse_sipc(data, with_fields=False, strict=False):
+    """Descriptor bytes -> dict (kind, flags, num_rows, segments, schema, dictionaries, columns).
+
+    strict: also apply every parsing rule of docs/SHARED_IPC.md (version, kinds,
+    flags, counts against the bytes left, node fields, depth), so that it
+    accepts exactly what the C++ reader's Parse() accepts."""
     r = _Reader(data)
     if r.raw(4, "magic") != MAGIC:
         raise SipcError("bad magic")
     d = {"version": r.get("H", "version")}
+    if strict and d["version"] != VERSION:
+        raise SipcError(f"version {d['version']} is not supported")
     d["kind"] = r.get("B", "kind")
+    if strict and not 1 <= d["kind"] <= 4:
+        raise SipcError("unknown object kind")
     d["flags"] = r.get("B", "flags")
+    if strict and d["flags"] & ~1:
+        raise SipcError("unknown flags")
     d["num_rows"] = r.get("q", "num_rows")
-    nseg = r.get("I", "nsegments")
-    d["segments"] = [(r.get("B", "segment.kind"), r.get("Q", "segment.min_size")) for _ in range(nseg)]
+    if strict and d["num_rows"] < 0:
+        raise SipcError("negative row count")
+    nseg = _count(r, "nsegments", SEG_ENTRY, strict)
+    if strict and nseg > 4096:
+        raise SipcError("more than 4096 segments")
+    d["segments"] = []
+    for _ in range(nseg):
+        seg = (r.get("B", "segment.kind"), r.get("Q", "segment.min_size"))
+        if strict and seg[0] not in (1, 2):
+            raise SipcError("unknown segment kind")
+        d["segments"].append(seg)
     slen = r.get("I", "schema_len")
     d["schema"] = r.raw(slen, "schema")
-    d["dictionaries"] = [_get_node(r) for _ in range(r.get("I", "ndictionaries"))]
-    ncol = r.get("I", "ncolumns")
-    d["columns"] = [[_get_node(r) for _ in range(r.get("I", "nchunks"))] for _ in range(ncol)]
+    d["dictionaries"] = [_get_node(r, strict) for _ in range(_count(r, "ndictionaries", NODE_FIXED, strict))]
+    ncol = _count(r, "ncolumns", 4, strict)
+    d["columns"] = [[_get_node(r, strict) for _ in range(_count(r, "nchunks", NODE_FIXED, strict))]
+                    for _ in range(ncol)]
     if r.pos != len(r.data):
         raise SipcError(f"{len(r.data) - r.pos} trailing bytes")
     return (d, r.fields) if with_fields else d

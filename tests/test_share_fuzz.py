@@ -134,3 +134,64 @@ def test_sweep_node_fields(tmp_path):
     tight segments (about 600 descriptors)."""
     summary = _run_fuzzer(tmp_path, ["--sweep", "--tight"])
     assert summary["examples"] > 500
+
+
+# -- differential: docs/SHARED_IPC.md's parsing rules (the Python reader) == the C++ Parse()
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+import zerrow_pool as z  # noqa: E402
+from test_share_common import SipcError, parse_sipc  # noqa: E402
+
+_BASE_DESCRIPTORS = [sipc_corpus.unb64(e["descriptor"]) for e in sipc_corpus.load_all(CORPUS)
+                     if e["name"].startswith("base_")]
+
+
+def _cpp_parses(data):
+    try:
+        z._core.describe_raw(data)  # sipc::Parse and nothing else
+        return True
+    except z.ShareError:
+        return False
+
+
+def _py_parses(data):
+    try:
+        parse_sipc(data, strict=True)
+        return True
+    except SipcError:
+        return False
+
+
+@st.composite
+def _mutants(draw):
+    data = bytearray(draw(st.sampled_from(_BASE_DESCRIPTORS)))
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["flip", "byte", "truncate", "int"]))
+        if not data:
+            break
+        pos = draw(st.sampled_from(range(len(data))))  # uniform, unlike integers()
+        if kind == "flip":
+            data[pos] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "byte":
+            data[pos] = draw(st.sampled_from([0, 1, 2, 3, 4, 5, 0x40, 0x7F, 0x80, 0xFE, 0xFF]))
+        elif kind == "truncate":
+            del data[pos:]
+        else:
+            width = draw(st.sampled_from([2, 4, 8]))
+            value = draw(st.sampled_from([0, 1, (1 << (8 * width - 1)) - 1, 1 << (8 * width - 1),
+                                          (1 << (8 * width)) - 1, 4096, 4097, 64, 65]))
+            data[pos:pos + width] = value.to_bytes(width, "little")[:max(0, len(data) - pos)]
+    return bytes(data)
+
+
+@settings(max_examples=1500, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(_mutants())
+def test_documented_parse_rules_match_the_reader(data):
+    assert _cpp_parses(data) == _py_parses(data)
+
+
+def test_documented_parse_rules_accept_every_base():
+    for d in _BASE_DESCRIPTORS:
+        assert _cpp_parses(d) and _py_parses(d)
