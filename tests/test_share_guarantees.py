@@ -401,3 +401,18 @@ def test_sealed_bytes_cannot_be_made_writable_again():
     p = subprocess.run([sys.executable, "-c", REPROTECT], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "0", "the consumer saw the producer's write after sealing"
+
+
+def test_bytes_exposed_counts_live_neighbours():
+    """Outside a scope, other live buffers of the default arena's segments are
+    readable by the consumer: share() must say so in bytes_exposed."""
+    pool = z.pool()
+    secret = pa.array([SECRET.decode() * 50] * 400, memory_pool=pool)  # ~400 KiB, live
+    shared = pa.array(range(10_000), pa.int64(), memory_pool=pool)
+    with z.share(shared) as s:
+        found = _scan_segments(s.fds)
+        if found:
+            assert s.bytes_exposed >= secret.buffers()[2].size, (s.bytes_exposed, secret.nbytes)
+        else:
+            assert s.bytes_exposed < 2 * PAGE * s.nbuffers
+    del secret
