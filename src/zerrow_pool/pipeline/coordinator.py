@@ -134,6 +134,7 @@ class Runtime:
                             budget=self.budget)
             states.append(RunState(p, outputs, rep))
         replaced0 = self.pool.replaced
+        self.rm.peak = self.rm.usage()  # peaks are reported per run_many call
         for st in states:
             self.runs.append(st)
             for s in st.p.order:

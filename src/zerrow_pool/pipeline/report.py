@@ -125,7 +125,7 @@ class RunReport:
                              f"{fmt_bytes(e.zero_copy):>11}{fmt_bytes(e.copied):>11}")
         lines += ["", f"zero-copy rate {self.zero_copy_rate:.2%} of {fmt_bytes(self.edge_bytes)} "
                   f"moved over edges; {fmt_bytes(self.bytes_copied)} copied in all; "
-                  f"peak held {fmt_bytes(self.peak_held)}"]
+                  f"peak held by the runtime {fmt_bytes(self.peak_held)} (cache included)"]
         if self.cache:
             lines.append(f"decode cache: {self.cache_hits} hits, {self.cache_misses} misses, "
                          f"{fmt_bytes(self.decoded_bytes)} decoded, {self.cache_evictions} evicted")
