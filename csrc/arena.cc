@@ -72,26 +72,35 @@ bool Arena::TakeExtentLocked(size_t need, SegmentHeap** heap, size_t* offset, bo
 }
 
 void Arena::InsertFreeLocked(SegmentHeap* heap, size_t offset, size_t length, bool dirty) {
+  // Neighbours merge only when equally dirty: a freed extent must not make the
+  // untouched rest of a segment count as resident, nor be punched with it.
   auto& fm = heap->free_extents;
   auto next = fm.find(offset + length);
-  if (next != fm.end()) {
+  if (next != fm.end() && next->second.dirty == dirty) {
     length += next->second.length;
-    dirty |= next->second.dirty;
     EraseFreeLocked(heap, next);
   }
   auto prev = fm.lower_bound(offset);
   if (prev != fm.begin()) {
     --prev;
-    if (prev->first + prev->second.length == offset) {
+    if (prev->first + prev->second.length == offset && prev->second.dirty == dirty) {
       offset = prev->first;
       length += prev->second.length;
-      dirty |= prev->second.dirty;
       EraseFreeLocked(heap, prev);
     }
   }
   fm[offset] = FreeExtent{length, dirty};
   index_.insert(IndexKey{length, heap, offset});
   if (dirty) retained_.fetch_add(static_cast<int64_t>(length), std::memory_order_relaxed);
+}
+
+void Arena::PunchLocked(SegmentHeap* heap, size_t offset) {
+  auto it = heap->free_extents.find(offset);
+  if (it == heap->free_extents.end() || !it->second.dirty) return;
+  size_t length = it->second.length;
+  if (!heap->segment->Punch(offset, length).ok()) return;
+  EraseFreeLocked(heap, it);
+  InsertFreeLocked(heap, offset, length, /*dirty=*/false);
 }
 
 void Arena::EraseFreeLocked(SegmentHeap* heap, std::map<size_t, FreeExtent>::iterator it) {
@@ -251,13 +260,23 @@ bool Arena::ResizeInPlace(SegmentHeap* heap, uint8_t* p, size_t old_size, size_t
   if (need < span->length) {
     InsertFreeLocked(heap, span->offset + need, span->length - need, /*dirty=*/true);
   } else if (need > span->length) {
-    auto next = heap->free_extents.find(span->offset + span->length);
-    if (next == heap->free_extents.end() || next->second.length < need - span->length) return false;
-    size_t len = next->second.length, off = next->first;
-    bool dirty = next->second.dirty;
-    EraseFreeLocked(heap, next);
-    size_t grow = need - span->length;
-    if (len > grow) InsertFreeLocked(heap, off + grow, len - grow, dirty);
+    // The free extents right after the span (dirty and clean ones alternate).
+    const size_t grow = need - span->length;
+    size_t end = span->offset + span->length, have = 0;
+    for (auto it = heap->free_extents.find(end); have < grow && it != heap->free_extents.end() && it->first == end + have;
+         it = heap->free_extents.find(end + have)) {
+      have += it->second.length;
+    }
+    if (have < grow) return false;
+    size_t taken = 0;
+    while (taken < grow) {
+      auto it = heap->free_extents.find(end + taken);
+      size_t len = it->second.length;
+      bool dirty = it->second.dirty;
+      EraseFreeLocked(heap, it);
+      if (taken + len > grow) InsertFreeLocked(heap, end + grow, taken + len - grow, dirty);
+      taken += len;
+    }
   }
   span->length = need;
   heap->live_bytes.fetch_add(delta, std::memory_order_relaxed);
@@ -301,11 +320,10 @@ arrow::Status Arena::Freeze(SegmentHeap* heap, bool seal) {
       EraseFreeLocked(heap, it);
     }
     // A frozen file never changes size, so a consumer's mapping can never go past its end.
-    ARROW_RETURN_NOT_OK(heap->segment->Seal(/*future_write=*/false));
+    ARROW_RETURN_NOT_OK(heap->segment->SealSize());
   }
   if (seal && !heap->sealed) {
-    ARROW_RETURN_NOT_OK(heap->segment->Seal(/*future_write=*/true));
-    ARROW_RETURN_NOT_OK(heap->segment->ProtectReadOnly());
+    ARROW_RETURN_NOT_OK(heap->segment->SealWrites());
     heap->sealed = true;
   }
   return arrow::Status::OK();
@@ -316,15 +334,17 @@ void Arena::DecayLocked() {
                                              : std::max(kMinRetain, live_bytes_.load(std::memory_order_relaxed));
   if (retained_.load(std::memory_order_relaxed) <= limit) return;
   const int64_t target = limit / 4 * 3;
-  // Largest extents first: the fewest syscalls for the most memory.
-  for (auto it = index_.rbegin(); it != index_.rend() && retained_.load(std::memory_order_relaxed) > target; ++it) {
+  // Largest dirty extents first: the fewest syscalls for the most memory.
+  std::vector<std::pair<SegmentHeap*, size_t>> victims;
+  int64_t freed = 0;
+  const int64_t excess = retained_.load(std::memory_order_relaxed) - target;
+  for (auto it = index_.rbegin(); it != index_.rend() && freed < excess; ++it) {
     auto [len, heap, off] = *it;
-    FreeExtent& fe = heap->free_extents[off];
-    if (!fe.dirty) continue;
-    if (!heap->segment->Punch(off, len).ok()) continue;
-    fe.dirty = false;
-    retained_.fetch_sub(static_cast<int64_t>(len), std::memory_order_relaxed);
+    if (!heap->free_extents[off].dirty) continue;
+    victims.emplace_back(heap, off);
+    freed += static_cast<int64_t>(len);
   }
+  for (auto [heap, off] : victims) PunchLocked(heap, off);
 }
 
 void Arena::ReleaseRetained() {
@@ -339,13 +359,10 @@ void Arena::ReleaseRetained() {
       for (Span* s : empty) ReleaseSlabLocked(shards_[i], s);
     }
   }
-  for (auto [len, heap, off] : index_) {
-    FreeExtent& fe = heap->free_extents[off];
-    if (fe.dirty && heap->segment->Punch(off, len).ok()) {
-      fe.dirty = false;
-      retained_.fetch_sub(static_cast<int64_t>(len), std::memory_order_relaxed);
-    }
-  }
+  std::vector<std::pair<SegmentHeap*, size_t>> dirty;
+  for (auto [len, heap, off] : index_)
+    if (heap->free_extents[off].dirty) dirty.emplace_back(heap, off);
+  for (auto [heap, off] : dirty) PunchLocked(heap, off);
 }
 
 void Arena::Retire() { retired_.store(true, std::memory_order_release); }

@@ -76,6 +76,7 @@ class Arena {
   bool TakeExtentLocked(size_t need, SegmentHeap** heap, size_t* offset, bool* dirty);
   void InsertFreeLocked(SegmentHeap* heap, size_t offset, size_t length, bool dirty);
   void EraseFreeLocked(SegmentHeap* heap, std::map<size_t, FreeExtent>::iterator it);
+  void PunchLocked(SegmentHeap* heap, size_t offset);  // a dirty free extent becomes clean
   void ReleaseSlabLocked(Shard& shard, Span* span);  // shard and large_mu_ held
   void DecayLocked();
   void ZeroUnusedSlotsLocked(Span* span);

@@ -1,10 +1,12 @@
 #include "fd_transport.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 
 namespace zerrow {
@@ -22,8 +24,19 @@ arrow::Status Errno(const char* what) {
   return arrow::Status::IOError("zerrow: ", what, ": ", std::strerror(errno));
 }
 
+// Waits until a non-blocking socket is ready.
+arrow::Status Wait(int sock, short events, int timeout_ms) {
+  struct pollfd p{sock, events, 0};
+  for (;;) {
+    int n = poll(&p, 1, timeout_ms);
+    if (n > 0) return arrow::Status::OK();
+    if (n == 0) return arrow::Status::IOError("zerrow: timed out");
+    if (errno != EINTR) return Errno("poll");
+  }
+}
+
 // One sendmsg of `len` bytes of `data`, carrying `nfds` fds on its first byte.
-arrow::Status SendWithFds(int sock, const char* data, size_t len, const int* fds, size_t nfds) {
+arrow::Status SendWithFds(int sock, const char* data, size_t len, const int* fds, size_t nfds, int timeout_ms) {
   size_t sent = 0;
   while (sent < len) {
     struct iovec iov{const_cast<char*>(data + sent), len - sent};
@@ -43,6 +56,10 @@ arrow::Status SendWithFds(int sock, const char* data, size_t len, const int* fds
     ssize_t n = sendmsg(sock, &msg, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        ARROW_RETURN_NOT_OK(Wait(sock, POLLOUT, timeout_ms));
+        continue;
+      }
       return Errno("sendmsg");
     }
     sent += static_cast<size_t>(n);
@@ -56,7 +73,8 @@ void CloseAll(std::vector<int>& fds) {
 }
 
 // Reads exactly len bytes; fds that arrive alongside are appended to *fds.
-arrow::Status RecvExact(int sock, char* data, size_t len, std::vector<int>* fds) {
+arrow::Status RecvExact(int sock, char* data, size_t len, std::vector<int>* fds, int timeout_ms,
+                        bool mid_message) {
   size_t got = 0;
   while (got < len) {
     struct iovec iov{data + got, len - got};
@@ -69,6 +87,10 @@ arrow::Status RecvExact(int sock, char* data, size_t len, std::vector<int>* fds)
     ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
     if (n < 0) {
       if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        ARROW_RETURN_NOT_OK(Wait(sock, POLLIN, timeout_ms));
+        continue;
+      }
       return Errno("recvmsg");
     }
     for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
@@ -83,8 +105,9 @@ arrow::Status RecvExact(int sock, char* data, size_t len, std::vector<int>* fds)
     }
     if (msg.msg_flags & MSG_CTRUNC) return arrow::Status::IOError("zerrow: received more fds than fit; message dropped");
     if (n == 0) {
-      return got == 0 && len > 0 ? arrow::Status::IOError("zerrow: connection closed")
-                                 : arrow::Status::IOError("zerrow: connection closed in the middle of a message");
+      return got == 0 && !mid_message
+                 ? arrow::Status::IOError("zerrow: connection closed")
+                 : arrow::Status::IOError("zerrow: connection closed in the middle of a message");
     }
     got += static_cast<size_t>(n);
   }
@@ -93,33 +116,37 @@ arrow::Status RecvExact(int sock, char* data, size_t len, std::vector<int>* fds)
 
 }  // namespace
 
-arrow::Status SendDescriptor(int sock, std::string_view descriptor, const std::vector<int>& fds) {
+arrow::Status SendDescriptor(int sock, std::string_view descriptor, const std::vector<int>& fds, int timeout_ms) {
   FrameHeader h{kFrameMagic, static_cast<uint32_t>(fds.size()), descriptor.size()};
   size_t first = std::min(fds.size(), kMaxFdsPerMessage);
-  ARROW_RETURN_NOT_OK(SendWithFds(sock, reinterpret_cast<const char*>(&h), sizeof(h), fds.data(), first));
-  ARROW_RETURN_NOT_OK(SendWithFds(sock, descriptor.data(), descriptor.size(), nullptr, 0));
+  ARROW_RETURN_NOT_OK(SendWithFds(sock, reinterpret_cast<const char*>(&h), sizeof(h), fds.data(), first, timeout_ms));
+  ARROW_RETURN_NOT_OK(SendWithFds(sock, descriptor.data(), descriptor.size(), nullptr, 0, timeout_ms));
   // Further fds ride on one marker byte each batch.
   for (size_t i = first; i < fds.size(); i += kMaxFdsPerMessage) {
     char marker = 'F';
-    ARROW_RETURN_NOT_OK(SendWithFds(sock, &marker, 1, fds.data() + i, std::min(kMaxFdsPerMessage, fds.size() - i)));
+    ARROW_RETURN_NOT_OK(SendWithFds(sock, &marker, 1, fds.data() + i, std::min(kMaxFdsPerMessage, fds.size() - i), timeout_ms));
   }
   return arrow::Status::OK();
 }
 
-arrow::Result<Received> RecvDescriptor(int sock) {
+arrow::Result<Received> RecvDescriptor(int sock, int timeout_ms) {
   Received out;
   FrameHeader h;
-  auto st = RecvExact(sock, reinterpret_cast<char*>(&h), sizeof(h), &out.fds);
+  auto st = RecvExact(sock, reinterpret_cast<char*>(&h), sizeof(h), &out.fds, timeout_ms, false);
   if (st.ok() && h.magic != kFrameMagic) st = arrow::Status::IOError("zerrow: not a zerrow message (bad frame magic)");
   if (st.ok() && h.descriptor_len > kMaxDescriptorBytes)
     st = arrow::Status::IOError("zerrow: descriptor of ", h.descriptor_len, " bytes is too large");
-  if (st.ok()) {
-    out.descriptor.resize(h.descriptor_len);
-    st = RecvExact(sock, out.descriptor.data(), out.descriptor.size(), &out.fds);
+  // Grow the buffer as bytes arrive: a bogus length must not cost memory up front.
+  constexpr size_t kStep = size_t{1} << 20;
+  while (st.ok() && out.descriptor.size() < h.descriptor_len) {
+    size_t at = out.descriptor.size();
+    size_t n = std::min<uint64_t>(kStep, h.descriptor_len - at);
+    out.descriptor.resize(at + n);
+    st = RecvExact(sock, out.descriptor.data() + at, n, &out.fds, timeout_ms, true);
   }
   while (st.ok() && out.fds.size() < h.nfds) {
     char marker;
-    st = RecvExact(sock, &marker, 1, &out.fds);
+    st = RecvExact(sock, &marker, 1, &out.fds, timeout_ms, true);
     if (st.ok() && marker != 'F') st = arrow::Status::IOError("zerrow: malformed fd continuation");
   }
   if (st.ok() && out.fds.size() != h.nfds)

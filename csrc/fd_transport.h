@@ -14,13 +14,16 @@ namespace zerrow {
 constexpr size_t kMaxFdsPerMessage = 250;  // the kernel's SCM_MAX_FD is 253
 constexpr uint64_t kMaxDescriptorBytes = uint64_t{1} << 30;
 
-arrow::Status SendDescriptor(int sock, std::string_view descriptor, const std::vector<int>& fds);
+// timeout_ms applies to a non-blocking socket: how long to wait for it to be
+// ready at each step (-1: forever). It fails with "zerrow: timed out".
+arrow::Status SendDescriptor(int sock, std::string_view descriptor, const std::vector<int>& fds,
+                             int timeout_ms = -1);
 
 struct Received {
   std::string descriptor;
   std::vector<int> fds;  // owned by the caller
 };
 // Blocks until a whole message arrived; fails cleanly on EOF or a malformed frame.
-arrow::Result<Received> RecvDescriptor(int sock);
+arrow::Result<Received> RecvDescriptor(int sock, int timeout_ms = -1);
 
 }  // namespace zerrow

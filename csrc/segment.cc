@@ -88,15 +88,22 @@ arrow::Status Segment::Punch(size_t offset, size_t len) {
   return arrow::Status::OK();
 }
 
-arrow::Status Segment::Seal(bool future_write) {
-  int seals = F_SEAL_SHRINK | F_SEAL_GROW;
-  if (future_write) seals |= F_SEAL_FUTURE_WRITE;
-  if (fcntl(fd_, F_ADD_SEALS, seals) != 0) return Errno("F_ADD_SEALS");
+arrow::Status Segment::SealSize() {
+  if (fcntl(fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0) return Errno("F_ADD_SEALS");
   return arrow::Status::OK();
 }
 
-arrow::Status Segment::ProtectReadOnly() {
-  if (mprotect(map_base_, map_len_, PROT_READ) != 0) return Errno("mprotect");
+arrow::Status Segment::SealWrites() {
+  ARROW_ASSIGN_OR_RAISE(int ro, OpenReadOnly());
+  void* m = mmap(map_base_, map_len_, PROT_READ, MAP_SHARED | MAP_FIXED, ro, 0);
+  int err = errno;
+  close(ro);
+  if (m == MAP_FAILED) {
+    errno = err;
+    return Errno("remapping a segment read-only");
+  }
+  madvise(m, map_len_, MADV_HUGEPAGE);
+  if (fcntl(fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) != 0) return Errno("F_ADD_SEALS");
   return arrow::Status::OK();
 }
 

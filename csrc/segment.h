@@ -50,10 +50,12 @@ class Segment {
 
   // Returns [offset, offset+len) to the kernel; it reads as zeros afterwards.
   arrow::Status Punch(size_t offset, size_t len);
-  // Seals size changes; with `future_write`, also any new writable mapping or write().
-  arrow::Status Seal(bool future_write);
-  // Makes this process's own mapping read-only.
-  arrow::Status ProtectReadOnly();
+  // Seals the file against shrinking and growing.
+  arrow::Status SealSize();
+  // Makes the contents immutable for everyone: our own mapping is replaced by
+  // one from a read-only fd (which can never be made writable again), then
+  // the file is sealed against writes (F_SEAL_WRITE) as well as size changes.
+  arrow::Status SealWrites();
   // A new fd (the caller closes it) on a read-only file description of this
   // segment's file: whoever holds it cannot map it writable.
   arrow::Result<int> OpenReadOnly() const;

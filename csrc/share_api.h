@@ -69,8 +69,8 @@ inline arrow::Status Describe(const std::string& descriptor, int64_t* nbytes, in
   return arrow::Status::OK();
 }
 
-inline arrow::Status Recv(int sock, Received* out) {
-  ARROW_ASSIGN_OR_RAISE(*out, RecvDescriptor(sock));
+inline arrow::Status Recv(int sock, int timeout_ms, Received* out) {
+  ARROW_ASSIGN_OR_RAISE(*out, RecvDescriptor(sock, timeout_ms));
   return arrow::Status::OK();
 }
 

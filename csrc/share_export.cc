@@ -10,6 +10,7 @@
 #include <unordered_set>
 
 #include <arrow/buffer.h>
+#include <arrow/extension_type.h>
 #include <arrow/ipc/writer.h>
 
 #include "buffer_walk.h"
@@ -62,12 +63,28 @@ int64_t UnionLength(std::vector<std::pair<uint64_t, uint64_t>> ranges) {
   return total;
 }
 
+// Types the Arrow IPC Schema message cannot carry faithfully.
+arrow::Status CheckShareable(const arrow::DataType& type) {
+  if (type.id() == arrow::Type::DICTIONARY) {
+    const auto& value = *static_cast<const arrow::DictionaryType&>(type).value_type();
+    if (value.id() == arrow::Type::DICTIONARY)
+      return arrow::Status::NotImplemented("zerrow: cannot share ", type.ToString(),
+                                           ": a dictionary whose values are themselves dictionary-encoded");
+    return CheckShareable(value);
+  }
+  if (type.id() == arrow::Type::EXTENSION)
+    return CheckShareable(*static_cast<const arrow::ExtensionType&>(type).storage_type());
+  for (const auto& child : type.fields()) ARROW_RETURN_NOT_OK(CheckShareable(*child->type()));
+  return arrow::Status::OK();
+}
+
 class Exporter {
  public:
   explicit Exporter(const ShareOptions& options) : options_(options) {}
 
   arrow::Result<ShareResult> Run(const SharedObject& object) {
     EnsureCowHandler();
+    for (const auto& field : object.schema->fields()) ARROW_RETURN_NOT_OK(CheckShareable(*field->type()));
     // Pass 1: where does every buffer lie?
     for (const auto& col : object.columns)
       for (const auto& chunk : col) ARROW_RETURN_NOT_OK(PlaceAll(*chunk));
@@ -157,7 +174,7 @@ class Exporter {
       std::memcpy(seg->base() + p.offset, b->data(), static_cast<size_t>(b->size()));
       p.segment = seg;
     }
-    ARROW_RETURN_NOT_OK(seg->Seal(/*future_write=*/true));
+    ARROW_RETURN_NOT_OK(seg->SealWrites());
     return arrow::Status::OK();
   }
 

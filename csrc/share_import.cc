@@ -150,7 +150,9 @@ class Importer {
     if (ref.segment == -1) return nullptr;
     if (ref.segment == -2) {
       if (ref.length != 0) return arrow::Status::Invalid("SIPC descriptor: empty buffer with a length");
-      return std::make_shared<arrow::Buffer>(nullptr, 0);
+      // Not null: Arrow tells an empty buffer from a missing one by its pointer.
+      alignas(64) static const uint8_t kEmpty[64] = {};
+      return std::make_shared<arrow::Buffer>(kEmpty, 0);
     }
     if (ref.segment < 0 || static_cast<size_t>(ref.segment) >= segments_.size())
       return arrow::Status::Invalid("SIPC descriptor: buffer refers to segment ", ref.segment, " of ", segments_.size());

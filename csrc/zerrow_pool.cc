@@ -37,7 +37,7 @@ ZerrowPool::ZerrowPool() : registry_(SegmentRegistry::Global()) {
 
 void ZerrowPool::NoteAllocated(int64_t size) {
   int64_t now = bytes_allocated_.fetch_add(size, std::memory_order_relaxed) + size;
-  if (size > 0) total_bytes_allocated_.fetch_add(size, std::memory_order_relaxed);
+  total_bytes_allocated_.fetch_add(size, std::memory_order_relaxed);
   num_allocations_.fetch_add(1, std::memory_order_relaxed);
   int64_t peak = max_memory_.load(std::memory_order_relaxed);
   while (now > peak && !max_memory_.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
@@ -45,6 +45,12 @@ void ZerrowPool::NoteAllocated(int64_t size) {
 }
 
 arrow::Status ZerrowPool::Allocate(int64_t size, int64_t alignment, uint8_t** out) {
+  ARROW_RETURN_NOT_OK(AllocateRaw(size, alignment, out));
+  NoteAllocated(size);
+  return arrow::Status::OK();
+}
+
+arrow::Status ZerrowPool::AllocateRaw(int64_t size, int64_t alignment, uint8_t** out) {
   if (size < 0) return arrow::Status::Invalid("zerrow: negative allocation size ", size);
   if (alignment <= 0 || (alignment & (alignment - 1)) != 0)
     return arrow::Status::Invalid("zerrow: alignment ", alignment, " is not a power of two");
@@ -55,11 +61,15 @@ arrow::Status ZerrowPool::Allocate(int64_t size, int64_t alignment, uint8_t** ou
   Arena* arena = current_.load(std::memory_order_acquire);
   auto st = arena->Allocate(static_cast<size_t>(size), static_cast<size_t>(alignment), out);
   if (!st.ok()) return arrow::Status::OutOfMemory("zerrow: allocating ", size, " bytes: ", st.message());
-  NoteAllocated(size);
   return arrow::Status::OK();
 }
 
 void ZerrowPool::Free(uint8_t* buffer, int64_t size, int64_t alignment) {
+  FreeRaw(buffer, size, alignment);
+  bytes_allocated_.fetch_sub(size, std::memory_order_relaxed);
+}
+
+void ZerrowPool::FreeRaw(uint8_t* buffer, int64_t size, int64_t alignment) {
   if (buffer == zero_size_area || buffer == nullptr) return;
   const void* base = nullptr;
   bool collect = false;
@@ -70,16 +80,27 @@ void ZerrowPool::Free(uint8_t* buffer, int64_t size, int64_t alignment) {
     base = heap->segment->base();
     collect = heap->arena->Free(heap, buffer, static_cast<size_t>(size), static_cast<size_t>(alignment));
   }
-  bytes_allocated_.fetch_sub(size, std::memory_order_relaxed);
   if (collect) Collect(base);
 }
 
 arrow::Status ZerrowPool::Reallocate(int64_t old_size, int64_t new_size, int64_t alignment,
                                      uint8_t** ptr) {
   if (new_size < 0) return arrow::Status::Invalid("zerrow: negative reallocation size ", new_size);
-  if (*ptr == zero_size_area) return Allocate(new_size, alignment, ptr);
+  ARROW_RETURN_NOT_OK(ReallocateRaw(old_size, new_size, alignment, ptr));
+  // As Arrow's pools count it: the size difference, an allocation only when growing.
+  const int64_t diff = new_size - old_size;
+  if (diff > 0) {
+    NoteAllocated(diff);
+  } else {
+    bytes_allocated_.fetch_add(diff, std::memory_order_relaxed);
+  }
+  return arrow::Status::OK();
+}
+
+arrow::Status ZerrowPool::ReallocateRaw(int64_t old_size, int64_t new_size, int64_t alignment, uint8_t** ptr) {
+  if (*ptr == zero_size_area) return AllocateRaw(new_size, alignment, ptr);
   if (new_size == 0) {
-    Free(*ptr, old_size, alignment);
+    FreeRaw(*ptr, old_size, alignment);
     *ptr = zero_size_area;
     return arrow::Status::OK();
   }
@@ -99,16 +120,12 @@ arrow::Status ZerrowPool::Reallocate(int64_t old_size, int64_t new_size, int64_t
   }
   if (in_place) {
     realloc_in_place_.fetch_add(1, std::memory_order_relaxed);
-    NoteAllocated(new_size - old_size);
     return arrow::Status::OK();
   }
   uint8_t* fresh;
-  ARROW_RETURN_NOT_OK(Allocate(new_size, alignment, &fresh));
+  ARROW_RETURN_NOT_OK(AllocateRaw(new_size, alignment, &fresh));
   std::memcpy(fresh, *ptr, static_cast<size_t>(std::min(old_size, new_size)));
-  Free(*ptr, old_size, alignment);
-  // Allocate and Free counted this as one new allocation of new_size and a release of
-  // old_size; Arrow counts a reallocation as one allocation of the difference.
-  total_bytes_allocated_.fetch_sub(new_size - std::max<int64_t>(new_size - old_size, 0), std::memory_order_relaxed);
+  FreeRaw(*ptr, old_size, alignment);
   realloc_copied_.fetch_add(1, std::memory_order_relaxed);
   *ptr = fresh;
   return arrow::Status::OK();

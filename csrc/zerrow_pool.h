@@ -60,7 +60,11 @@ class ZerrowPool final : public arrow::MemoryPool {
  private:
   ZerrowPool();
   void Collect(const void* segment_base, bool only_collectable = true);
-  void NoteAllocated(int64_t size);
+  void NoteAllocated(int64_t size);  // stats of one allocation of `size` bytes
+  // The work of Allocate / Free / Reallocate, without the stats.
+  arrow::Status AllocateRaw(int64_t size, int64_t alignment, uint8_t** out);
+  void FreeRaw(uint8_t* buffer, int64_t size, int64_t alignment);
+  arrow::Status ReallocateRaw(int64_t old_size, int64_t new_size, int64_t alignment, uint8_t** ptr);
 
   SegmentRegistry& registry_;
   ArenaOptions options_;

@@ -148,16 +148,12 @@ def test_stats_bytes_match_arrow_accounting():
     assert got[-1][0] == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "zerrow counts a copying shrink (large -> small realloc) as a new allocation; "
-    "Arrow's pools count only growing reallocations"))
 def test_stats_num_allocations_match_arrow_accounting():
     ref = _scripted_sequence(pa.system_memory_pool())
     got = _scripted_sequence(POOL)
     assert [s[2] for s in got] == [s[2] for s in ref]
 
 
-@pytest.mark.xfail(strict=True, reason="zerrow does not count zero-size allocations; Arrow's pools do")
 def test_stats_zero_size_allocation_counted():
     n = POOL.num_allocations()
     b = pa.allocate_buffer(0, memory_pool=POOL)
@@ -165,9 +161,6 @@ def test_stats_zero_size_allocation_counted():
     del b
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a copying reallocation allocates the new block before freeing the old one and "
-    "counts both in max_memory; Arrow's pools count a reallocation as its size difference"))
 def test_stats_max_memory_of_copying_realloc():
     with zerrow_pool.scope():
         # a fresh scope so that the peak is set by this test alone... but max_memory is

@@ -58,10 +58,6 @@ def test_freed_memory_is_retained_then_released():
     del left, right, again, a
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a freed extent that borders the segment's untouched tail merges with it into one "
-    "'dirty' extent whose whole length (~1 GiB) is counted as retained, so decay punches it "
-    "at once: freed memory there is never kept for reuse"))
 def test_freed_memory_next_to_untouched_tail_is_retained():
     with zerrow_pool.scope():  # a fresh arena: the buffer is followed by the untouched tail
         b = _touch(pa.allocate_buffer(16 * MiB))
@@ -71,9 +67,6 @@ def test_freed_memory_next_to_untouched_tail_is_retained():
         assert rss_shmem() >= rss_live - MiB
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bytes_retained counts never-touched pages of the segment tail as retained (same "
-    "merge of a dirty extent with the clean tail), so it exceeds bytes_resident"))
 def test_retained_never_exceeds_resident():
     code = """
     import numpy as np, pyarrow as pa, zerrow_pool

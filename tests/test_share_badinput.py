@@ -314,9 +314,6 @@ def test_recv_on_a_socket_with_timeout_no_data():
         assert time.monotonic() - t0 < 5
 
 
-@pytest.mark.xfail(strict=False, reason="BUG _sharing.py/fd_transport.cc: recv() on a socket with a Python "
-                   "timeout (which makes the fd O_NONBLOCK) fails at once with 'recvmsg: Resource temporarily "
-                   "unavailable' instead of waiting up to the timeout")
 def test_recv_waits_up_to_the_socket_timeout():
     a, b = _pair()
     t = pooled_table(100)
@@ -376,10 +373,6 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) // 1024)
 """
 
 
-@pytest.mark.xfail(strict=False, reason="BUG fd_transport.cc RecvDescriptor: out.descriptor.resize(descriptor_len) "
-                   "allocates and zero-fills up to 1 GiB before a byte of it arrived, so a 16-byte bogus header "
-                   "costs the receiver 1 GiB of RSS (and says 'connection closed', not 'in the middle of a "
-                   "message'); grow the buffer as data arrives")
 def test_bogus_header_does_not_make_the_receiver_allocate():
     p = subprocess.run([sys.executable, "-c", BOGUS_HEADER], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr

@@ -393,10 +393,6 @@ print(consumer[0].as_py())
 """
 
 
-@pytest.mark.xfail(strict=False, reason="DESIGN GAP zerrow_pool/arena freeze: seal=True leaves the producer's "
-                   "MAP_SHARED mapping with VM_MAYWRITE, so the producer can mprotect it writable again and "
-                   "change bytes consumers already validated (F_SEAL_FUTURE_WRITE spares existing mappings); "
-                   "remapping the segment from a read-only fd and adding F_SEAL_WRITE would close it")
 def test_sealed_bytes_cannot_be_made_writable_again():
     p = subprocess.run([sys.executable, "-c", REPROTECT], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr

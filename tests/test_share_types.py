@@ -303,8 +303,6 @@ def test_empty_and_null_buffers_in_descriptor():
         assert node["buffers"][0] == (-1, 0, 0) and node["buffers"][1][0] == 0
 
 
-@pytest.mark.xfail(strict=False, reason="BUG share_import.cc: an empty (-2) buffer is rebuilt as Buffer(nullptr, 0) "
-                   "and Validate() rejects a null value-data buffer of string/binary arrays")
 @pytest.mark.parametrize("values", [[], [None, ""], [""]])
 def test_string_array_without_value_bytes(values):
     with z.scope():
@@ -314,8 +312,6 @@ def test_string_array_without_value_bytes(values):
     assert_same(got, a)
 
 
-@pytest.mark.xfail(strict=False, reason="BUG _sharing.py: Share.closed is `not self.fds`, so a share of an object "
-                   "with no buffers (no segments, no fds) counts as closed: attach()/send() refuse it")
 @pytest.mark.parametrize("obj", [pa.nulls(4), pa.table({}), pa.array([{}] * 3, pa.struct([]))],
                          ids=["nulls", "zero_columns", "empty_struct"])
 def test_share_without_segments_attaches(obj):
@@ -325,9 +321,6 @@ def test_share_without_segments_attaches(obj):
     assert got.equals(obj)
 
 
-@pytest.mark.xfail(strict=False, reason="BUG share_export.cc: a dictionary whose value type is directly another "
-                   "dictionary does not survive the IPC Schema message (read back as the inner dictionary type): "
-                   "share() succeeds, attach() fails with 'string needs 3 buffers, got 2'; share() should refuse it")
 def test_dictionary_of_dictionary():
     with z.scope():
         inner = pa.DictionaryArray.from_arrays(pa.array([1, 0], pa.int8()), pa.array(["p", "q"]))
@@ -340,8 +333,6 @@ def test_dictionary_of_dictionary():
         assert_same(z.attach(s.descriptor, s.fds), a)
 
 
-@pytest.mark.xfail(strict=False, reason="BUG _sharing.py: recv() of an object without buffers raises "
-                   "'share is closed' (same cause as test_share_without_segments_attaches)")
 def test_recv_object_without_buffers():
     a, b = z.Channel.pair()
     with a, b:

@@ -28,7 +28,7 @@ cdef extern from "fd_transport.h" namespace "zerrow" nogil:
     cdef cppclass Received:
         cstring descriptor
         vector[int] fds
-    CStatus SendDescriptor(int sock, cstring descriptor, const vector[int]& fds)
+    CStatus SendDescriptor(int sock, cstring descriptor, const vector[int]& fds, int timeout_ms)
 
 
 cdef extern from "share_api.h" namespace "zerrow::api" nogil:
@@ -40,7 +40,7 @@ cdef extern from "share_api.h" namespace "zerrow::api" nogil:
         shared_ptr[CChunkedArray] chunked
     CStatus Share(const SharedObject& obj, cbool seal, cbool strict_exposure, ShareResult* out)
     CStatus Attach(const cstring& descriptor, const vector[int]& fds, cbool validate_full, Attached* out)
-    CStatus Recv(int sock, Received* out)
+    CStatus Recv(int sock, int timeout_ms, Received* out)
     CStatus Describe(const cstring& descriptor, int64_t* nbytes, int64_t* nbuffers)
 
 
@@ -99,6 +99,8 @@ cdef int raise_share_error(const CStatus& st) except -1:
     message = st.message().decode("utf-8", "replace")
     if st.IsIOError() and message.startswith("zerrow: connection closed"):
         raise EOFError(message)
+    if st.IsIOError() and message == "zerrow: timed out":
+        raise TimeoutError(message)
     raise ShareError(message)
 
 
@@ -150,24 +152,24 @@ def attach_raw(descriptor, fds, cbool validate_full=False):
     return pyarrow_wrap_chunked_array(out.chunked)
 
 
-def send_raw(int sock, descriptor, fds):
+def send_raw(int sock, descriptor, fds, int timeout_ms=-1):
     cdef cstring desc = bytes(descriptor)
     cdef vector[int] cfds
     for fd in fds:
         cfds.push_back(<int> fd)
     cdef CStatus st
     with nogil:
-        st = SendDescriptor(sock, desc, cfds)
+        st = SendDescriptor(sock, desc, cfds, timeout_ms)
     if not st.ok():
         raise_share_error(st)
 
 
-def recv_raw(int sock):
+def recv_raw(int sock, int timeout_ms=-1):
     """Returns (descriptor, fds); the caller owns the fds."""
     cdef Received r
     cdef CStatus st
     with nogil:
-        st = Recv(sock, &r)
+        st = Recv(sock, timeout_ms, &r)
     if not st.ok():
         raise_share_error(st)
     return bytes(r.descriptor), list(r.fds)

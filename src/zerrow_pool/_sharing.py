@@ -23,12 +23,13 @@ class Share:
     """
 
     __slots__ = ("descriptor", "fds", "nbytes", "nbuffers", "bytes_shared_zero_copy", "bytes_copied",
-                 "bytes_exposed", "__weakref__")
+                 "bytes_exposed", "_closed", "__weakref__")
 
     def __init__(self, descriptor, fds, nbytes=None, nbuffers=None, bytes_shared_zero_copy=None,
                  bytes_copied=None, bytes_exposed=None):
         self.descriptor = bytes(descriptor)
         self.fds = list(fds)
+        self._closed = False
         if nbytes is None or nbuffers is None:
             nbytes, nbuffers = _core.describe_raw(self.descriptor)
         self.nbytes = nbytes
@@ -39,7 +40,7 @@ class Share:
 
     @property
     def closed(self) -> bool:
-        return not self.fds
+        return self._closed
 
     def attach(self, *, validate_full=False):
         """Map this share and rebuild its object (see :func:`attach`)."""
@@ -50,6 +51,7 @@ class Share:
     def close(self) -> None:
         """Close the fds; objects already attached stay valid."""
         fds, self.fds = self.fds, []
+        self._closed = True
         for fd in fds:
             os.close(fd)
 
@@ -108,6 +110,12 @@ def _fileno(sock) -> int:
     return sock if isinstance(sock, int) else sock.fileno()
 
 
+def _timeout_ms(sock) -> int:
+    """A socket object's timeout in ms (-1: none), honoured by the C++ transport."""
+    timeout = None if isinstance(sock, int) else getattr(sock, "gettimeout", lambda: None)()
+    return -1 if timeout is None else int(timeout * 1000)
+
+
 def send(sock, obj, *, seal=True) -> Share:
     """Send an object (or a :class:`Share`) over an AF_UNIX socket; returns the share's counters.
 
@@ -118,16 +126,16 @@ def send(sock, obj, *, seal=True) -> Share:
     if isinstance(obj, Share):
         if obj.closed:
             raise ShareError("share is closed")
-        _core.send_raw(_fileno(sock), obj.descriptor, obj.fds)
+        _core.send_raw(_fileno(sock), obj.descriptor, obj.fds, _timeout_ms(sock))
         return obj
     with share(obj, seal=seal) as s:
-        _core.send_raw(_fileno(sock), s.descriptor, s.fds)
+        _core.send_raw(_fileno(sock), s.descriptor, s.fds, _timeout_ms(sock))
     return s
 
 
 def recv_share(sock) -> Share:
     """Receive a share without mapping anything (for a process that only forwards it)."""
-    descriptor, fds = _core.recv_raw(_fileno(sock))
+    descriptor, fds = _core.recv_raw(_fileno(sock), _timeout_ms(sock))
     try:
         return Share(descriptor, fds)
     except BaseException:
