@@ -53,6 +53,7 @@ def run_warm_interleaved(pools, rounds):
         assert json.loads(workers[p].stdout.readline())["ready"] == p
     times = {op: {p: [] for p in pools} for op in [*OPS, *MICRO]}
     faults = {op: {p: [] for p in pools} for op in [*OPS, *MICRO]}
+    hwm = {}
     try:
         for op in times:
             for r in range(rounds + 1):
@@ -64,12 +65,13 @@ def run_warm_interleaved(pools, rounds):
                     if r > 0:  # round 0 warms the pool up
                         times[op][p].append(res["seconds"])
                         faults[op][p].append(res["minflt"])
+                    hwm[p] = res["VmHWM"]
     finally:
         for w in workers.values():
             w.stdin.close()
             w.wait()
     return ({p: {op: statistics.median(times[op][p]) for op in times} for p in pools},
-            {p: {op: statistics.median(faults[op][p]) for op in times} for p in pools})
+            {p: {op: statistics.median(faults[op][p]) for op in times} for p in pools}, hwm)
 
 
 def run_cold(pool, op):
@@ -117,7 +119,7 @@ def main():
         if args.pytest:
             with tempfile.TemporaryDirectory() as d:
                 per_pool = {p: run_warm(p, d) for p in pools}
-            warm = ({p: v[0] for p, v in per_pool.items()}, {p: v[1] for p, v in per_pool.items()})
+            warm = ({p: v[0] for p, v in per_pool.items()}, {p: v[1] for p, v in per_pool.items()}, {})
             how = "pytest-benchmark, median of 5 rounds, one pool after the other"
         else:
             warm = run_warm_interleaved(pools, args.rounds)
@@ -131,6 +133,9 @@ def main():
         for op in OPS:
             print(f"| {op} | " + " | ".join(f"{warm[1][p].get(op, 0):.0f}" for p in pools) + " |")
         print()
+        if warm[2]:
+            print("Peak RSS of the warm process over all its rounds (VmHWM): " + ", ".join(
+                f"{p} {warm[2][p] / 2**20:.0f} MiB ({warm[2][p] / warm[2]['mimalloc']:.2f})" for p in pools) + "\n")
     if not args.warm_only:
         runs = {op: {p: [] for p in pools} for op in OPS}
         for _ in range(args.cold_reps):

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 POOLS = ["mimalloc", "jemalloc", "system", "zerrow"]
-ROWS = int(os.environ.get("ZERROW_BENCH_ROWS", 10_000_000))
-DATA_DIR = Path(os.environ.get("ZERROW_BENCH_DIR", "/tmp/zerrow_bench"))
+ROWS = int(os.environ.get("ZERROW_POOL_BENCH_ROWS", 10_000_000))
+DATA_DIR = Path(os.environ.get("ZERROW_POOL_BENCH_DIR", "/tmp/zerrow_bench"))
 
 
 def bench_env(pool, env=None):
@@ -28,6 +28,9 @@ def bench_env(pool, env=None):
     env = dict(os.environ if env is None else env)
     env.pop("LD_PRELOAD", None)
     env["ZERROW_BENCH_POOL"] = pool
+    # numpy's OpenBLAS threads spin after start-up: on a 2-core machine they took
+    # 10-12% of the CPU from the measured code (perf), so keep them to one.
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
     if pool == "zerrow":
         import zerrow_pool
 
