@@ -258,9 +258,7 @@ import pyarrow as pa
 import zerrow_pool as z
 sock = socket.socket(fileno=int(os.environ["ZSOCK"]))
 def recv_obj(sock, validate_full=False):
-    # z.recv() refuses objects without buffers (Share.closed bug); attach directly
-    with z.recv_share(sock) as s:
-        return z.attach(s.descriptor, s.fds, validate_full=validate_full)
+    return z.recv(sock, validate_full=validate_full)
 def reply(obj):
     sys.stdout.write(json.dumps(obj) + "\\n")
     sys.stdout.flush()
@@ -289,8 +287,8 @@ class Worker:
             pass_fds=[theirs.fileno()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True)
         theirs.close()
-        # no settimeout(): it makes the fd non-blocking, and zerrow's recv then
-        # fails with EAGAIN at once; we select() before receiving instead.
+        # select() before receiving rather than settimeout(), so that a silent
+        # worker fails the test with its stderr
         self.sock = ours
         self.timeout = timeout
 
@@ -347,9 +345,7 @@ class Worker:
 
     def recv(self, timeout=None, validate_full=False):
         self.wait_readable(timeout)
-        # not z.recv(): it refuses objects without buffers (see test_share_types)
-        with z.recv_share(self.sock) as s:
-            return z.attach(s.descriptor, s.fds, validate_full=validate_full)
+        return z.recv(self.sock, validate_full=validate_full)
 
     def recv_share(self, timeout=None):
         self.wait_readable(timeout)

@@ -412,3 +412,48 @@ def test_bytes_exposed_counts_live_neighbours():
         else:
             assert s.bytes_exposed < 2 * PAGE * s.nbuffers
     del secret
+
+
+TOCTOU = """
+with z.scope():
+    s_arr = pa.array(["abc"] * 1000)
+z.send(sock, pa.table({{"s": s_arr}}), seal={seal})
+result = {{"offsets": s_arr.buffers()[1].address}}
+"""
+
+CORRUPT = """
+import ctypes
+# the producer rewrites the last string offset after the consumer validated it
+ctypes.c_int32.from_address(result["offsets"] + 4 * 1000).value = 1 << 30
+"""
+
+
+@pytest.mark.xfail(strict=False, reason="DESIGN GAP attach: a descriptor may arrive with segments sealed only "
+                   "against resizing (seal=False, or a hostile producer); attach(validate_full=True) validates "
+                   "bytes the producer can still rewrite, so reads after the check can go out of bounds. "
+                   "attach(validate_full=True) could require F_SEAL_WRITE on every memfd (and the sealed flag)")
+def test_full_validation_requires_immutable_segments():
+    with Worker() as w:
+        w.run("result = None")
+        out = w.run(TOCTOU.format(seal=False))
+        w.run(f"result = {out!r}")
+        with w.recv_share() as s:
+            try:
+                t = s.attach(validate_full=True)
+            except z.ShareError as e:
+                assert "seal" in str(e)
+                return
+        w.run(CORRUPT)
+        # the validated table now ends past its data: reading it would fault or leak
+        assert t.column("s").chunk(0).buffers()[1].to_pybytes()[-4:] != (1 << 30).to_bytes(4, "little")
+
+
+def test_sealed_share_is_immune_to_the_producer():
+    """With seal=True the producer cannot rewrite what the consumer validated."""
+    with Worker() as w:
+        out = w.run(TOCTOU.format(seal=True))
+        w.run(f"result = {out!r}")
+        t = w.recv(validate_full=True)
+        with pytest.raises(AssertionError, match="Error|fault|Segmentation|SIGSEGV|died|exited"):
+            w.run(CORRUPT, timeout=20)
+        assert t.column("s").to_pylist() == ["abc"] * 1000
