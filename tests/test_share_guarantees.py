@@ -147,7 +147,7 @@ def test_sealed_share_cannot_be_written_through_a_writable_reopen():
             for path in targets:
                 rw = os.open(path, os.O_RDWR)
                 try:
-                    with pytest.raises(PermissionError):  # F_SEAL_FUTURE_WRITE
+                    with pytest.raises(PermissionError):  # F_SEAL_WRITE
                         os.pwrite(rw, b"evil", 0)
                     with pytest.raises(PermissionError):
                         mmap.mmap(rw, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
