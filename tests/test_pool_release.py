@@ -130,28 +130,36 @@ def test_release_unused_keeps_live_data():
 
 
 def test_decay_bounds_retention():
-    # With ZERROW_RETAIN_BYTES=0 nothing freed stays resident; with the default,
-    # retention never exceeds max(128 MiB, live bytes).
+    # ZERROW_RETAIN_BYTES bounds the free memory kept resident (0: none); by
+    # default the bound is max(256 MiB, the arena's peak of live bytes).
     code = """
     import numpy as np, pyarrow as pa, zerrow_pool
     P = zerrow_pool.pool()
     MiB = 1 << 20
-    keep = [pa.allocate_buffer(MiB, memory_pool=P)]
     bufs = []
     for i in range(12):
         b = pa.allocate_buffer(32 * MiB, memory_pool=P)
         np.frombuffer(b, dtype=np.uint8)[:] = 1
         bufs.append(b)
         bufs.append(pa.allocate_buffer(MiB, memory_pool=P))  # fences between the big ones
-    del bufs[0::2]
+    del b, bufs[0::2]
     s = zerrow_pool.stats()
-    print(s["bytes_retained"], s["bytes_resident"], s["bytes_allocated"])
+    print(s["bytes_retained"], s["bytes_resident"], s["bytes_allocated"], s["max_memory"])
     """
-    default = [int(x) for x in run_python(code).split()]
-    zero = [int(x) for x in run_python(code, env={**os.environ, "ZERROW_RETAIN_BYTES": "0"}).split()]
-    retained, resident, live = default
-    assert 96 * MiB <= retained <= 128 * MiB + 32 * MiB
-    assert resident >= retained + 32 * MiB  # the last big buffer is still alive (b)
-    assert live >= 32 * MiB
-    assert zero[0] == 0
-    assert zero[1] <= zero[2] + 16 * MiB
+
+    def run(retain=None):
+        env = dict(os.environ)
+        env.pop("ZERROW_RETAIN_BYTES", None)
+        if retain is not None:
+            env["ZERROW_RETAIN_BYTES"] = str(retain)
+        return [int(x) for x in run_python(code, env=env).split()]
+
+    retained, resident, live, peak = run()
+    assert 0 < retained <= max(256 * MiB, peak)
+    assert resident >= retained
+    retained, resident, live, peak = run(0)
+    assert retained == 0
+    assert resident <= 16 * MiB  # only the untouched fences are live
+    retained, resident, live, peak = run(64 * MiB)
+    assert 32 * MiB <= retained <= 64 * MiB
+    assert resident <= retained + 16 * MiB
