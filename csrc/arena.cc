@@ -11,7 +11,7 @@ namespace zerrow {
 namespace {
 
 constexpr size_t kHugeAlign = size_t{2} << 20;
-constexpr int64_t kMinRetain = int64_t{128} << 20;
+constexpr int64_t kMinRetain = int64_t{256} << 20;
 
 int MyShard(int shards) {
   static std::atomic<int> next{0};
@@ -29,8 +29,8 @@ void RemoveFrom(std::vector<Span*>& v, Span* s) {
 
 }  // namespace
 
-Arena::Arena(SegmentRegistry* registry, ArenaOptions options)
-    : registry_(registry), options_(options) {}
+Arena::Arena(SegmentRegistry* registry, ArenaOptions options, SpareHeaps* spares)
+    : registry_(registry), options_(options), spares_(spares) {}
 
 Arena::~Arena() {
   for (SegmentHeap* heap : heaps_) {
@@ -48,6 +48,13 @@ arrow::Status Arena::Allocate(size_t size, size_t alignment, uint8_t** out) {
 arrow::Status Arena::AddHeap(size_t at_least) {
   size_t capacity = options_.segment_capacity;
   if (at_least > capacity / 4) capacity = RoundUp(at_least * 2, kHugeAlign);  // room to grow in place
+  if (spares_ != nullptr) {
+    if (SegmentHeap* heap = spares_->Take(at_least)) {
+      std::lock_guard lock(large_mu_);
+      AdoptLocked(heap);
+      return arrow::Status::OK();
+    }
+  }
   ARROW_ASSIGN_OR_RAISE(auto segment, Segment::Create(capacity));
   auto* heap = new SegmentHeap(this, std::move(segment));
   registry_->AddHeap(heap);
@@ -62,22 +69,24 @@ bool Arena::TakeExtentLocked(size_t need, SegmentHeap** heap, size_t* offset, bo
   if (it == index_.end()) return false;
   auto [len, h, off] = *it;
   auto fit = h->free_extents.find(off);
-  bool was_dirty = fit->second.dirty;
+  bool was_dirty = fit->second.dirty, stale = fit->second.stale;
   EraseFreeLocked(h, fit);
-  if (len > need) InsertFreeLocked(h, off + need, len - need, was_dirty);
+  if (len > need) InsertFreeLocked(h, off + need, len - need, was_dirty, stale);
+  if (stale) std::memset(h->segment->base() + off, 0, need);
   *heap = h;
   *offset = off;
   *dirty = was_dirty;
   return true;
 }
 
-void Arena::InsertFreeLocked(SegmentHeap* heap, size_t offset, size_t length, bool dirty) {
+void Arena::InsertFreeLocked(SegmentHeap* heap, size_t offset, size_t length, bool dirty, bool stale) {
   // Neighbours merge only when equally dirty: a freed extent must not make the
   // untouched rest of a segment count as resident, nor be punched with it.
   auto& fm = heap->free_extents;
   auto next = fm.find(offset + length);
   if (next != fm.end() && next->second.dirty == dirty) {
     length += next->second.length;
+    stale |= next->second.stale;
     EraseFreeLocked(heap, next);
   }
   auto prev = fm.lower_bound(offset);
@@ -86,10 +95,11 @@ void Arena::InsertFreeLocked(SegmentHeap* heap, size_t offset, size_t length, bo
     if (prev->first + prev->second.length == offset && prev->second.dirty == dirty) {
       offset = prev->first;
       length += prev->second.length;
+      stale |= prev->second.stale;
       EraseFreeLocked(heap, prev);
     }
   }
-  fm[offset] = FreeExtent{length, dirty};
+  fm[offset] = FreeExtent{length, dirty, stale && dirty};
   index_.insert(IndexKey{length, heap, offset});
   if (dirty) retained_.fetch_add(static_cast<int64_t>(length), std::memory_order_relaxed);
 }
@@ -154,7 +164,7 @@ arrow::Status Arena::AllocateSmall(size_t size, uint8_t** out) {
         SegmentHeap* heap = span->heap;
         heap->live_allocations.fetch_add(1, std::memory_order_relaxed);
         heap->live_bytes.fetch_add(static_cast<int64_t>(slot_size), std::memory_order_relaxed);
-        live_bytes_.fetch_add(static_cast<int64_t>(slot_size), std::memory_order_relaxed);
+        NoteLive(static_cast<int64_t>(slot_size));
         uint8_t* p = heap->segment->base() + span->offset + size_t{slot} * slot_size;
         // The slot's tail may hold an earlier owner's bytes; a consumer of a
         // shared buffer must see zeros there.
@@ -187,7 +197,7 @@ arrow::Status Arena::AllocateLarge(size_t size, size_t alignment, uint8_t** out)
         heap->pages.Set(static_cast<size_t>(p - heap->segment->base()) / kPageSize, span);
         heap->live_allocations.fetch_add(1, std::memory_order_relaxed);
         heap->live_bytes.fetch_add(static_cast<int64_t>(need), std::memory_order_relaxed);
-        live_bytes_.fetch_add(static_cast<int64_t>(need), std::memory_order_relaxed);
+        NoteLive(static_cast<int64_t>(need));
         if (dirty) {
           if (p > start) std::memset(start, 0, static_cast<size_t>(p - start));
           std::memset(p + size, 0, static_cast<size_t>(start + need - p) - size);
@@ -272,15 +282,16 @@ bool Arena::ResizeInPlace(SegmentHeap* heap, uint8_t* p, size_t old_size, size_t
     while (taken < grow) {
       auto it = heap->free_extents.find(end + taken);
       size_t len = it->second.length;
-      bool dirty = it->second.dirty;
+      bool dirty = it->second.dirty, stale = it->second.stale;
       EraseFreeLocked(heap, it);
-      if (taken + len > grow) InsertFreeLocked(heap, end + grow, taken + len - grow, dirty);
+      if (taken + len > grow) InsertFreeLocked(heap, end + grow, taken + len - grow, dirty, stale);
+      if (stale) std::memset(heap->segment->base() + end + taken, 0, std::min(len, grow - taken));
       taken += len;
     }
   }
   span->length = need;
   heap->live_bytes.fetch_add(delta, std::memory_order_relaxed);
-  live_bytes_.fetch_add(delta, std::memory_order_relaxed);
+  NoteLive(delta);
   if (new_size > old_size || need != new_size) std::memset(p + new_size, 0, need - new_size);
   return true;
 }
@@ -330,8 +341,11 @@ arrow::Status Arena::Freeze(SegmentHeap* heap, bool seal) {
 }
 
 void Arena::DecayLocked() {
+  // By default keep as much free memory resident as the arena ever had live:
+  // a loop that allocates and frees big temporaries reuses warm pages instead
+  // of faulting them in again, and the footprint stays within twice the peak.
   int64_t limit = options_.retain_bytes >= 0 ? options_.retain_bytes
-                                             : std::max(kMinRetain, live_bytes_.load(std::memory_order_relaxed));
+                                             : std::max(kMinRetain, peak_live_bytes_.load(std::memory_order_relaxed));
   if (retained_.load(std::memory_order_relaxed) <= limit) return;
   const int64_t target = limit / 4 * 3;
   // Largest dirty extents first: the fewest syscalls for the most memory.
@@ -365,6 +379,13 @@ void Arena::ReleaseRetained() {
   for (auto [heap, off] : dirty) PunchLocked(heap, off);
 }
 
+void Arena::NoteLive(int64_t delta) {
+  int64_t now = live_bytes_.fetch_add(delta, std::memory_order_relaxed) + delta;
+  int64_t peak = peak_live_bytes_.load(std::memory_order_relaxed);
+  while (now > peak && !peak_live_bytes_.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+  }
+}
+
 void Arena::Retire() { retired_.store(true, std::memory_order_release); }
 
 void Arena::Reopen() { retired_.store(false, std::memory_order_release); }
@@ -396,6 +417,44 @@ bool Arena::DestroyHeapLocked(SegmentHeap* heap, bool only_collectable) {
   registry_->RemoveHeapLocked(heap);
   delete heap;
   return true;
+}
+
+bool Arena::DetachHeapLocked(SegmentHeap* heap) {
+  std::unique_lock<std::mutex> shard_locks[kShards];
+  for (int i = 0; i < kShards; ++i) shard_locks[i] = std::unique_lock(shards_[i].mu);
+  std::lock_guard lock(large_mu_);
+  auto it = std::find(heaps_.begin(), heaps_.end(), heap);
+  if (it == heaps_.end() || heap->live_allocations.load(std::memory_order_acquire) != 0 ||
+      heap->frozen.load(std::memory_order_acquire) || !retired())
+    return false;
+  heaps_.erase(it);
+  std::vector<Span*> slabs;
+  slabs.swap(heap->slabs);
+  for (Span* s : slabs) {
+    if (s->in_partial_list) RemoveFrom(shards_[s->shard].partial[s->size_class], s);
+    for (size_t p = 0; p < s->length / kPageSize; ++p) heap->pages.Set(s->offset / kPageSize + p, nullptr);
+    InsertFreeLocked(heap, s->offset, s->length, /*dirty=*/true);
+    delete s;
+  }
+  // Keep the extent map (it says which parts are dirty) but leave our index.
+  for (auto& [off, fe] : heap->free_extents) {
+    index_.erase(IndexKey{fe.length, heap, off});
+    if (fe.dirty) retained_.fetch_sub(static_cast<int64_t>(fe.length), std::memory_order_relaxed);
+  }
+  heap->arena = nullptr;
+  return true;
+}
+
+void Arena::AdoptLocked(SegmentHeap* heap) {
+  // What the previous scope left must not reach this one's consumers: its
+  // bytes are zeroed as they are handed out (cheaper than faulting fresh pages).
+  for (auto& [off, fe] : heap->free_extents) {
+    fe.stale = fe.dirty;
+    index_.insert(IndexKey{fe.length, heap, off});
+    if (fe.dirty) retained_.fetch_add(static_cast<int64_t>(fe.length), std::memory_order_relaxed);
+  }
+  heap->arena = this;
+  heaps_.push_back(heap);
 }
 
 bool Arena::empty() {

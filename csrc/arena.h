@@ -22,14 +22,23 @@ namespace zerrow {
 
 class SegmentRegistry;
 
+// Where an arena gets recycled segments: empty heaps of finished scopes,
+// whose pages are still resident (cheaper to zero than to fault in again).
+class SpareHeaps {
+ public:
+  virtual ~SpareHeaps() = default;
+  // A spare heap of at least `capacity` bytes, or nullptr.
+  virtual SegmentHeap* Take(size_t capacity) = 0;
+};
+
 struct ArenaOptions {
   size_t segment_capacity = size_t{1} << 30;  // virtual size of a segment; pages appear on touch
-  int64_t retain_bytes = -1;  // resident free bytes kept for reuse; -1: max(128 MiB, live bytes)
+  int64_t retain_bytes = -1;  // resident free bytes kept for reuse; -1: max(256 MiB, peak live bytes)
 };
 
 class Arena {
  public:
-  Arena(SegmentRegistry* registry, ArenaOptions options);
+  Arena(SegmentRegistry* registry, ArenaOptions options, SpareHeaps* spares = nullptr);
   ~Arena();
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
@@ -58,6 +67,10 @@ class Arena {
   std::vector<const void*> EmptyHeapBases(bool only_collectable);
   // Destroys heap if still empty; the registry's mutex must be held exclusively.
   bool DestroyHeapLocked(SegmentHeap* heap, bool only_collectable);
+  // Removes an empty, unfrozen heap from a retired arena so that another scope
+  // can adopt it; all its memory becomes free (dirty where it was used).
+  // Registry mutex held exclusively. False if the heap is not recyclable.
+  bool DetachHeapLocked(SegmentHeap* heap);
   bool empty();  // no heaps left
 
   int64_t retained_bytes() const { return retained_.load(std::memory_order_relaxed); }
@@ -73,8 +86,11 @@ class Arena {
   arrow::Status AllocateSmall(size_t size, uint8_t** out);
   arrow::Status AllocateLarge(size_t size, size_t alignment, uint8_t** out);
   arrow::Status AddHeap(size_t at_least);  // call with no lock held
+  void AdoptLocked(SegmentHeap* heap);     // large_mu_ held
+  // Carves `need` bytes from the best-fitting free extent (zeroing them if
+  // stale); *dirty: the bytes may hold earlier contents of this scope.
   bool TakeExtentLocked(size_t need, SegmentHeap** heap, size_t* offset, bool* dirty);
-  void InsertFreeLocked(SegmentHeap* heap, size_t offset, size_t length, bool dirty);
+  void InsertFreeLocked(SegmentHeap* heap, size_t offset, size_t length, bool dirty, bool stale = false);
   void EraseFreeLocked(SegmentHeap* heap, std::map<size_t, FreeExtent>::iterator it);
   void PunchLocked(SegmentHeap* heap, size_t offset);  // a dirty free extent becomes clean
   void ReleaseSlabLocked(Shard& shard, Span* span);  // shard and large_mu_ held
@@ -83,6 +99,7 @@ class Arena {
 
   SegmentRegistry* const registry_;
   const ArenaOptions options_;
+  SpareHeaps* const spares_;
   std::atomic<bool> retired_{false};
   Shard shards_[kShards];
 
@@ -91,6 +108,8 @@ class Arena {
   std::set<IndexKey> index_;  // free extents of unfrozen heaps, by size
   std::atomic<int64_t> retained_{0};  // bytes in dirty free extents
   std::atomic<int64_t> live_bytes_{0};
+  std::atomic<int64_t> peak_live_bytes_{0};
+  void NoteLive(int64_t delta);
 };
 
 }  // namespace zerrow

@@ -20,6 +20,7 @@ class Arena;
 struct FreeExtent {
   size_t length = 0;
   bool dirty = false;  // may hold resident pages from earlier use
+  bool stale = false;  // holds bytes of an earlier scope: zeroed when handed out
 };
 
 class SegmentHeap {
@@ -32,7 +33,7 @@ class SegmentHeap {
     return pages.Get(off / kPageSize);
   }
 
-  Arena* const arena;
+  Arena* arena;  // changes only while the heap is empty (recycled to another scope)
   const std::shared_ptr<Segment> segment;
   PageMap pages;                              // page -> span, lock-free reads
   std::map<size_t, FreeExtent> free_extents;  // by offset; absent once frozen

@@ -73,7 +73,7 @@ void PutNode(Writer& w, const RawNode& n) {
 
 arrow::Status GetNode(Reader& r, RawNode* n, uint32_t depth) {
   if (depth > kMaxDepth) return arrow::Status::Invalid("SIPC descriptor: nesting deeper than ", kMaxDepth);
-  uint32_t nbuffers, nchildren;
+  uint32_t nbuffers = 0, nchildren = 0;
   ARROW_RETURN_NOT_OK(r.Get(&n->length, "node length"));
   ARROW_RETURN_NOT_OK(r.Get(&n->null_count, "node null count"));
   ARROW_RETURN_NOT_OK(r.Get(&n->offset, "node offset"));

@@ -31,7 +31,8 @@ ZerrowPool::ZerrowPool() : registry_(SegmentRegistry::Global()) {
       static_cast<size_t>(EnvBytes("ZERROW_SEGMENT_SIZE", static_cast<int64_t>(options_.segment_capacity))),
       size_t{2} << 20);
   options_.retain_bytes = EnvBytes("ZERROW_RETAIN_BYTES", -1);
-  default_arena_ = std::make_unique<Arena>(&registry_, options_);
+  spare_budget_ = EnvBytes("ZERROW_SPARE_BYTES", int64_t{1} << 30);
+  default_arena_ = std::make_unique<Arena>(&registry_, options_, static_cast<SpareHeaps*>(this));
   current_.store(default_arena_.get());
 }
 
@@ -136,10 +137,19 @@ void ZerrowPool::Collect(const void* segment_base, bool only_collectable) {
   {
     std::unique_lock lock(registry_.mutex());
     SegmentHeap* heap = registry_.FindHeapLocked(segment_base);
-    if (heap == nullptr) return;
+    if (heap == nullptr || heap->arena == nullptr) return;  // gone, or a spare already
     Arena* arena = heap->arena;
-    if (arena->DestroyHeapLocked(heap, only_collectable) && arena->retired() && arena->empty())
-      emptied = arena;
+    bool gone;
+    if (only_collectable && arena->DetachHeapLocked(heap)) {  // a finished scope's unshared heap
+      if (!KeepSpareLocked(heap)) {
+        registry_.RemoveHeapLocked(heap);
+        delete heap;
+      }
+      gone = true;
+    } else {
+      gone = arena->DestroyHeapLocked(heap, only_collectable);
+    }
+    if (gone && arena->retired() && arena->empty()) emptied = arena;
   }
   if (emptied != nullptr) {
     std::lock_guard lock(scope_mu_);
@@ -148,7 +158,43 @@ void ZerrowPool::Collect(const void* segment_base, bool only_collectable) {
   }
 }
 
+SegmentHeap* ZerrowPool::Take(size_t capacity) {
+  std::lock_guard lock(spare_mu_);
+  auto best = spares_.end();
+  for (auto it = spares_.begin(); it != spares_.end(); ++it)
+    if ((*it)->segment->size() >= capacity && (best == spares_.end() || (*it)->segment->size() < (*best)->segment->size()))
+      best = it;
+  if (best == spares_.end()) return nullptr;
+  SegmentHeap* heap = *best;
+  spares_.erase(best);
+  spare_resident_ -= heap->segment->ResidentBytes();
+  return heap;
+}
+
+bool ZerrowPool::KeepSpareLocked(SegmentHeap* heap) {
+  std::lock_guard lock(spare_mu_);
+  int64_t resident = heap->segment->ResidentBytes();
+  if (resident == 0 || spare_resident_ + resident > spare_budget_) return false;
+  spares_.push_back(heap);
+  spare_resident_ += resident;
+  return true;
+}
+
+void ZerrowPool::DestroySparesLocked() {
+  std::lock_guard lock(spare_mu_);
+  for (SegmentHeap* heap : spares_) {
+    registry_.RemoveHeapLocked(heap);
+    delete heap;
+  }
+  spares_.clear();
+  spare_resident_ = 0;
+}
+
 void ZerrowPool::ReleaseUnused() {
+  {
+    std::unique_lock lock(registry_.mutex());
+    DestroySparesLocked();
+  }
   std::vector<Arena*> arenas{default_arena_.get()};
   {
     std::lock_guard lock(scope_mu_);
@@ -168,7 +214,7 @@ uint64_t ZerrowPool::PushScope() {
     dead_arenas_.pop_back();
     arena->Reopen();
   } else {
-    scope_arenas_.push_back(std::make_unique<Arena>(&registry_, options_));
+    scope_arenas_.push_back(std::make_unique<Arena>(&registry_, options_, static_cast<SpareHeaps*>(this)));
     arena = scope_arenas_.back().get();
   }
   uint64_t token = next_token_++;
@@ -210,6 +256,11 @@ PoolStats ZerrowPool::Stats() const {
   s.realloc_in_place = realloc_in_place_.load();
   s.realloc_copied = realloc_copied_.load();
   registry_.ForEachHeap([&](SegmentHeap* h) {
+    if (h->arena == nullptr) {
+      ++s.spare_segments;
+      s.bytes_resident += h->segment->ResidentBytes();
+      return;
+    }
     ++s.segments;
     if (h->frozen.load()) ++s.frozen_segments;
     s.bytes_resident += h->segment->ResidentBytes();
@@ -220,6 +271,11 @@ PoolStats ZerrowPool::Stats() const {
     std::lock_guard lock(self->scope_mu_);
     for (auto& a : scope_arenas_) s.bytes_retained += a->retained_bytes();
     s.scopes_open = static_cast<int64_t>(scope_stack_.size());
+  }
+  {
+    auto* self = const_cast<ZerrowPool*>(this);
+    std::lock_guard lock(self->spare_mu_);
+    s.bytes_retained += spare_resident_;  // empty segments of finished scopes, kept for the next
   }
   return s;
 }

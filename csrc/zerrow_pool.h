@@ -25,12 +25,13 @@ struct PoolStats {
   int64_t realloc_copied = 0;
   int64_t segments = 0;         // own segments currently mapped
   int64_t frozen_segments = 0;  // of which frozen (shared)
+  int64_t spare_segments = 0;   // empty segments of finished scopes kept for the next (not in `segments`)
   int64_t bytes_resident = 0;   // memory backing own segments right now
   int64_t bytes_retained = 0;   // resident but free, kept for reuse
   int64_t scopes_open = 0;
 };
 
-class ZerrowPool final : public arrow::MemoryPool {
+class ZerrowPool final : public arrow::MemoryPool, private SpareHeaps {
  public:
   // The process's pool; never destroyed (buffers may be freed during exit).
   static ZerrowPool* Instance();
@@ -60,6 +61,11 @@ class ZerrowPool final : public arrow::MemoryPool {
  private:
   ZerrowPool();
   void Collect(const void* segment_base, bool only_collectable = true);
+  SegmentHeap* Take(size_t capacity) override;
+  // Keeps an empty heap of a finished scope for the next scope, within budget;
+  // registry mutex held exclusively. False: destroy it instead.
+  bool KeepSpareLocked(SegmentHeap* heap);
+  void DestroySparesLocked();
   void NoteAllocated(int64_t size);  // stats of one allocation of `size` bytes
   // The work of Allocate / Free / Reallocate, without the stats.
   arrow::Status AllocateRaw(int64_t size, int64_t alignment, uint8_t** out);
@@ -76,6 +82,11 @@ class ZerrowPool final : public arrow::MemoryPool {
   std::vector<std::unique_ptr<Arena>> scope_arenas_;  // all ever made; reused when dead
   std::vector<Arena*> dead_arenas_;
   uint64_t next_token_ = 1;
+
+  std::mutex spare_mu_;  // inside the registry mutex when both are held
+  std::vector<SegmentHeap*> spares_;
+  int64_t spare_resident_ = 0;
+  int64_t spare_budget_ = 0;
 
   std::atomic<int64_t> bytes_allocated_{0}, max_memory_{0}, total_bytes_allocated_{0},
       num_allocations_{0}, realloc_in_place_{0}, realloc_copied_{0};

@@ -47,7 +47,10 @@ def stats() -> dict:
     bytes_allocated, max_memory, total_bytes_allocated and num_allocations as
     in any Arrow pool; realloc_in_place / realloc_copied count reallocations
     that kept / moved their buffer; segments and frozen_segments count this
-    process's memfd segments; bytes_resident is the memory backing them now and
+    process's memfd segments in use; spare_segments, the empty segments of
+    finished scopes kept (resident, their old bytes zeroed as they are reused)
+    for the next scope, up to ZERROW_SPARE_BYTES (1 GiB); bytes_resident is
+    the memory backing all of them now and
     bytes_retained the part of it that is free and kept for reuse;
     cow_bytes_copied counts bytes this process copied because it wrote to
     memory it had de-anonymized with the kernel module.

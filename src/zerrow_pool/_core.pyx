@@ -23,7 +23,7 @@ import pyarrow as pa
 cdef extern from "zerrow_pool.h" namespace "zerrow" nogil:
     cdef cppclass PoolStats:
         int64_t bytes_allocated, max_memory, total_bytes_allocated, num_allocations
-        int64_t realloc_in_place, realloc_copied, segments, frozen_segments
+        int64_t realloc_in_place, realloc_copied, segments, frozen_segments, spare_segments
         int64_t bytes_resident, bytes_retained, scopes_open
 
     cdef cppclass ZerrowPool(CMemoryPool):
@@ -85,6 +85,7 @@ def stats():
         "realloc_copied": s.realloc_copied,
         "segments": s.segments,
         "frozen_segments": s.frozen_segments,
+        "spare_segments": s.spare_segments,
         "bytes_resident": s.bytes_resident,
         "bytes_retained": s.bytes_retained,
         "scopes_open": s.scopes_open,
