@@ -67,7 +67,11 @@ cmd)
 		mount -t proc proc $ROOT/proc
 		mount -t sysfs sys $ROOT/sys
 		mount -t devtmpfs dev $ROOT/dev
-		mount -t tmpfs tmp $ROOT/tmp
+		# /tmp: writable and fresh, but still showing the host's /tmp (a
+		# checkout or a venv may live there): a tmpfs overlay on it.
+		mkdir -p /tmpovl && mount -t tmpfs tmpovl /tmpovl && mkdir -p /tmpovl/up /tmpovl/work &&
+			mount -t overlay overlay -o lowerdir=/host/tmp,upperdir=/tmpovl/up,workdir=/tmpovl/work $ROOT/tmp ||
+			mount -t tmpfs tmp $ROOT/tmp
 		[ -d $ROOT/run ] && mount -t tmpfs run $ROOT/run
 		[ -d $ROOT/dev/shm ] || mkdir -p $ROOT/dev/shm
 		mount -t tmpfs shm $ROOT/dev/shm
@@ -76,6 +80,7 @@ cmd)
 		rc=$?
 		echo "ZCMD EXIT $rc"
 		umount $ROOT/dev/shm $ROOT/run $ROOT/tmp $ROOT/dev $ROOT/sys $ROOT/proc 2>/dev/null
+		umount /tmpovl 2>/dev/null
 		[ $ROOT = /merged ] && umount /merged
 		umount /host 2>/dev/null
 	else
