@@ -3,6 +3,7 @@ after many shares between two processes are dropped."""
 
 import gc
 import os
+import warnings
 
 import pyarrow as pa
 import pytest
@@ -93,14 +94,20 @@ def test_hundreds_of_shares_between_two_processes_leave_nothing():
         assert after["fds"] == base["fds"], (base, after)
         # the memory itself: the same memfds (by inode) in both processes as at the start
         assert set(memfd_inodes(w.pid)) <= set(theirs0)
+        assert sum(memfd_inodes(w.pid).values()) <= sum(theirs0.values()) + MiB
         assert set(memfd_inodes()) <= set(ours0)
         assert sum(memfd_mappings().values()) == maps0
         w.close()
     assert fd_count() == fds0
-    # machine-wide: other processes move Shmem too, so allow some slack and some time
+    # the shared memory those processes hold, by the files' allocated blocks
+    assert sum(memfd_inodes().values()) <= sum(ours0.values()) + MiB
+    # machine-wide Shmem: other processes (other test suites on this machine) move
+    # it too, so it is checked with slack and some time, and only reported when
+    # the per-process accounting above, which is exact, found nothing
     tolerance = 24 * MiB
-    assert wait_until(lambda: meminfo("Shmem") <= shmem0 + tolerance, timeout=10), \
-        (shmem0 / MiB, peak / MiB, meminfo("Shmem") / MiB)
+    if not wait_until(lambda: meminfo("Shmem") <= shmem0 + tolerance, timeout=10):
+        warnings.warn(f"machine-wide Shmem {shmem0 / MiB:.0f} -> {meminfo('Shmem') / MiB:.0f} MiB "
+                      f"(peak {peak / MiB:.0f}); not held by this test's processes")
 
 
 def test_dropped_share_closes_its_fds():
