@@ -100,3 +100,24 @@ def test_idle_worker_death_is_recovered(data):
         time.sleep(0.05)
         r = rt.run(_pipe(data), outputs=["stats"])
         assert r.ok and rt.pool.workers[0].pid != w.pid
+
+
+@zp.node
+def from_numpy(plus_col):
+    """Builds a column on memory numpy owns: sharing must copy it, once."""
+    import numpy as np
+
+    arr = np.ascontiguousarray(plus_col["key"].to_numpy()) * 3
+    return plus_col.append_column("triple", pa.array(arr))
+
+
+def test_foreign_buffers_are_copied_and_reported(data):
+    require_zerrow()
+    with zp.Runtime(workers=1, transport="zerrow") as rt:
+        r = rt.run(zp.Pipeline("np", [zp.parquet("src", data), plus_col, from_numpy]))
+    rep = r.report
+    node = rep.node("from_numpy")
+    triple = r["from_numpy"]["triple"].nbytes
+    assert triple <= node.copied <= triple + 4096, rep.format()  # only the numpy column
+    assert node.zero_copy >= node.bytes - node.copied - 64
+    assert rep.node("plus_col").copied == 0
