@@ -115,6 +115,8 @@ def test_host_command_runs_in_guest(kernel, writable):
     assert not res.timed_out, res.output[-3000:]
     assert res.cmd_exit == 7, res.output[-3000:]
     assert f"guest {kernel.version}" in res.cmd_output
-    assert ("write ok" if writable else "write failed 30") in res.cmd_output, res.cmd_output
+    # The guest's /tmp is a throw-away overlay of the host's, so a checkout there is writable too.
+    under_tmp = REPO.is_relative_to("/tmp")
+    assert ("write ok" if writable or under_tmp else "write failed 30") in res.cmd_output, res.cmd_output
     assert not (REPO / ".zerrow-vm-write-probe").exists()  # the overlay never reaches the host
     assert not res.failed, res.summary()
