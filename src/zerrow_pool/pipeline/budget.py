@@ -57,6 +57,7 @@ class ResourceManager:
         self.spiller = spiller
         self.live: dict = {}  # id(payload) -> payload
         self.peak = 0
+        self.peak_with_workers = 0  # held + a task's own pool peak (estimate)
         self.timeline: list = []  # (t, bytes held) samples for reports
 
     # ----------------------------------------------------------- accounting
@@ -81,6 +82,13 @@ class ResourceManager:
         self.peak = max(self.peak, u)
         self.timeline.append((time.monotonic(), u))
         return u
+
+    def note_worker_peak(self, held_at_dispatch: int, task_peak: int) -> None:
+        """What was held when a task started plus what the task allocated at most.
+
+        The budget governs what the runtime holds; this estimate shows how far
+        a worker's temporaries went beyond it (they are not enforced)."""
+        self.peak_with_workers = max(self.peak_with_workers, held_at_dispatch + task_peak)
 
     @property
     def limit(self) -> int | None:

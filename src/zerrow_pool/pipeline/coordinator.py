@@ -37,6 +37,7 @@ class Task:
     def __init__(self, run, name, op, *, estimate=0, read=None, columns=None):
         self.run, self.name, self.op = run, name, op
         self.estimate = estimate
+        self.held_at_dispatch = 0
         self.read, self.columns = read, columns  # decode tasks
         self.pinned: list = []
         self.attempts = 0  # decode tasks: failed attempts so far
@@ -134,7 +135,7 @@ class Runtime:
                             budget=self.budget)
             states.append(RunState(p, outputs, rep))
         replaced0 = self.pool.replaced
-        self.rm.peak = self.rm.usage()  # peaks are reported per run_many call
+        self.rm.peak = self.rm.peak_with_workers = self.rm.usage()  # peaks per run_many call
         for st in states:
             self.runs.append(st)
             for s in st.p.order:
@@ -358,6 +359,7 @@ class Runtime:
             rec.start = time.monotonic()
             self._emit("start", st, task.name)
         rec.worker_pid = w.pid
+        task.held_at_dispatch = self.rm.usage()
         w.task = task
         try:
             w.send(msg, fds)
@@ -381,6 +383,7 @@ class Runtime:
                                     f"{task.describe()}", died=True)
             return
         w.task = None
+        self.rm.note_worker_peak(task.held_at_dispatch, reply.get("peak", 0))
         if not reply["ok"]:
             close_fds(fds)
             self._task_failed(task, reply["error"])
@@ -516,6 +519,7 @@ class Runtime:
         rep.status = "failed" if failed else "done"
         rep.edges = list(st.edges.values())
         rep.peak_held = self.rm.peak
+        rep.peak_with_workers = max(self.rm.peak, self.rm.peak_with_workers)
         if self.cache:
             rep.cache_hits = sum(r.cache_hits for r in st.rec.values())
             rep.cache_misses = sum(r.cache_misses for r in st.rec.values())

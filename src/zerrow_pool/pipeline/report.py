@@ -55,6 +55,7 @@ class RunReport:
     nodes: list = field(default_factory=list)
     edges: list = field(default_factory=list)
     peak_held: int = 0
+    peak_with_workers: int = 0  # peak_held + a running task's temporaries (estimate)
     spilled_bytes: int = 0
     spills: int = 0
     cache_hits: int = 0
@@ -125,7 +126,8 @@ class RunReport:
                              f"{fmt_bytes(e.zero_copy):>11}{fmt_bytes(e.copied):>11}")
         lines += ["", f"zero-copy rate {self.zero_copy_rate:.2%} of {fmt_bytes(self.edge_bytes)} "
                   f"moved over edges; {fmt_bytes(self.bytes_copied)} copied in all; "
-                  f"peak held by the runtime {fmt_bytes(self.peak_held)} (cache included)"]
+                  f"peak held by the runtime {fmt_bytes(self.peak_held)} (cache included; "
+                  f"~{fmt_bytes(self.peak_with_workers)} with a worker's temporaries)"]
         if self.cache:
             lines.append(f"decode cache: {self.cache_hits} hits, {self.cache_misses} misses, "
                          f"{fmt_bytes(self.decoded_bytes)} decoded, {self.cache_evictions} evicted")
