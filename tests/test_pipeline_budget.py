@@ -72,3 +72,26 @@ def test_parse_size():
     assert zp.parse_size(1024) == 1024
     with pytest.raises(ValueError, match="cannot parse size"):
         zp.parse_size("lots")
+
+
+@zp.node
+def big_temporary(src):
+    """Allocates a ~64 MB temporary, returns something small."""
+    import numpy as np
+
+    tmp = pa.array(np.zeros(8_000_000)).cast(pa.float32())  # cast: allocated by Arrow
+    return pa.table({"n": [len(tmp) + src.num_rows]})
+
+
+@pytest.mark.parametrize("transport", zerrow_params())
+def test_strict_budget_stops_a_greedy_worker(transport, data):
+    p = zp.Pipeline("greedy", [zp.parquet("src", data), big_temporary])
+    with zp.Runtime(workers=1, transport=transport, memory_budget="16M", strict_budget=True) as rt:
+        res = rt.run(p, raise_on_error=False)
+        rec = res.report.node("big_temporary")
+        assert rec.status == "failed", res.report.format()
+        assert "BudgetExceeded" in rec.error and "allowance" in rec.error
+        ok = rt.run(zp.Pipeline("fine", [zp.parquet("src", data), br_c]), outputs=())
+        assert ok.ok  # the worker was replaced
+    with zp.Runtime(workers=1, transport=transport, memory_budget="16M") as rt:
+        assert rt.run(p)["big_temporary"]["n"][0].as_py() == 8_050_000  # not enforced

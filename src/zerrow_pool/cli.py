@@ -49,6 +49,7 @@ def cmd_run(args) -> int:
         pipe = zp.load_pipeline_file(args.pipeline)
         rt = zp.Runtime(workers=args.workers, transport=args.transport,
                         memory_budget=args.memory_budget, cache=not args.no_cache,
+                        strict_budget=args.strict_budget,
                         on_event=None if args.quiet else _progress_printer())
     except (zp.PipelineDefinitionError, zp.ZerrowUnavailable, zp.WorkerStartError,
             FileNotFoundError, ValueError) as e:
@@ -148,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--memory-budget", default=None, help="e.g. 4G, 800M (default: unlimited)")
     r.add_argument("--transport", choices=["zerrow", "copy"], default="zerrow")
     r.add_argument("--no-cache", action="store_true", help="disable the Parquet decode cache")
+    r.add_argument("--strict-budget", action="store_true",
+                   help="also stop a node whose worker allocates more than its share of the budget")
     r.add_argument("--json", help="also write the report as JSON to this file")
     r.add_argument("-q", "--quiet", action="store_true", help="no live progress")
     r.set_defaults(fn=cmd_run)

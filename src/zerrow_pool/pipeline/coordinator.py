@@ -91,7 +91,8 @@ class Runtime:
 
     def __init__(self, workers: int | None = None, transport: str = "zerrow", *,
                  memory_budget=None, cache: bool = True, spill_dir: str | None = None,
-                 preload: bool = True, on_event=None, tolerance: float = 0.10):
+                 preload: bool = True, on_event=None, tolerance: float = 0.10,
+                 strict_budget: bool = False):
         raise_fd_limit()
         self.transport = get_transport(transport, preload=preload)
         self.n_workers = workers or max(1, os.cpu_count() or 1)
@@ -105,6 +106,9 @@ class Runtime:
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         self.out_dir = tempfile.mkdtemp(prefix="zerrow-pipeline-", dir=shm)
         self.on_event = on_event
+        # strict_budget: a worker whose task allocates more than its share of
+        # the budget's headroom is stopped and the node fails (BudgetExceeded).
+        self.strict_budget = bool(strict_budget) and self.budget is not None
         self.queue: deque = deque()
         self.estimates: dict = {}
         self.runs: list = []
@@ -360,6 +364,9 @@ class Runtime:
             self._emit("start", st, task.name)
         rec.worker_pid = w.pid
         task.held_at_dispatch = self.rm.usage()
+        if self.strict_budget:
+            running = len(self.pool.busy()) + 1
+            msg["mem_cap"] = max(1, (self.rm.limit - task.held_at_dispatch) // running)
         w.task = task
         try:
             w.send(msg, fds)
@@ -384,6 +391,9 @@ class Runtime:
             return
         w.task = None
         self.rm.note_worker_peak(task.held_at_dispatch, reply.get("peak", 0))
+        if reply.get("exiting"):  # the worker ends itself after this reply
+            w.exit_status()
+            self.pool.replace(w)
         if not reply["ok"]:
             close_fds(fds)
             self._task_failed(task, reply["error"])

@@ -62,12 +62,20 @@ def load_function(ref):
     return getattr(obj, "fn", obj)
 
 
-class PeakSampler:
-    """Samples the default pool's bytes_allocated while a task runs."""
+_SEND_LOCK = threading.Lock()
 
-    def __init__(self, interval=float(os.environ.get("ZERROW_PEAK_SAMPLE_S", "0.005"))):
+
+class PeakSampler:
+    """Samples the default pool's bytes_allocated while a task runs.
+
+    With ``cap``, calls ``on_exceed(peak)`` once the task has allocated more.
+    """
+
+    def __init__(self, cap=None, on_exceed=None,
+                 interval=float(os.environ.get("ZERROW_PEAK_SAMPLE_S", "0.005"))):
         self.interval = interval
         self.peak = 0
+        self.cap, self.on_exceed = cap, on_exceed
         self._stop = threading.Event()
 
     def __enter__(self):
@@ -84,6 +92,8 @@ class PeakSampler:
 
     def sample(self):
         self.peak = max(self.peak, self.pool.bytes_allocated() - self.base)
+        if self.cap is not None and self.peak > self.cap and self.on_exceed:
+            self.on_exceed(self.peak)
 
     def __exit__(self, *exc):
         self._stop.set()
@@ -114,12 +124,12 @@ def _nonempty(col: pa.ChunkedArray) -> pa.ChunkedArray:
     return col if col.num_chunks else pa.chunked_array([pa.array([], col.type)], col.type)
 
 
-def run_task(transport, task, fds):
+def run_task(transport, task, fds, on_exceed=None):
     """Execute one task; returns (reply, fds to send, callbacks after sending)."""
     t0 = time.perf_counter()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     timing = {}
-    with transport.scope(), PeakSampler() as peak:
+    with transport.scope(), PeakSampler(task.get("mem_cap"), on_exceed) as peak:
         if task["op"] == "node":
             inputs = [open_input(spec, fds) for spec in task["inputs"]]
             timing["input_s"] = time.perf_counter() - t0
@@ -167,6 +177,22 @@ def _preload_active() -> bool:
         return False
 
 
+def _over_cap(sock, task, peak) -> None:
+    """The task outgrew its memory allowance: report it, then end this process
+    (the only way to stop a C++ kernel mid-flight; the coordinator replaces us)."""
+    from .budget import fmt_bytes
+
+    msg = (f"BudgetExceeded: {task['name']!r} allocated {fmt_bytes(peak)} in its worker, more "
+           f"than its allowance of {fmt_bytes(task['mem_cap'])} (its share of the memory budget "
+           "left when it started); raise --memory-budget or use fewer workers")
+    with _SEND_LOCK:
+        try:
+            send_msg(sock, {"ok": False, "error": msg, "error_type": "BudgetExceeded",
+                            "exiting": True})
+        finally:
+            os._exit(3)
+
+
 def serve(sock: socket.socket, transport_name: str) -> None:
     # Ctrl-C reaches the whole process group: the coordinator decides what
     # stops; a worker exits when its socket closes.
@@ -183,14 +209,16 @@ def serve(sock: socket.socket, transport_name: str) -> None:
             close_fds(fds)
             return
         try:
-            reply, out_fds, dones = run_task(transport, task, fds)
+            reply, out_fds, dones = run_task(transport, task, fds,
+                                             lambda peak, t=task: _over_cap(sock, t, peak))
         except BaseException as e:  # noqa: BLE001 - report everything to the coordinator
             reply, out_fds, dones = {"ok": False, "error": traceback.format_exc(),
                                      "error_type": type(e).__name__}, [], []
         finally:
             close_fds(fds)
         try:
-            send_msg(sock, reply, out_fds)
+            with _SEND_LOCK:
+                send_msg(sock, reply, out_fds)
         finally:
             for d in dones:
                 d()
