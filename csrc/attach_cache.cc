@@ -30,7 +30,7 @@ std::string FdTarget(int fd) {
   return n > 0 ? std::string(target, static_cast<size_t>(n)) : std::string();
 }
 
-arrow::Status CheckFd(int fd, SegmentKind kind, const struct stat& st) {
+arrow::Status CheckFd(int fd, SegmentKind kind, const struct stat& st, bool immutable) {
   std::string target = FdTarget(fd);
   if (kind == SegmentKind::kMemfd) {
     if (!S_ISREG(st.st_mode) || target.rfind("/memfd:", 0) != 0)
@@ -38,6 +38,9 @@ arrow::Status CheckFd(int fd, SegmentKind kind, const struct stat& st) {
     int seals = fcntl(fd, F_GET_SEALS);
     if (seals < 0 || (seals & F_SEAL_SHRINK) == 0)
       return arrow::Status::Invalid("zerrow: memfd ", fd, " is not sealed against shrinking; mapping it could fault");
+    if (immutable && (seals & F_SEAL_WRITE) == 0)
+      return arrow::Status::Invalid("zerrow: memfd ", fd, " is not sealed against writes (shared with seal=False?): ",
+                                    "its values could change after validation");
   } else {
     zerrow_info info;
     std::memset(&info, 0, sizeof(info));
@@ -50,10 +53,10 @@ arrow::Status CheckFd(int fd, SegmentKind kind, const struct stat& st) {
 
 }  // namespace
 
-arrow::Result<std::shared_ptr<Segment>> AttachSegment(int fd, SegmentKind kind, uint64_t min_size) {
+arrow::Result<std::shared_ptr<Segment>> AttachSegment(int fd, SegmentKind kind, uint64_t min_size, bool immutable) {
   struct stat st;
   if (fstat(fd, &st) != 0) return arrow::Status::Invalid("zerrow: fd ", fd, " is not open: ", std::strerror(errno));
-  ARROW_RETURN_NOT_OK(CheckFd(fd, kind, st));
+  ARROW_RETURN_NOT_OK(CheckFd(fd, kind, st, immutable));
   auto size = static_cast<uint64_t>(st.st_size);
   if (size < min_size)
     return arrow::Status::Invalid("zerrow: segment file is ", size, " bytes, the descriptor expects ", min_size);

@@ -214,7 +214,7 @@ arrow::Result<SharedObject> Attach(std::string_view descriptor, const std::vecto
   std::vector<std::shared_ptr<Segment>> segments;
   for (size_t i = 0; i < fds.size(); ++i) {
     ARROW_ASSIGN_OR_RAISE(auto seg, AttachSegment(fds[i], static_cast<SegmentKind>(desc.segments[i].kind),
-                                                  desc.segments[i].min_size));
+                                                  desc.segments[i].min_size, options.validate_full));
     segments.push_back(std::move(seg));
   }
   Importer importer(desc, std::move(segments));

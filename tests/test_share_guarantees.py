@@ -428,10 +428,6 @@ ctypes.c_int32.from_address(result["offsets"] + 4 * 1000).value = 1 << 30
 """
 
 
-@pytest.mark.xfail(strict=False, reason="DESIGN GAP attach: a descriptor may arrive with segments sealed only "
-                   "against resizing (seal=False, or a hostile producer); attach(validate_full=True) validates "
-                   "bytes the producer can still rewrite, so reads after the check can go out of bounds. "
-                   "attach(validate_full=True) could require F_SEAL_WRITE on every memfd (and the sealed flag)")
 def test_full_validation_requires_immutable_segments():
     with Worker() as w:
         w.run("result = None")

@@ -100,8 +100,10 @@ def attach(descriptor, fds, *, validate_full=False):
     zerrow kernel-module files. Segments are mapped read-only, once per file
     while any mapping is alive. The result's buffers keep their mappings alive.
     ``fds`` stay owned by the caller. With ``validate_full``, also checks every
-    value (offsets, UTF-8...), in time proportional to the data: use it for
-    producers you do not trust. Raises :class:`ShareError` on bad input.
+    value (offsets, UTF-8...), in time proportional to the data, and requires
+    every memfd to be sealed against writes (shared with ``seal=True``) so the
+    values cannot change afterwards: use it for producers you do not trust.
+    Raises :class:`ShareError` on bad input.
     """
     return _core.attach_raw(descriptor, fds, bool(validate_full))
 
