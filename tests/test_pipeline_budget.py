@@ -79,7 +79,10 @@ def big_temporary(src):
     """Allocates a ~64 MB temporary, returns something small."""
     import numpy as np
 
+    import time
+
     tmp = pa.array(np.zeros(8_000_000)).cast(pa.float32())  # cast: allocated by Arrow
+    time.sleep(0.2)  # held long enough for the 5 ms sampler to see it
     return pa.table({"n": [len(tmp) + src.num_rows]})
 
 

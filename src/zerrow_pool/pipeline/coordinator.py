@@ -108,6 +108,8 @@ class Runtime:
         self.on_event = on_event
         # strict_budget: a worker whose task allocates more than its share of
         # the budget's headroom is stopped and the node fails (BudgetExceeded).
+        # Allocations are sampled every few ms: a spike shorter than that can
+        # slip through.
         self.strict_budget = bool(strict_budget) and self.budget is not None
         self.queue: deque = deque()
         self.estimates: dict = {}
