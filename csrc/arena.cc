@@ -107,10 +107,19 @@ void Arena::InsertFreeLocked(SegmentHeap* heap, size_t offset, size_t length, bo
 void Arena::PunchLocked(SegmentHeap* heap, size_t offset) {
   auto it = heap->free_extents.find(offset);
   if (it == heap->free_extents.end() || !it->second.dirty) return;
-  size_t length = it->second.length;
-  if (!heap->segment->Punch(offset, length).ok()) return;
+  PunchTailLocked(heap, offset, it->second.length);
+}
+
+void Arena::PunchTailLocked(SegmentHeap* heap, size_t offset, size_t cut) {
+  auto it = heap->free_extents.find(offset);
+  if (it == heap->free_extents.end() || !it->second.dirty) return;
+  const size_t length = it->second.length;
+  const bool stale = it->second.stale;
+  cut = std::min(cut, length);
+  if (!heap->segment->Punch(offset + length - cut, cut).ok()) return;
   EraseFreeLocked(heap, it);
-  InsertFreeLocked(heap, offset, length, /*dirty=*/false);
+  if (cut < length) InsertFreeLocked(heap, offset, length - cut, /*dirty=*/true, stale);
+  InsertFreeLocked(heap, offset + length - cut, cut, /*dirty=*/false);
 }
 
 void Arena::EraseFreeLocked(SegmentHeap* heap, std::map<size_t, FreeExtent>::iterator it) {
@@ -346,19 +355,20 @@ void Arena::DecayLocked() {
   // of faulting them in again, and the footprint stays within twice the peak.
   int64_t limit = options_.retain_bytes >= 0 ? options_.retain_bytes
                                              : std::max(kMinRetain, peak_live_bytes_.load(std::memory_order_relaxed));
-  if (retained_.load(std::memory_order_relaxed) <= limit) return;
-  const int64_t target = limit / 4 * 3;
-  // Largest dirty extents first: the fewest syscalls for the most memory.
-  std::vector<std::pair<SegmentHeap*, size_t>> victims;
-  int64_t freed = 0;
-  const int64_t excess = retained_.load(std::memory_order_relaxed) - target;
-  for (auto it = index_.rbegin(); it != index_.rend() && freed < excess; ++it) {
+  int64_t excess = retained_.load(std::memory_order_relaxed) - limit;
+  if (excess <= 0) return;
+  // A little below the bound, so that every free does not punch; only that
+  // much, taken from the tails of the largest dirty extents (few syscalls).
+  excess += limit / 16;
+  std::vector<std::tuple<SegmentHeap*, size_t, size_t>> cuts;  // heap, extent offset, bytes to punch
+  for (auto it = index_.rbegin(); it != index_.rend() && excess > 0; ++it) {
     auto [len, heap, off] = *it;
     if (!heap->free_extents[off].dirty) continue;
-    victims.emplace_back(heap, off);
-    freed += static_cast<int64_t>(len);
+    size_t cut = std::min(len, RoundUp(static_cast<size_t>(excess), kPageSize));
+    cuts.emplace_back(heap, off, cut);
+    excess -= static_cast<int64_t>(cut);
   }
-  for (auto [heap, off] : victims) PunchLocked(heap, off);
+  for (auto [heap, off, cut] : cuts) PunchTailLocked(heap, off, cut);
 }
 
 void Arena::ReleaseRetained() {

@@ -93,6 +93,7 @@ class Arena {
   void InsertFreeLocked(SegmentHeap* heap, size_t offset, size_t length, bool dirty, bool stale = false);
   void EraseFreeLocked(SegmentHeap* heap, std::map<size_t, FreeExtent>::iterator it);
   void PunchLocked(SegmentHeap* heap, size_t offset);  // a dirty free extent becomes clean
+  void PunchTailLocked(SegmentHeap* heap, size_t offset, size_t cut);  // only its last `cut` bytes
   void ReleaseSlabLocked(Shard& shard, Span* span);  // shard and large_mu_ held
   void DecayLocked();
   void ZeroUnusedSlotsLocked(Span* span);

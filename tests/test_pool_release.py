@@ -165,9 +165,6 @@ def test_decay_bounds_retention():
     assert resident <= retained + 16 * MiB
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Arena::DecayLocked punches whole extents, largest first: going 20 MiB over the "
-    "bound punches a 256 MiB extent, leaving 64 MiB retained where the 3/4 target was 225 MiB"))
 def test_decay_punches_only_the_excess():
     code = """
     import numpy as np, pyarrow as pa, zerrow_pool
