@@ -1,6 +1,7 @@
 #include "arena.h"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <functional>
 #include <thread>
@@ -322,8 +323,7 @@ void Arena::ZeroUnusedSlotsLocked(Span* span) {
 }
 
 arrow::Status Arena::Freeze(SegmentHeap* heap, bool seal) {
-  std::unique_lock<std::mutex> shard_locks[kShards];
-  for (int i = 0; i < kShards; ++i) shard_locks[i] = std::unique_lock(shards_[i].mu);
+  auto shard_locks = LockAllShards();
   std::lock_guard lock(large_mu_);
   if (!heap->frozen.load(std::memory_order_acquire)) {
     heap->frozen.store(true, std::memory_order_release);
@@ -372,8 +372,7 @@ void Arena::DecayLocked() {
 }
 
 void Arena::ReleaseRetained() {
-  std::unique_lock<std::mutex> shard_locks[kShards];
-  for (int i = 0; i < kShards; ++i) shard_locks[i] = std::unique_lock(shards_[i].mu);
+  auto shard_locks = LockAllShards();
   std::lock_guard lock(large_mu_);
   for (int i = 0; i < kShards; ++i) {
     for (auto& bin : shards_[i].partial) {
@@ -411,33 +410,17 @@ std::vector<const void*> Arena::EmptyHeapBases(bool only_collectable) {
   return out;
 }
 
-bool Arena::DestroyHeapLocked(SegmentHeap* heap, bool only_collectable) {
-  std::unique_lock<std::mutex> shard_locks[kShards];
-  for (int i = 0; i < kShards; ++i) shard_locks[i] = std::unique_lock(shards_[i].mu);
-  std::lock_guard lock(large_mu_);
-  auto it = std::find(heaps_.begin(), heaps_.end(), heap);
-  if (it == heaps_.end() || heap->live_allocations.load(std::memory_order_acquire) != 0) return false;
-  if (only_collectable && !(heap->frozen.load() || retired())) return false;
-  heaps_.erase(it);
-  for (Span* s : heap->slabs) {
-    if (s->in_partial_list) RemoveFrom(shards_[s->shard].partial[s->size_class], s);
-    delete s;
-  }
-  while (!heap->free_extents.empty()) EraseFreeLocked(heap, heap->free_extents.begin());
-  registry_->RemoveHeapLocked(heap);
-  delete heap;
-  return true;
+std::array<std::unique_lock<std::mutex>, Arena::kShards> Arena::LockAllShards() {
+  std::array<std::unique_lock<std::mutex>, kShards> locks;
+  for (int i = 0; i < kShards; ++i) locks[i] = std::unique_lock(shards_[i].mu);
+  return locks;
 }
 
-bool Arena::DetachHeapLocked(SegmentHeap* heap) {
-  std::unique_lock<std::mutex> shard_locks[kShards];
-  for (int i = 0; i < kShards; ++i) shard_locks[i] = std::unique_lock(shards_[i].mu);
-  std::lock_guard lock(large_mu_);
+bool Arena::UnlinkEmptyHeapLocked(SegmentHeap* heap) {
   auto it = std::find(heaps_.begin(), heaps_.end(), heap);
-  if (it == heaps_.end() || heap->live_allocations.load(std::memory_order_acquire) != 0 ||
-      heap->frozen.load(std::memory_order_acquire) || !retired())
-    return false;
+  if (it == heaps_.end() || heap->live_allocations.load(std::memory_order_acquire) != 0) return false;
   heaps_.erase(it);
+  // Every slab is empty: its pages become a dirty free extent again.
   std::vector<Span*> slabs;
   slabs.swap(heap->slabs);
   for (Span* s : slabs) {
@@ -446,11 +429,28 @@ bool Arena::DetachHeapLocked(SegmentHeap* heap) {
     InsertFreeLocked(heap, s->offset, s->length, /*dirty=*/true);
     delete s;
   }
-  // Keep the extent map (it says which parts are dirty) but leave our index.
+  // The extent map stays with the heap (it says which parts are dirty).
   for (auto& [off, fe] : heap->free_extents) {
     index_.erase(IndexKey{fe.length, heap, off});
     if (fe.dirty) retained_.fetch_sub(static_cast<int64_t>(fe.length), std::memory_order_relaxed);
   }
+  return true;
+}
+
+bool Arena::DestroyHeapLocked(SegmentHeap* heap, bool only_collectable) {
+  auto shard_locks = LockAllShards();
+  std::lock_guard lock(large_mu_);
+  if (only_collectable && !(heap->frozen.load() || retired())) return false;
+  if (!UnlinkEmptyHeapLocked(heap)) return false;
+  registry_->RemoveHeapLocked(heap);
+  delete heap;
+  return true;
+}
+
+bool Arena::DetachHeapLocked(SegmentHeap* heap) {
+  auto shard_locks = LockAllShards();
+  std::lock_guard lock(large_mu_);
+  if (heap->frozen.load(std::memory_order_acquire) || !retired() || !UnlinkEmptyHeapLocked(heap)) return false;
   heap->arena = nullptr;
   return true;
 }

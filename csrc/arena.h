@@ -5,6 +5,7 @@
 // up to a bound, then is punched out of the memfd.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -83,6 +84,10 @@ class Arena {
   };
   using IndexKey = std::tuple<size_t, SegmentHeap*, size_t>;  // length, heap, offset
 
+  std::array<std::unique_lock<std::mutex>, kShards> LockAllShards();  // in order: see large_mu_
+  // Takes an empty heap out of this arena (slabs folded back into free
+  // extents, extents out of the index); false if it is not ours or not empty.
+  bool UnlinkEmptyHeapLocked(SegmentHeap* heap);  // all shards and large_mu_ held
   arrow::Status AllocateSmall(size_t size, uint8_t** out);
   arrow::Status AllocateLarge(size_t size, size_t alignment, uint8_t** out);
   arrow::Status AddHeap(size_t at_least);  // call with no lock held

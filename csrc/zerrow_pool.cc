@@ -149,13 +149,16 @@ void ZerrowPool::Collect(const void* segment_base, bool only_collectable) {
     } else {
       gone = arena->DestroyHeapLocked(heap, only_collectable);
     }
-    if (gone && arena->retired() && arena->empty()) emptied = arena;
+    if (gone) emptied = arena;
   }
-  if (emptied != nullptr) {
-    std::lock_guard lock(scope_mu_);
-    if (emptied->retired() && std::find(dead_arenas_.begin(), dead_arenas_.end(), emptied) == dead_arenas_.end())
-      dead_arenas_.push_back(emptied);
-  }
+  if (emptied != nullptr) NoteIfDead(emptied);
+}
+
+void ZerrowPool::NoteIfDead(Arena* arena) {
+  std::lock_guard lock(scope_mu_);
+  if (arena->retired() && arena->empty() &&
+      std::find(dead_arenas_.begin(), dead_arenas_.end(), arena) == dead_arenas_.end())
+    dead_arenas_.push_back(arena);
 }
 
 SegmentHeap* ZerrowPool::Take(size_t capacity) {
@@ -238,10 +241,7 @@ arrow::Status ZerrowPool::PopScope(uint64_t token) {
   }
   // Heaps that are already empty go now; the rest as their last buffer is freed.
   for (const void* base : arena->EmptyHeapBases(/*only_collectable=*/true)) Collect(base);
-  std::lock_guard lock(scope_mu_);
-  if (arena->retired() && arena->empty() &&
-      std::find(dead_arenas_.begin(), dead_arenas_.end(), arena) == dead_arenas_.end())
-    dead_arenas_.push_back(arena);
+  NoteIfDead(arena);
   return arrow::Status::OK();
 }
 
@@ -256,25 +256,22 @@ PoolStats ZerrowPool::Stats() const {
   s.realloc_in_place = realloc_in_place_.load();
   s.realloc_copied = realloc_copied_.load();
   registry_.ForEachHeap([&](SegmentHeap* h) {
+    s.bytes_resident += h->segment->ResidentBytes();
     if (h->arena == nullptr) {
       ++s.spare_segments;
-      s.bytes_resident += h->segment->ResidentBytes();
-      return;
+    } else {
+      ++s.segments;
+      if (h->frozen.load()) ++s.frozen_segments;
     }
-    ++s.segments;
-    if (h->frozen.load()) ++s.frozen_segments;
-    s.bytes_resident += h->segment->ResidentBytes();
   });
   s.bytes_retained = default_arena_->retained_bytes();
   {
-    auto* self = const_cast<ZerrowPool*>(this);
-    std::lock_guard lock(self->scope_mu_);
+    std::lock_guard lock(scope_mu_);
     for (auto& a : scope_arenas_) s.bytes_retained += a->retained_bytes();
     s.scopes_open = static_cast<int64_t>(scope_stack_.size());
   }
   {
-    auto* self = const_cast<ZerrowPool*>(this);
-    std::lock_guard lock(self->spare_mu_);
+    std::lock_guard lock(spare_mu_);
     s.bytes_retained += spare_resident_;  // empty segments of finished scopes, kept for the next
   }
   return s;

@@ -66,6 +66,8 @@ class ZerrowPool final : public arrow::MemoryPool, private SpareHeaps {
   // registry mutex held exclusively. False: destroy it instead.
   bool KeepSpareLocked(SegmentHeap* heap);
   void DestroySparesLocked();
+  // A retired arena with no heaps left can serve a later scope.
+  void NoteIfDead(Arena* arena);
   void NoteAllocated(int64_t size);  // stats of one allocation of `size` bytes
   // The work of Allocate / Free / Reallocate, without the stats.
   arrow::Status AllocateRaw(int64_t size, int64_t alignment, uint8_t** out);
@@ -77,13 +79,13 @@ class ZerrowPool final : public arrow::MemoryPool, private SpareHeaps {
   std::unique_ptr<Arena> default_arena_;
   std::atomic<Arena*> current_;
 
-  std::mutex scope_mu_;
+  mutable std::mutex scope_mu_;
   std::vector<std::pair<uint64_t, Arena*>> scope_stack_;
   std::vector<std::unique_ptr<Arena>> scope_arenas_;  // all ever made; reused when dead
   std::vector<Arena*> dead_arenas_;
   uint64_t next_token_ = 1;
 
-  std::mutex spare_mu_;  // inside the registry mutex when both are held
+  mutable std::mutex spare_mu_;  // inside the registry mutex when both are held
   std::vector<SegmentHeap*> spares_;
   int64_t spare_resident_ = 0;
   int64_t spare_budget_ = 0;
