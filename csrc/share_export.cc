@@ -7,7 +7,6 @@
 #include <map>
 #include <mutex>
 #include <unordered_map>
-#include <unordered_set>
 
 #include <arrow/buffer.h>
 #include <arrow/extension_type.h>
@@ -89,7 +88,7 @@ class Exporter {
     for (const auto& col : object.columns)
       for (const auto& chunk : col) ARROW_RETURN_NOT_OK(PlaceAll(*chunk));
     ARROW_RETURN_NOT_OK(PlaceForeign());
-    for (SegmentHeap* heap : heaps_) ARROW_RETURN_NOT_OK(ZerrowPool::Instance()->Freeze(heap, options_.seal));
+    for (auto [seg, heap] : heaps_) ARROW_RETURN_NOT_OK(ZerrowPool::Instance()->Freeze(heap, options_.seal));
 
     // Pass 2: the descriptor.
     desc_.kind = object.kind;
@@ -134,7 +133,7 @@ class Exporter {
       p.segment = std::move(r->segment);
       p.offset = r->offset;
       p.heap = r->heap;
-      if (p.heap) heaps_.insert(p.heap);
+      if (p.heap) heaps_.emplace(p.segment.get(), p.heap);
     } else {
       foreign_.push_back(&b);
     }
@@ -231,8 +230,8 @@ class Exporter {
     for (const auto& [seg, ranges] : ranges_) {
       int64_t referenced = UnionLength(ranges);
       int64_t readable = 0;
-      if (auto r = SegmentRegistry::Global().Resolve(seg->base()); r && r->heap) {
-        readable = r->heap->live_bytes.load();
+      if (auto h = heaps_.find(seg); h != heaps_.end()) {
+        readable = h->second->live_bytes.load();
       } else if (!seg->owned() || seg->kind() == SegmentKind::kKernelFile) {
         readable = seg->ResidentBytes();  // re-shared or placed: whatever it holds
       }
@@ -244,7 +243,7 @@ class Exporter {
 
   const ShareOptions options_;
   std::unordered_map<BufferKey, Placement, BufferKeyHash> placements_;
-  std::unordered_set<SegmentHeap*> heaps_;
+  std::unordered_map<const Segment*, SegmentHeap*> heaps_;  // own pool segments, to freeze
   std::vector<const arrow::Buffer*> foreign_;  // in no zerrow segment
   std::vector<const arrow::Buffer*> copies_;
   uint64_t copy_bytes_ = 0;

@@ -2,7 +2,6 @@
 
 from libcpp.string cimport string as cstring
 
-from pyarrow.includes.libarrow cimport CSchema
 from pyarrow.lib cimport (
     pyarrow_wrap_array, pyarrow_wrap_batch, pyarrow_wrap_chunked_array, pyarrow_wrap_table,
 )
