@@ -8,18 +8,11 @@
 #include <mutex>
 
 #include "cow_guard.h"
+#include "env_bytes.h"
 #include "kmod_client.h"
 
 namespace zerrow {
 namespace {
-
-size_t EnvSize(const char* name, size_t fallback) {
-  const char* v = std::getenv(name);
-  if (v == nullptr || *v == '\0') return fallback;
-  char* end = nullptr;
-  unsigned long long n = std::strtoull(v, &end, 10);
-  return end != v ? static_cast<size_t>(n) : fallback;
-}
 
 class KernelModuleHook final : public ForeignMemoryHook {
  public:
@@ -28,7 +21,7 @@ class KernelModuleHook final : public ForeignMemoryHook {
     std::vector<std::optional<ForeignPlacement>> out(ranges.size());
     const char* enabled = std::getenv("ZERROW_KMOD");
     if (enabled != nullptr && std::string(enabled) == "0") return out;
-    const size_t min_bytes = EnvSize("ZERROW_KMOD_MIN_BYTES", 64 * 1024);
+    const auto min_bytes = static_cast<size_t>(EnvBytes("ZERROW_KMOD_MIN_BYTES", 64 * 1024));
     std::vector<size_t> wanted;
     for (size_t i = 0; i < ranges.size(); ++i)
       if (ranges[i].size >= min_bytes) wanted.push_back(i);

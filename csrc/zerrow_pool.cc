@@ -5,19 +5,13 @@
 #include <cstring>
 #include <shared_mutex>
 
+#include "env_bytes.h"
+
 namespace zerrow {
 namespace {
 
 // Zero-size allocations all point here, as in Arrow's own pools.
 alignas(kPageSize) uint8_t zero_size_area[1];
-
-int64_t EnvBytes(const char* name, int64_t fallback) {
-  const char* v = std::getenv(name);
-  if (v == nullptr || *v == '\0') return fallback;
-  char* end = nullptr;
-  long long n = std::strtoll(v, &end, 10);
-  return (end != v && n >= 0) ? static_cast<int64_t>(n) : fallback;
-}
 
 }  // namespace
 
