@@ -13,6 +13,7 @@ namespace {
 
 constexpr size_t kHugeAlign = size_t{2} << 20;
 constexpr int64_t kMinRetain = int64_t{256} << 20;
+constexpr size_t kSlabWarmMax = size_t{2} << 20;
 
 int MyShard(int shards) {
   static std::atomic<int> next{0};
@@ -50,7 +51,7 @@ arrow::Status Arena::AddHeap(size_t at_least) {
   size_t capacity = options_.segment_capacity;
   if (at_least > capacity / 4) capacity = RoundUp(at_least * 2, kHugeAlign);  // room to grow in place
   if (spares_ != nullptr) {
-    if (SegmentHeap* heap = spares_->Take(at_least)) {
+    if (SegmentHeap* heap = spares_->TakeCold(at_least)) {
       std::lock_guard lock(large_mu_);
       AdoptLocked(heap);
       return arrow::Status::OK();
@@ -65,13 +66,32 @@ arrow::Status Arena::AddHeap(size_t at_least) {
   return arrow::Status::OK();
 }
 
-bool Arena::TakeExtentLocked(size_t need, SegmentHeap** heap, size_t* offset, bool* dirty) {
-  auto it = index_.lower_bound(IndexKey{need, nullptr, 0});
-  if (it == index_.end()) return false;
-  auto [len, h, off] = *it;
-  auto fit = h->free_extents.find(off);
-  bool was_dirty = fit->second.dirty, stale = fit->second.stale;
-  EraseFreeLocked(h, fit);
+bool Arena::AdoptWarmSpare(size_t need) {
+  if (spares_ == nullptr) return false;
+  SegmentHeap* heap = spares_->TakeWarm(need);
+  if (heap == nullptr) return false;
+  std::lock_guard lock(large_mu_);
+  AdoptLocked(heap);
+  return true;
+}
+
+bool Arena::TakeExtentLocked(size_t need, Fit fit, SegmentHeap** heap, size_t* offset, bool* dirty) {
+  const IndexKey key{need, nullptr, 0};
+  auto warm = dirty_index_.lower_bound(key);
+  auto fresh = clean_index_.lower_bound(key);
+  const bool has_warm = warm != dirty_index_.end(), has_fresh = fresh != clean_index_.end();
+  IndexKey chosen;
+  if (has_warm && (fit != Fit::kSlab || std::get<0>(*warm) <= kSlabWarmMax || !has_fresh)) {
+    chosen = *warm;
+  } else if (has_fresh && fit != Fit::kWarm) {
+    chosen = *fresh;
+  } else {
+    return false;
+  }
+  auto [len, h, off] = chosen;
+  auto ext = h->free_extents.find(off);
+  bool was_dirty = ext->second.dirty, stale = ext->second.stale;
+  EraseFreeLocked(h, ext);
   if (len > need) InsertFreeLocked(h, off + need, len - need, was_dirty, stale);
   if (stale) std::memset(h->segment->base() + off, 0, need);
   *heap = h;
@@ -101,7 +121,7 @@ void Arena::InsertFreeLocked(SegmentHeap* heap, size_t offset, size_t length, bo
     }
   }
   fm[offset] = FreeExtent{length, dirty, stale && dirty};
-  index_.insert(IndexKey{length, heap, offset});
+  IndexOf(dirty).insert(IndexKey{length, heap, offset});
   if (dirty) retained_.fetch_add(static_cast<int64_t>(length), std::memory_order_relaxed);
 }
 
@@ -124,7 +144,7 @@ void Arena::PunchTailLocked(SegmentHeap* heap, size_t offset, size_t cut) {
 }
 
 void Arena::EraseFreeLocked(SegmentHeap* heap, std::map<size_t, FreeExtent>::iterator it) {
-  index_.erase(IndexKey{it->second.length, heap, it->first});
+  IndexOf(it->second.dirty).erase(IndexKey{it->second.length, heap, it->first});
   if (it->second.dirty)
     retained_.fetch_sub(static_cast<int64_t>(it->second.length), std::memory_order_relaxed);
   heap->free_extents.erase(it);
@@ -145,7 +165,7 @@ arrow::Status Arena::AllocateSmall(size_t size, uint8_t** out) {
         SegmentHeap* heap;
         size_t off;
         bool dirty;
-        if (TakeExtentLocked(SlabBytes(cls), &heap, &off, &dirty)) {
+        if (TakeExtentLocked(SlabBytes(cls), Fit::kSlab, &heap, &off, &dirty)) {
           span = new Span();
           span->heap = heap;
           span->offset = off;
@@ -190,13 +210,15 @@ arrow::Status Arena::AllocateSmall(size_t size, uint8_t** out) {
 arrow::Status Arena::AllocateLarge(size_t size, size_t alignment, uint8_t** out) {
   const size_t extra = alignment > kPageSize ? alignment : 0;
   const size_t need = RoundUp(std::max<size_t>(size, 1) + extra, kPageSize);
+  // Resident memory first: ours, then a warm spare's; only then fresh pages.
+  Fit fit = Fit::kWarm;
   for (;;) {
     {
       std::lock_guard lock(large_mu_);
       SegmentHeap* heap;
       size_t off;
       bool dirty;
-      if (TakeExtentLocked(need, &heap, &off, &dirty)) {
+      if (TakeExtentLocked(need, fit, &heap, &off, &dirty)) {
         auto* span = new Span();
         span->heap = heap;
         span->offset = off;
@@ -215,6 +237,10 @@ arrow::Status Arena::AllocateLarge(size_t size, size_t alignment, uint8_t** out)
         *out = p;
         return arrow::Status::OK();
       }
+    }
+    if (fit == Fit::kWarm) {
+      if (!AdoptWarmSpare(need)) fit = Fit::kAny;
+      continue;
     }
     ARROW_RETURN_NOT_OK(AddHeap(need));
   }
@@ -322,7 +348,7 @@ void Arena::ZeroUnusedSlotsLocked(Span* span) {
   (void)heap->segment->Punch(span->offset + page_end, span->length - page_end);
 }
 
-arrow::Status Arena::Freeze(SegmentHeap* heap, bool seal) {
+arrow::Status Arena::Freeze(SegmentHeap* heap, bool seal, bool keep_free) {
   auto shard_locks = LockAllShards();
   std::lock_guard lock(large_mu_);
   if (!heap->frozen.load(std::memory_order_acquire)) {
@@ -336,7 +362,13 @@ arrow::Status Arena::Freeze(SegmentHeap* heap, bool seal) {
     }
     while (!heap->free_extents.empty()) {
       auto it = heap->free_extents.begin();
-      if (it->second.dirty) ARROW_RETURN_NOT_OK(heap->segment->Punch(it->first, it->second.length));
+      if (it->second.dirty) {
+        if (seal || !keep_free) {
+          ARROW_RETURN_NOT_OK(heap->segment->Punch(it->first, it->second.length));
+        } else {
+          std::memset(heap->segment->base() + it->first, 0, it->second.length);
+        }
+      }
       EraseFreeLocked(heap, it);
     }
     // A frozen file never changes size, so a consumer's mapping can never go past its end.
@@ -347,6 +379,22 @@ arrow::Status Arena::Freeze(SegmentHeap* heap, bool seal) {
     heap->sealed = true;
   }
   return arrow::Status::OK();
+}
+
+void Arena::AbandonForForkLocked() {
+  auto shard_locks = LockAllShards();
+  std::lock_guard lock(large_mu_);
+  for (SegmentHeap* heap : heaps_) {
+    heap->frozen.store(true, std::memory_order_release);
+    heap->forked = true;
+    for (Span* span : heap->slabs) {
+      if (span->in_partial_list) {
+        RemoveFrom(shards_[span->shard].partial[span->size_class], span);
+        span->in_partial_list = false;
+      }
+    }
+    while (!heap->free_extents.empty()) EraseFreeLocked(heap, heap->free_extents.begin());
+  }
 }
 
 void Arena::DecayLocked() {
@@ -361,9 +409,8 @@ void Arena::DecayLocked() {
   // much, taken from the tails of the largest dirty extents (few syscalls).
   excess += limit / 16;
   std::vector<std::tuple<SegmentHeap*, size_t, size_t>> cuts;  // heap, extent offset, bytes to punch
-  for (auto it = index_.rbegin(); it != index_.rend() && excess > 0; ++it) {
+  for (auto it = dirty_index_.rbegin(); it != dirty_index_.rend() && excess > 0; ++it) {
     auto [len, heap, off] = *it;
-    if (!heap->free_extents[off].dirty) continue;
     size_t cut = std::min(len, RoundUp(static_cast<size_t>(excess), kPageSize));
     cuts.emplace_back(heap, off, cut);
     excess -= static_cast<int64_t>(cut);
@@ -383,8 +430,7 @@ void Arena::ReleaseRetained() {
     }
   }
   std::vector<std::pair<SegmentHeap*, size_t>> dirty;
-  for (auto [len, heap, off] : index_)
-    if (heap->free_extents[off].dirty) dirty.emplace_back(heap, off);
+  for (auto [len, heap, off] : dirty_index_) dirty.emplace_back(heap, off);
   for (auto [heap, off] : dirty) PunchLocked(heap, off);
 }
 
@@ -431,7 +477,7 @@ bool Arena::UnlinkEmptyHeapLocked(SegmentHeap* heap) {
   }
   // The extent map stays with the heap (it says which parts are dirty).
   for (auto& [off, fe] : heap->free_extents) {
-    index_.erase(IndexKey{fe.length, heap, off});
+    IndexOf(fe.dirty).erase(IndexKey{fe.length, heap, off});
     if (fe.dirty) retained_.fetch_sub(static_cast<int64_t>(fe.length), std::memory_order_relaxed);
   }
   return true;
@@ -450,7 +496,9 @@ bool Arena::DestroyHeapLocked(SegmentHeap* heap, bool only_collectable) {
 bool Arena::DetachHeapLocked(SegmentHeap* heap) {
   auto shard_locks = LockAllShards();
   std::lock_guard lock(large_mu_);
-  if (heap->frozen.load(std::memory_order_acquire) || !retired() || !UnlinkEmptyHeapLocked(heap)) return false;
+  const bool frozen = heap->frozen.load(std::memory_order_acquire);
+  if (frozen ? (heap->sealed || heap->forked) : !retired()) return false;
+  if (!UnlinkEmptyHeapLocked(heap)) return false;
   heap->arena = nullptr;
   return true;
 }
@@ -460,7 +508,7 @@ void Arena::AdoptLocked(SegmentHeap* heap) {
   // bytes are zeroed as they are handed out (cheaper than faulting fresh pages).
   for (auto& [off, fe] : heap->free_extents) {
     fe.stale = fe.dirty;
-    index_.insert(IndexKey{fe.length, heap, off});
+    IndexOf(fe.dirty).insert(IndexKey{fe.length, heap, off});
     if (fe.dirty) retained_.fetch_add(static_cast<int64_t>(fe.length), std::memory_order_relaxed);
   }
   heap->arena = this;

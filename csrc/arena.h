@@ -23,13 +23,18 @@ namespace zerrow {
 
 class SegmentRegistry;
 
-// Where an arena gets recycled segments: empty heaps of finished scopes,
-// whose pages are still resident (cheaper to zero than to fault in again).
+// Where an arena gets recycled segments: empty heaps of finished scopes or of
+// shared buffers their readers let go, whose pages are still resident
+// (cheaper to zero than to fault in again).
 class SpareHeaps {
  public:
   virtual ~SpareHeaps() = default;
-  // A spare heap of at least `capacity` bytes, or nullptr.
-  virtual SegmentHeap* Take(size_t capacity) = 0;
+  // The spare heap of at least `capacity` bytes with the least resident
+  // memory, or nullptr.
+  virtual SegmentHeap* TakeCold(size_t capacity) = 0;
+  // The spare heap whose resident free run of at least `need` bytes is the
+  // smallest such, or nullptr.
+  virtual SegmentHeap* TakeWarm(size_t need) = 0;
 };
 
 struct ArenaOptions {
@@ -52,9 +57,16 @@ class Arena {
   bool ResizeInPlace(SegmentHeap* heap, uint8_t* p, size_t old_size, size_t new_size,
                      size_t alignment);
 
-  // No new allocations in heap; its free memory is zeroed or punched. With
-  // `seal`, the file is sealed against writes and our own mapping made read-only.
-  arrow::Status Freeze(SegmentHeap* heap, bool seal);
+  // No new allocations in heap; its free memory reads as zeros from now on:
+  // punched, or with `keep_free` zeroed in place (warm for when the heap is
+  // reclaimed, see ZerrowPool's lent heaps). With `seal`, the file is sealed
+  // against writes and our own mapping made read-only: it is never reused,
+  // so its free memory is always punched.
+  arrow::Status Freeze(SegmentHeap* heap, bool seal, bool keep_free = false);
+
+  // The process is about to fork: every heap is frozen (without punching:
+  // the child's buffers lie there too) and marked forked. Registry mutex held.
+  void AbandonForForkLocked();
 
   // The arena's scope has ended: its heaps are destroyed as they empty.
   void Retire();
@@ -68,9 +80,11 @@ class Arena {
   std::vector<const void*> EmptyHeapBases(bool only_collectable);
   // Destroys heap if still empty; the registry's mutex must be held exclusively.
   bool DestroyHeapLocked(SegmentHeap* heap, bool only_collectable);
-  // Removes an empty, unfrozen heap from a retired arena so that another scope
-  // can adopt it; all its memory becomes free (dirty where it was used).
-  // Registry mutex held exclusively. False if the heap is not recyclable.
+  // Removes an empty heap so that it can be recycled: an unfrozen one of a
+  // retired arena (all its memory becomes free, dirty where it was used), or a
+  // frozen, unsealed one of any arena (readers may still map it; see
+  // ZerrowPool's lent heaps). Registry mutex held exclusively. False if the
+  // heap is not recyclable.
   bool DetachHeapLocked(SegmentHeap* heap);
   bool empty();  // no heaps left
 
@@ -90,11 +104,20 @@ class Arena {
   bool UnlinkEmptyHeapLocked(SegmentHeap* heap);  // all shards and large_mu_ held
   arrow::Status AllocateSmall(size_t size, uint8_t** out);
   arrow::Status AllocateLarge(size_t size, size_t alignment, uint8_t** out);
-  arrow::Status AddHeap(size_t at_least);  // call with no lock held
+  arrow::Status AddHeap(size_t at_least);  // a cold spare or a new segment; no lock held
+  bool AdoptWarmSpare(size_t need);         // no lock held
   void AdoptLocked(SegmentHeap* heap);     // large_mu_ held
-  // Carves `need` bytes from the best-fitting free extent (zeroing them if
-  // stale); *dirty: the bytes may hold earlier contents of this scope.
-  bool TakeExtentLocked(size_t need, SegmentHeap** heap, size_t* offset, bool* dirty);
+  // Which free extents an allocation may be carved from, in order of preference.
+  enum class Fit {
+    kWarm,   // large, first try: resident ones only
+    kAny,    // large, nothing warm left: resident, then fresh
+    kSlab,   // slabs: resident ones no larger than kSlabWarmMax (they would
+             // split a run a large allocation could use), then fresh, then any
+  };
+  // Carves `need` bytes from the best-fitting free extent allowed by `fit`
+  // (zeroing them if stale); *dirty: the bytes may hold earlier contents of
+  // this scope.
+  bool TakeExtentLocked(size_t need, Fit fit, SegmentHeap** heap, size_t* offset, bool* dirty);
   void InsertFreeLocked(SegmentHeap* heap, size_t offset, size_t length, bool dirty, bool stale = false);
   void EraseFreeLocked(SegmentHeap* heap, std::map<size_t, FreeExtent>::iterator it);
   void PunchLocked(SegmentHeap* heap, size_t offset);  // a dirty free extent becomes clean
@@ -111,7 +134,10 @@ class Arena {
 
   std::mutex large_mu_;  // lock order: registry -> shards (ascending) -> large_mu_
   std::vector<SegmentHeap*> heaps_;
-  std::set<IndexKey> index_;  // free extents of unfrozen heaps, by size
+  // Free extents of unfrozen heaps by size: resident ones (dirty) are handed
+  // out first, since faulting in fresh shmem pages costs more than zeroing.
+  std::set<IndexKey> dirty_index_, clean_index_;
+  std::set<IndexKey>& IndexOf(bool dirty) { return dirty ? dirty_index_ : clean_index_; }
   std::atomic<int64_t> retained_{0};  // bytes in dirty free extents
   std::atomic<int64_t> live_bytes_{0};
   std::atomic<int64_t> peak_live_bytes_{0};

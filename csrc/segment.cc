@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 
 namespace zerrow {
@@ -18,11 +19,38 @@ arrow::Status Errno(const char* what) {
   return arrow::Status::IOError("zerrow: ", what, ": ", std::strerror(errno));
 }
 
+// A new description of fd's file with the given access mode, or -1.
+int Reopen(int fd, int mode) {
+  char path[64];
+  snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+  return open(path, mode | O_CLOEXEC);
+}
+
+// memfd_create's own description is not counted among the file's writers, so
+// a write lease on it is never granted; a reopened description is counted.
+// Falls back to the original (then SoleHolder is always false).
+int CountedWritable(int memfd) {
+  int rw = Reopen(memfd, O_RDWR);
+  if (rw < 0) return memfd;
+  close(memfd);
+  // A lease break (someone opening us through /proc/<pid>/fd while we probe)
+  // signals the holder; SIGURG is ignored unless the program asks for it.
+  fcntl(rw, F_SETSIG, SIGURG);
+  return rw;
+}
+
+bool LeaseGranted(int fd) {
+  if (fcntl(fd, F_SETLEASE, F_WRLCK) != 0) return false;
+  fcntl(fd, F_SETLEASE, F_UNLCK);
+  return true;
+}
+
 }  // namespace
 
 arrow::Result<std::shared_ptr<Segment>> Segment::Create(size_t capacity) {
   int fd = memfd_create("zerrow", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) return Errno("memfd_create");
+  fd = CountedWritable(fd);
   std::shared_ptr<Segment> seg(new Segment());
   seg->fd_ = fd;  // closed by the destructor from here on
   if (ftruncate(fd, static_cast<off_t>(capacity)) != 0) return Errno("ftruncate");
@@ -113,9 +141,7 @@ arrow::Result<int> Segment::OpenReadOnly() const {
     if (!owned_) {
       ro = fd_;  // attached segments were received read-only
     } else {
-      char path[64];
-      snprintf(path, sizeof(path), "/proc/self/fd/%d", fd_);
-      int fresh = open(path, O_RDONLY | O_CLOEXEC);
+      int fresh = Reopen(fd_, O_RDONLY);
       if (fresh < 0) return Errno("reopen segment read-only");
       int expected = -1;
       if (ro_fd_.compare_exchange_strong(expected, fresh)) {
@@ -131,10 +157,56 @@ arrow::Result<int> Segment::OpenReadOnly() const {
   return out;
 }
 
+void Segment::SetInheritedByFork(bool inherited) {
+  if (map_base_ != nullptr) madvise(map_base_, map_len_, inherited ? MADV_DOFORK : MADV_DONTFORK);
+}
+
 int64_t Segment::ResidentBytes() const {
   struct stat st;
   if (fstat(fd_, &st) != 0) return 0;
   return static_cast<int64_t>(st.st_blocks) * 512;
+}
+
+std::vector<std::pair<size_t, size_t>> Segment::ResidentRanges(size_t min_hole) const {
+  std::vector<std::pair<size_t, size_t>> out;
+  off_t pos = 0;
+  const auto end = static_cast<off_t>(size_);
+  while (pos < end) {
+    off_t data = lseek(fd_, pos, SEEK_DATA);
+    if (data < 0 || data >= end) break;  // ENXIO: no data past pos
+    off_t hole = lseek(fd_, data, SEEK_HOLE);
+    if (hole < 0 || hole > end) hole = end;
+    auto off = static_cast<size_t>(data), len = static_cast<size_t>(hole - data);
+    if (!out.empty() && off - (out.back().first + out.back().second) < min_hole) {
+      out.back().second = off + len - out.back().first;
+    } else {
+      out.emplace_back(off, len);
+    }
+    pos = hole;
+  }
+  return out;
+}
+
+bool Segment::SoleHolder() {
+  if (!owned_) return false;
+  if (int ro = ro_fd_.exchange(-1); ro >= 0) close(ro);
+  return LeaseGranted(fd_);
+}
+
+bool Segment::CanProbeHolders() {
+  static const bool ok = [] {
+    int fd = memfd_create("zerrow-probe", MFD_CLOEXEC);
+    if (fd < 0) return false;
+    fd = CountedWritable(fd);
+    bool alone = LeaseGranted(fd);
+    int ro = Reopen(fd, O_RDONLY);
+    bool reader_seen = ro >= 0 && !LeaseGranted(fd);
+    if (ro >= 0) close(ro);
+    bool alone_again = LeaseGranted(fd);
+    close(fd);
+    return alone && reader_seen && alone_again;
+  }();
+  return ok;
 }
 
 }  // namespace zerrow

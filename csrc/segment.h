@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <arrow/result.h>
 #include <arrow/status.h>
@@ -59,8 +61,24 @@ class Segment {
   // A new fd (the caller closes it) on a read-only file description of this
   // segment's file: whoever holds it cannot map it writable.
   arrow::Result<int> OpenReadOnly() const;
+  // Whether a fork of this process maps the segment too (MADV_DOFORK /
+  // MADV_DONTFORK); a segment holding no buffers need not be.
+  void SetInheritedByFork(bool inherited);
   // Bytes of the file that are backed by memory right now.
   int64_t ResidentBytes() const;
+  // The [offset, length) runs of the file that are backed by memory, holes
+  // shorter than `min_hole` folded into their neighbours.
+  std::vector<std::pair<size_t, size_t>> ResidentRanges(size_t min_hole) const;
+
+  // True when no other open file description of this (owned) file exists
+  // anywhere: no fd, mapping or fd in flight in another process, nor a
+  // read-only reopen here (the cached one is closed first). The kernel
+  // answers it: a write lease is granted only to a file's sole opener. A
+  // fork of this process shares our own description and is not seen.
+  bool SoleHolder();
+  // Whether the kernel counts openers the way SoleHolder relies on (checked
+  // once per process on a scratch memfd).
+  static bool CanProbeHolders();
 
  private:
   Segment() = default;

@@ -13,8 +13,9 @@
 
 namespace zerrow::api {
 
-inline arrow::Status Share(const SharedObject& object, bool seal, bool strict_exposure, ShareResult* out) {
-  ARROW_ASSIGN_OR_RAISE(*out, zerrow::Share(object, ShareOptions{seal, strict_exposure}));
+inline arrow::Status Share(const SharedObject& object, bool seal, bool strict_exposure, bool keep_free,
+                           ShareResult* out) {
+  ARROW_ASSIGN_OR_RAISE(*out, zerrow::Share(object, ShareOptions{seal, strict_exposure, keep_free}));
   return arrow::Status::OK();
 }
 

@@ -88,7 +88,7 @@ class Exporter {
     for (const auto& col : object.columns)
       for (const auto& chunk : col) ARROW_RETURN_NOT_OK(PlaceAll(*chunk));
     ARROW_RETURN_NOT_OK(PlaceForeign());
-    for (auto [seg, heap] : heaps_) ARROW_RETURN_NOT_OK(ZerrowPool::Instance()->Freeze(heap, options_.seal));
+    for (auto [seg, heap] : heaps_) ARROW_RETURN_NOT_OK(ZerrowPool::Instance()->Freeze(heap, options_.seal, options_.keep_free));
 
     // Pass 2: the descriptor.
     desc_.kind = object.kind;

@@ -21,6 +21,11 @@ struct ShareOptions {
   // Copy the partial first/last pages of foreign buffers placed by the kernel
   // module rather than expose the producer's unrelated bytes in them.
   bool strict_exposure = false;
+  // Unsealed shares only: free memory left in the frozen segments is zeroed
+  // and stays resident, so it is warm when the pool reclaims the segment
+  // after its readers let go; otherwise it is punched out now and the share
+  // pins no more than its own pages.
+  bool keep_free = false;
 };
 
 struct ShareResult {

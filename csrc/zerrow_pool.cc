@@ -1,9 +1,12 @@
 #include "zerrow_pool.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <shared_mutex>
+
+#include <pthread.h>
 
 #include "env_bytes.h"
 
@@ -12,6 +15,25 @@ namespace {
 
 // Zero-size allocations all point here, as in Arrow's own pools.
 alignas(kPageSize) uint8_t zero_size_area[1];
+
+// Lent heaps kept at most; past that the oldest is let go (closed here, its
+// memory freed when its readers unmap it).
+constexpr size_t kMaxLent = 64;
+
+// A lent heap no one else maps any more: all of it is free again, dirty where
+// pages are resident (zeroed as they are handed out again, see AdoptLocked).
+void Thaw(SegmentHeap* heap) {
+  const size_t size = heap->segment->size();
+  heap->free_extents.clear();
+  size_t pos = 0;
+  for (auto [off, len] : heap->segment->ResidentRanges(/*min_hole=*/size_t{64} << 10)) {
+    if (off > pos) heap->free_extents[pos] = FreeExtent{off - pos, false, false};
+    heap->free_extents[off] = FreeExtent{len, true, true};
+    pos = off + len;
+  }
+  if (pos < size) heap->free_extents[pos] = FreeExtent{size - pos, false, false};
+  heap->frozen.store(false, std::memory_order_release);
+}
 
 }  // namespace
 
@@ -25,9 +47,24 @@ ZerrowPool::ZerrowPool() : registry_(SegmentRegistry::Global()) {
       static_cast<size_t>(EnvBytes("ZERROW_SEGMENT_SIZE", static_cast<int64_t>(options_.segment_capacity))),
       size_t{2} << 20);
   options_.retain_bytes = EnvBytes("ZERROW_RETAIN_BYTES", -1);
-  spare_budget_ = EnvBytes("ZERROW_SPARE_BYTES", int64_t{1} << 30);
+  spare_budget_ = EnvBytes("ZERROW_SPARE_BYTES", -1);
   default_arena_ = std::make_unique<Arena>(&registry_, options_, static_cast<SpareHeaps*>(this));
   current_.store(default_arena_.get());
+  pthread_atfork(nullptr, [] { Instance()->AfterFork(false); }, [] { Instance()->AfterFork(true); });
+}
+
+void ZerrowPool::AfterFork(bool child) {
+  std::vector<Arena*> arenas{default_arena_.get()};
+  {
+    std::lock_guard lock(scope_mu_);
+    for (auto& a : scope_arenas_) arenas.push_back(a.get());
+  }
+  std::unique_lock lock(registry_.mutex());
+  for (Arena* arena : arenas) arena->AbandonForForkLocked();
+  if (child) {  // their mappings were not inherited: only the fds are closed
+    DestroySparesLocked();
+    DestroyLentLocked();
+  }
 }
 
 void ZerrowPool::NoteAllocated(int64_t size) {
@@ -134,10 +171,11 @@ void ZerrowPool::Collect(const void* segment_base, bool only_collectable) {
     if (heap == nullptr || heap->arena == nullptr) return;  // gone, or a spare already
     Arena* arena = heap->arena;
     bool gone;
-    if (only_collectable && arena->DetachHeapLocked(heap)) {  // a finished scope's unshared heap
-      if (!KeepSpareLocked(heap)) {
-        registry_.RemoveHeapLocked(heap);
-        delete heap;
+    if (only_collectable && arena->DetachHeapLocked(heap)) {
+      if (heap->frozen.load(std::memory_order_acquire)) {
+        LendLocked(heap);
+      } else if (!KeepSpareLocked(heap)) {  // a finished scope's unshared heap
+        DestroyDetachedLocked(heap);
       }
       gone = true;
     } else {
@@ -155,23 +193,64 @@ void ZerrowPool::NoteIfDead(Arena* arena) {
     dead_arenas_.push_back(arena);
 }
 
-SegmentHeap* ZerrowPool::Take(size_t capacity) {
+SegmentHeap* ZerrowPool::TakeCold(size_t capacity) {
+  std::unique_lock registry_lock(registry_.mutex());
+  ReclaimLentLocked();
   std::lock_guard lock(spare_mu_);
   auto best = spares_.end();
-  for (auto it = spares_.begin(); it != spares_.end(); ++it)
-    if ((*it)->segment->size() >= capacity && (best == spares_.end() || (*it)->segment->size() < (*best)->segment->size()))
+  int64_t best_resident = 0;
+  for (auto it = spares_.begin(); it != spares_.end(); ++it) {
+    if ((*it)->segment->size() < capacity) continue;
+    int64_t resident = (*it)->segment->ResidentBytes();
+    if (best == spares_.end() || resident < best_resident) {
       best = it;
-  if (best == spares_.end()) return nullptr;
-  SegmentHeap* heap = *best;
-  spares_.erase(best);
+      best_resident = resident;
+    }
+  }
+  return best == spares_.end() ? nullptr : TakeSpareLocked(best);
+}
+
+SegmentHeap* ZerrowPool::TakeWarm(size_t need) {
+  // Readers let go of lent heaps at any time; asking the kernel costs two
+  // syscalls per lent heap, so a stream of large allocations asks once a ms.
+  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch()).count();
+  int64_t last = last_warm_reclaim_ns_.load(std::memory_order_relaxed);
+  if (now - last > 1'000'000 && last_warm_reclaim_ns_.compare_exchange_strong(last, now)) {
+    std::unique_lock registry_lock(registry_.mutex());
+    ReclaimLentLocked();
+  }
+  std::lock_guard lock(spare_mu_);
+  auto best = spares_.end();
+  size_t best_len = 0;
+  for (auto it = spares_.begin(); it != spares_.end(); ++it) {
+    for (auto& [off, fe] : (*it)->free_extents) {
+      if (fe.dirty && fe.length >= need && (best == spares_.end() || fe.length < best_len)) {
+        best = it;
+        best_len = fe.length;
+      }
+    }
+  }
+  return best == spares_.end() ? nullptr : TakeSpareLocked(best);
+}
+
+SegmentHeap* ZerrowPool::TakeSpareLocked(std::vector<SegmentHeap*>::iterator it) {
+  SegmentHeap* heap = *it;
+  spares_.erase(it);
   spare_resident_ -= heap->segment->ResidentBytes();
+  heap->segment->SetInheritedByFork(true);  // buffers will live here again
   return heap;
 }
 
 bool ZerrowPool::KeepSpareLocked(SegmentHeap* heap) {
   std::lock_guard lock(spare_mu_);
+  // By default twice what the process ever had allocated at once (at least
+  // 1 GiB): a worker that runs the same steps again finds its memory warm,
+  // including that of outputs whose readers have since let go.
+  const int64_t budget = spare_budget_ >= 0 ? spare_budget_ : std::max(int64_t{1} << 30, 2 * max_memory_.load());
   int64_t resident = heap->segment->ResidentBytes();
-  if (resident == 0 || spare_resident_ + resident > spare_budget_) return false;
+  if (resident == 0 || spare_resident_ + resident > budget) return false;
+  heap->segment->SetInheritedByFork(false);
   spares_.push_back(heap);
   spare_resident_ += resident;
   return true;
@@ -179,18 +258,62 @@ bool ZerrowPool::KeepSpareLocked(SegmentHeap* heap) {
 
 void ZerrowPool::DestroySparesLocked() {
   std::lock_guard lock(spare_mu_);
-  for (SegmentHeap* heap : spares_) {
-    registry_.RemoveHeapLocked(heap);
-    delete heap;
-  }
+  for (SegmentHeap* heap : spares_) DestroyDetachedLocked(heap);
   spares_.clear();
   spare_resident_ = 0;
+}
+
+void ZerrowPool::DestroyDetachedLocked(SegmentHeap* heap) {
+  registry_.RemoveHeapLocked(heap);
+  delete heap;
+}
+
+void ZerrowPool::LendLocked(SegmentHeap* heap) {
+  if (!Segment::CanProbeHolders()) {  // we could never tell when it is ours again
+    DestroyDetachedLocked(heap);
+    return;
+  }
+  heap->segment->SetInheritedByFork(false);
+  {
+    std::lock_guard lock(spare_mu_);
+    lent_.push_back(heap);
+    if (lent_.size() <= kMaxLent) return;
+  }
+  ReclaimLentLocked();
+  std::lock_guard lock(spare_mu_);
+  if (lent_.size() > kMaxLent) {
+    DestroyDetachedLocked(lent_.front());
+    lent_.erase(lent_.begin());
+  }
+}
+
+void ZerrowPool::ReclaimLentLocked() {
+  std::vector<SegmentHeap*> ours;
+  {
+    std::lock_guard lock(spare_mu_);
+    std::vector<SegmentHeap*> still_lent;
+    for (SegmentHeap* h : lent_) (h->segment->SoleHolder() ? ours : still_lent).push_back(h);
+    lent_.swap(still_lent);
+    reclaimed_ += static_cast<int64_t>(ours.size());
+  }
+  for (SegmentHeap* heap : ours) {
+    Thaw(heap);
+    if (!KeepSpareLocked(heap)) DestroyDetachedLocked(heap);
+  }
+}
+
+void ZerrowPool::DestroyLentLocked() {
+  std::lock_guard lock(spare_mu_);
+  for (SegmentHeap* heap : lent_) DestroyDetachedLocked(heap);
+  lent_.clear();
 }
 
 void ZerrowPool::ReleaseUnused() {
   {
     std::unique_lock lock(registry_.mutex());
+    ReclaimLentLocked();
     DestroySparesLocked();
+    DestroyLentLocked();
   }
   std::vector<Arena*> arenas{default_arena_.get()};
   {
@@ -239,7 +362,9 @@ arrow::Status ZerrowPool::PopScope(uint64_t token) {
   return arrow::Status::OK();
 }
 
-arrow::Status ZerrowPool::Freeze(SegmentHeap* heap, bool seal) { return heap->arena->Freeze(heap, seal); }
+arrow::Status ZerrowPool::Freeze(SegmentHeap* heap, bool seal, bool keep_free) {
+  return heap->arena->Freeze(heap, seal, keep_free);
+}
 
 PoolStats ZerrowPool::Stats() const {
   PoolStats s;
@@ -252,7 +377,7 @@ PoolStats ZerrowPool::Stats() const {
   registry_.ForEachHeap([&](SegmentHeap* h) {
     s.bytes_resident += h->segment->ResidentBytes();
     if (h->arena == nullptr) {
-      ++s.spare_segments;
+      ++(h->frozen.load() ? s.lent_segments : s.spare_segments);
     } else {
       ++s.segments;
       if (h->frozen.load()) ++s.frozen_segments;
@@ -267,6 +392,7 @@ PoolStats ZerrowPool::Stats() const {
   {
     std::lock_guard lock(spare_mu_);
     s.bytes_retained += spare_resident_;  // empty segments of finished scopes, kept for the next
+    s.segments_reclaimed = reclaimed_;
   }
   return s;
 }

@@ -26,6 +26,8 @@ struct PoolStats {
   int64_t segments = 0;         // own segments currently mapped
   int64_t frozen_segments = 0;  // of which frozen (shared)
   int64_t spare_segments = 0;   // empty segments of finished scopes kept for the next (not in `segments`)
+  int64_t lent_segments = 0;    // emptied shared segments that readers may still map (not in `segments`)
+  int64_t segments_reclaimed = 0;  // lent segments found unmapped elsewhere and reused, ever
   int64_t bytes_resident = 0;   // memory backing own segments right now
   int64_t bytes_retained = 0;   // resident but free, kept for reuse
   int64_t scopes_open = 0;
@@ -54,18 +56,37 @@ class ZerrowPool final : public arrow::MemoryPool, private SpareHeaps {
 
   // Freezes the heap a shared buffer lies in (see Arena::Freeze). The caller
   // keeps a live buffer in it, so the heap cannot go away meanwhile.
-  arrow::Status Freeze(SegmentHeap* heap, bool seal);
+  arrow::Status Freeze(SegmentHeap* heap, bool seal, bool keep_free = false);
 
   PoolStats Stats() const;
+
+  // fork(): a child maps the heaps in use read-write (its copies of our
+  // buffers lie there) and shares our open file descriptions, so neither side
+  // may hand out memory from them again, nor reclaim them (the kernel's
+  // holder check cannot see the child). Spare and lent heaps hold no buffers
+  // and are not mapped into children (MADV_DONTFORK): the parent keeps them,
+  // the child forgets them.
+  void AfterFork(bool child);
 
  private:
   ZerrowPool();
   void Collect(const void* segment_base, bool only_collectable = true);
-  SegmentHeap* Take(size_t capacity) override;
+  SegmentHeap* TakeCold(size_t capacity) override;
+  SegmentHeap* TakeWarm(size_t need) override;
+  SegmentHeap* TakeSpareLocked(std::vector<SegmentHeap*>::iterator it);  // spare_mu_ held
   // Keeps an empty heap of a finished scope for the next scope, within budget;
   // registry mutex held exclusively. False: destroy it instead.
   bool KeepSpareLocked(SegmentHeap* heap);
   void DestroySparesLocked();
+  // Lent heaps: frozen (shared) heaps with nothing live here any more. Their
+  // pages are what readers in other processes still map, so they cost nothing
+  // extra; once the kernel says no one else holds the file (Segment::SoleHolder)
+  // they become spares, warm, instead of fresh memory faulted in page by page.
+  // Registry mutex held exclusively for all three.
+  void LendLocked(SegmentHeap* heap);
+  void ReclaimLentLocked();
+  void DestroyLentLocked();
+  void DestroyDetachedLocked(SegmentHeap* heap);
   // A retired arena with no heaps left can serve a later scope.
   void NoteIfDead(Arena* arena);
   void NoteAllocated(int64_t size);  // stats of one allocation of `size` bytes
@@ -87,8 +108,11 @@ class ZerrowPool final : public arrow::MemoryPool, private SpareHeaps {
 
   mutable std::mutex spare_mu_;  // inside the registry mutex when both are held
   std::vector<SegmentHeap*> spares_;
+  std::vector<SegmentHeap*> lent_;  // oldest first
+  std::atomic<int64_t> last_warm_reclaim_ns_{0};
+  int64_t reclaimed_ = 0;
   int64_t spare_resident_ = 0;
-  int64_t spare_budget_ = 0;
+  int64_t spare_budget_ = -1;  // ZERROW_SPARE_BYTES; -1: max(1 GiB, 2 * max_memory())
 
   std::atomic<int64_t> bytes_allocated_{0}, max_memory_{0}, total_bytes_allocated_{0},
       num_allocations_{0}, realloc_in_place_{0}, realloc_copied_{0};

@@ -6,6 +6,8 @@
 #include <thread>
 #include <vector>
 
+#include <unistd.h>
+
 #include "segment_heap.h"
 #include "segment_registry.h"
 #include "zerrow_pool.h"
@@ -125,6 +127,43 @@ static void TestFreezeAndScope(ZerrowPool* pool) {
   CHECK(!pool->PopScope(token).ok());
 }
 
+// A frozen, unsealed segment emptied here is lent while another open file
+// description of it exists, and comes back (warm, zeroed) once none does.
+static void TestLendAndReclaim(ZerrowPool* pool) {
+  constexpr int64_t kSize = 4 << 20;
+  uint64_t token = pool->PushScope();
+  uint8_t* shared = Alloc(pool, kSize);
+  std::memset(shared, 0x7A, kSize);
+  auto r = SegmentRegistry::Global().Resolve(shared);
+  CHECK(r.has_value() && r->heap != nullptr);
+  CHECK_OK(pool->Freeze(r->heap, /*seal=*/false, /*keep_free=*/true));
+  auto reader_fd = r->segment->OpenReadOnly();  // what a consumer would hold
+  CHECK(reader_fd.ok());
+  const uint64_t ino = r->segment->ino();
+  CHECK_OK(pool->PopScope(token));
+  const int64_t reclaimed0 = pool->Stats().segments_reclaimed;
+  pool->Free(shared, kSize, 64);
+  CHECK(pool->Stats().lent_segments >= 1);
+  // A new scope needs a segment: the lent one is held elsewhere and stays lent.
+  token = pool->PushScope();
+  uint8_t* other = Alloc(pool, 100);
+  CHECK(SegmentRegistry::Global().Resolve(other)->segment->ino() != ino);
+  CHECK(pool->Stats().segments_reclaimed == reclaimed0);
+  CHECK_OK(pool->PopScope(token));
+  pool->Free(other, 100, 64);
+  close(*reader_fd);
+  // Now it is ours alone: the next segment taken is reclaimed, and a large
+  // allocation lands on its resident pages, which read as zeros.
+  token = pool->PushScope();
+  uint8_t* again = Alloc(pool, kSize);
+  CHECK(pool->Stats().segments_reclaimed == reclaimed0 + 1);
+  auto r2 = SegmentRegistry::Global().Resolve(again);
+  CHECK(r2.has_value() && r2->segment->ino() == ino);
+  CHECK(again[0] == 0 && again[kSize - 1] == 0);
+  CHECK_OK(pool->PopScope(token));
+  pool->Free(again, kSize, 64);
+}
+
 static void TestThreads(ZerrowPool* pool) {
   constexpr int kThreads = 4, kIters = 20000;
   std::vector<std::thread> threads;
@@ -172,6 +211,7 @@ int main() {
   TestRealloc(pool);
   TestReuse(pool);
   TestFreezeAndScope(pool);
+  TestLendAndReclaim(pool);
   TestThreads(pool);
   pool->ReleaseUnused();
   CHECK(pool->bytes_allocated() == 0);

@@ -24,6 +24,7 @@ cdef extern from "zerrow_pool.h" namespace "zerrow" nogil:
     cdef cppclass PoolStats:
         int64_t bytes_allocated, max_memory, total_bytes_allocated, num_allocations
         int64_t realloc_in_place, realloc_copied, segments, frozen_segments, spare_segments
+        int64_t lent_segments, segments_reclaimed
         int64_t bytes_resident, bytes_retained, scopes_open
 
     cdef cppclass ZerrowPool(CMemoryPool):
@@ -86,6 +87,8 @@ def stats():
         "segments": s.segments,
         "frozen_segments": s.frozen_segments,
         "spare_segments": s.spare_segments,
+        "lent_segments": s.lent_segments,
+        "segments_reclaimed": s.segments_reclaimed,
         "bytes_resident": s.bytes_resident,
         "bytes_retained": s.bytes_retained,
         "scopes_open": s.scopes_open,

@@ -37,7 +37,7 @@ cdef extern from "share_api.h" namespace "zerrow::api" nogil:
         shared_ptr[CRecordBatch] batch
         shared_ptr[CArray] array
         shared_ptr[CChunkedArray] chunked
-    CStatus Share(const SharedObject& obj, cbool seal, cbool strict_exposure, ShareResult* out)
+    CStatus Share(const SharedObject& obj, cbool seal, cbool strict_exposure, cbool keep_free, ShareResult* out)
     CStatus Attach(const cstring& descriptor, const vector[int]& fds, cbool validate_full, Attached* out)
     CStatus Recv(int sock, int timeout_ms, Received* out)
     CStatus Describe(const cstring& descriptor, int64_t* nbytes, int64_t* nbuffers)
@@ -115,13 +115,13 @@ cdef SharedObject shared_object_of(obj) except *:
     raise TypeError(f"share() takes a pyarrow Table, RecordBatch, Array or ChunkedArray, not {type(obj).__name__}")
 
 
-def share_raw(obj, cbool seal, cbool strict_exposure=False):
+def share_raw(obj, cbool seal, cbool strict_exposure=False, cbool keep_free=False):
     """Returns (descriptor, fds, stats dict); the caller owns the fds."""
     cdef SharedObject so = shared_object_of(obj)
     cdef ShareResult r
     cdef CStatus st
     with nogil:
-        st = Share(so, seal, strict_exposure, &r)
+        st = Share(so, seal, strict_exposure, keep_free, &r)
     if not st.ok():
         raise_share_error(st)
     stats = {

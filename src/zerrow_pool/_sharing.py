@@ -73,13 +73,20 @@ class Share:
                 f"exposed={self.bytes_exposed}{', closed' if self.closed else ''})")
 
 
-def share(obj, *, seal=True, strict_exposure=False) -> Share:
+def share(obj, *, seal=True, strict_exposure=False, keep_free=False) -> Share:
     """Describe a Table, RecordBatch, Array or ChunkedArray for another process, in O(#buffers).
 
     Buffers in this process's zerrow pool are referenced in place and the
-    segments they lie in are frozen: never reused or punched again, sealed
-    against shrinking and, with ``seal=True``, against any write (this process's
-    own view of them becomes read-only too). Buffers attached from another
+    segments they lie in are frozen: no new allocation goes there, and the
+    free memory in them is punched out (so readers see zeros and the share
+    pins only its own pages). A frozen segment is sealed against shrinking
+    and, with ``seal=True``, against any write (this process's own view of it
+    becomes read-only too): it is never reused. With ``seal=False`` the pool
+    takes the segment back once its buffers are freed here and the kernel
+    reports that no other process holds its file any more (no fd, mapping or
+    fd in flight; see ``stats()["segments_reclaimed"]``); ``keep_free=True``
+    then zeroes its free memory instead of punching it, so that it comes back
+    warm. Buffers attached from another
     process are referenced again (resharing). Anything else is placed by the
     kernel module when it is loaded, or copied once into a fresh segment and
     counted in ``bytes_copied``. The kernel module works on whole pages: the
@@ -87,7 +94,7 @@ def share(obj, *, seal=True, strict_exposure=False) -> Share:
     this process (counted in ``bytes_exposed``); ``strict_exposure=True`` copies
     those edge pages instead (counted in ``bytes_copied``).
     """
-    descriptor, fds, stats = _core.share_raw(obj, bool(seal), bool(strict_exposure))
+    descriptor, fds, stats = _core.share_raw(obj, bool(seal), bool(strict_exposure), bool(keep_free))
     _core.keep_cow_handler_at_exit()
     return Share(descriptor, fds, **stats)
 
@@ -118,7 +125,7 @@ def _timeout_ms(sock) -> int:
     return -1 if timeout is None else int(timeout * 1000)
 
 
-def send(sock, obj, *, seal=True) -> Share:
+def send(sock, obj, *, seal=True, keep_free=False) -> Share:
     """Send an object (or a :class:`Share`) over an AF_UNIX socket; returns the share's counters.
 
     Fds travel as SCM_RIGHTS, split across messages when there are more than
@@ -130,7 +137,7 @@ def send(sock, obj, *, seal=True) -> Share:
             raise ShareError("share is closed")
         _core.send_raw(_fileno(sock), obj.descriptor, obj.fds, _timeout_ms(sock))
         return obj
-    with share(obj, seal=seal) as s:
+    with share(obj, seal=seal, keep_free=keep_free) as s:
         _core.send_raw(_fileno(sock), s.descriptor, s.fds, _timeout_ms(sock))
     return s
 
@@ -167,8 +174,8 @@ class Channel:
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         return cls(a), cls(b)
 
-    def send(self, obj, *, seal=True) -> Share:
-        return send(self.sock, obj, seal=seal)
+    def send(self, obj, *, seal=True, keep_free=False) -> Share:
+        return send(self.sock, obj, seal=seal, keep_free=keep_free)
 
     def recv(self, *, validate_full=False):
         return recv(self.sock, validate_full=validate_full)

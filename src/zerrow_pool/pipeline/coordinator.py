@@ -366,6 +366,9 @@ class Runtime:
             self._emit("start", st, task.name)
         rec.worker_pid = w.pid
         task.held_at_dispatch = self.rm.usage()
+        # Intermediates live until their consumers finish; cached decodes may
+        # live for the runtime's life and must not pin more than their pages.
+        msg["keep_free"] = self.rm.limit is None and task.op == "node"
         if self.strict_budget:
             running = len(self.pool.busy()) + 1
             msg["mem_cap"] = max(1, (self.rm.limit - task.held_at_dispatch) // running)

@@ -37,8 +37,11 @@ class Transport:
         """Context manager a node runs in (worker side)."""
         return contextlib.nullcontext()
 
-    def publish(self, obj, out_dir: str):
+    def publish(self, obj, out_dir: str, keep_free: bool = False):
         """Make ``obj`` (Table or array) available to other processes.
+
+        ``keep_free``: memory is plentiful (no budget), so a transport may keep
+        what the node freed resident for its next tasks.
 
         Returns ``(spec, fds, done)``: a picklable description, fds to send
         along, and a callable to run once they are sent.
@@ -64,7 +67,7 @@ class CopyTransport(Transport):
     name = "copy"
     estimate_factor = 1.3  # outputs are written whole, plus IPC framing/padding
 
-    def publish(self, obj, out_dir):
+    def publish(self, obj, out_dir, keep_free=False):
         if not isinstance(obj, pa.Table):
             raise TypeError("the copy transport publishes tables only")
         path = os.path.join(out_dir, f"{uuid.uuid4().hex}.arrow")
@@ -97,8 +100,13 @@ class ZerrowTransport(Transport):
     def scope(self):
         return self.zp.scope()
 
-    def publish(self, obj, out_dir):
-        share = self.zp.share(obj)
+    def publish(self, obj, out_dir, keep_free=False):
+        # Unsealed: readers still get read-only fds, and the worker's pool takes
+        # the segments back once the kernel reports that no reader holds them
+        # any more (a sealed segment could never be written again); with
+        # keep_free they come back warm, but the free memory in them counts
+        # against a memory budget until then, so only without one.
+        share = self.zp.share(obj, seal=False, keep_free=keep_free)
         stats = {"zero_copy": int(share.bytes_shared_zero_copy),
                  "copied": int(share.bytes_copied), "exposed": int(share.bytes_exposed),
                  "buffers": int(share.nbuffers)}

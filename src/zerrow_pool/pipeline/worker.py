@@ -154,7 +154,7 @@ def run_task(transport, task, fds, on_exceed=None):
                 out_fds.extend(f)
                 dones.append(d)
         else:
-            spec, out_fds, done = transport.publish(out, task["out_dir"])
+            spec, out_fds, done = transport.publish(out, task["out_dir"], task.get("keep_free", False))
             dones = [done]
         timing["publish_s"] = time.perf_counter() - t2
         del out
