@@ -145,8 +145,16 @@ def test_budget(benchmark, dataset, mode):
         assert r.peak_held <= budget * 1.10, r.format()
 
 
-def test_zz_write_results():
-    """Ratios vs copy (same session) and the raw numbers, for plot_pipeline.py."""
+@pytest.fixture(scope="session", autouse=True)
+def write_results():
+    """After the session: ratios vs copy (same session) and the raw numbers, for
+    plot_pipeline.py (a fixture, so that --benchmark-only does not skip it)."""
+    yield
+    if RESULTS["scenarios"]:
+        _write_results()
+
+
+def _write_results():
     ratios = {}
     for scen, modes in RESULTS["scenarios"].items():
         base = modes.get("copy")

@@ -351,29 +351,7 @@ void Arena::ZeroUnusedSlotsLocked(Span* span) {
 arrow::Status Arena::Freeze(SegmentHeap* heap, bool seal, bool keep_free) {
   auto shard_locks = LockAllShards();
   std::lock_guard lock(large_mu_);
-  if (!heap->frozen.load(std::memory_order_acquire)) {
-    heap->frozen.store(true, std::memory_order_release);
-    for (Span* span : heap->slabs) {
-      if (span->in_partial_list) {
-        RemoveFrom(shards_[span->shard].partial[span->size_class], span);
-        span->in_partial_list = false;
-      }
-      ZeroUnusedSlotsLocked(span);
-    }
-    while (!heap->free_extents.empty()) {
-      auto it = heap->free_extents.begin();
-      if (it->second.dirty) {
-        if (seal || !keep_free) {
-          ARROW_RETURN_NOT_OK(heap->segment->Punch(it->first, it->second.length));
-        } else {
-          std::memset(heap->segment->base() + it->first, 0, it->second.length);
-        }
-      }
-      EraseFreeLocked(heap, it);
-    }
-    // A frozen file never changes size, so a consumer's mapping can never go past its end.
-    ARROW_RETURN_NOT_OK(heap->segment->SealSize());
-  }
+  ARROW_RETURN_NOT_OK(FreezeLocked(heap, /*punch_free=*/seal || !keep_free));
   if (seal && !heap->sealed) {
     ARROW_RETURN_NOT_OK(heap->segment->SealWrites());
     heap->sealed = true;
@@ -381,19 +359,39 @@ arrow::Status Arena::Freeze(SegmentHeap* heap, bool seal, bool keep_free) {
   return arrow::Status::OK();
 }
 
+arrow::Status Arena::FreezeLocked(SegmentHeap* heap, bool punch_free) {
+  if (heap->frozen.load(std::memory_order_acquire)) return arrow::Status::OK();
+  heap->frozen.store(true, std::memory_order_release);
+  for (Span* span : heap->slabs) {
+    if (span->in_partial_list) {
+      RemoveFrom(shards_[span->shard].partial[span->size_class], span);
+      span->in_partial_list = false;
+    }
+    ZeroUnusedSlotsLocked(span);
+  }
+  while (!heap->free_extents.empty()) {
+    auto it = heap->free_extents.begin();
+    if (it->second.dirty) {
+      if (punch_free) {
+        ARROW_RETURN_NOT_OK(heap->segment->Punch(it->first, it->second.length));
+      } else {
+        std::memset(heap->segment->base() + it->first, 0, it->second.length);
+      }
+    }
+    EraseFreeLocked(heap, it);
+  }
+  // A frozen file never changes size, so a consumer's mapping can never go past its end.
+  return heap->segment->SealSize();
+}
+
 void Arena::AbandonForForkLocked() {
   auto shard_locks = LockAllShards();
   std::lock_guard lock(large_mu_);
   for (SegmentHeap* heap : heaps_) {
-    heap->frozen.store(true, std::memory_order_release);
+    // Free memory is free on both sides of the fork: punching it is safe, and
+    // leaves it as a later share of this heap expects.
+    (void)FreezeLocked(heap, /*punch_free=*/true);
     heap->forked = true;
-    for (Span* span : heap->slabs) {
-      if (span->in_partial_list) {
-        RemoveFrom(shards_[span->shard].partial[span->size_class], span);
-        span->in_partial_list = false;
-      }
-    }
-    while (!heap->free_extents.empty()) EraseFreeLocked(heap, heap->free_extents.begin());
   }
 }
 

@@ -64,8 +64,8 @@ class Arena {
   // so its free memory is always punched.
   arrow::Status Freeze(SegmentHeap* heap, bool seal, bool keep_free = false);
 
-  // The process is about to fork: every heap is frozen (without punching:
-  // the child's buffers lie there too) and marked forked. Registry mutex held.
+  // The process has forked: every heap is frozen and marked forked (never
+  // reused). Registry mutex held.
   void AbandonForForkLocked();
 
   // The arena's scope has ended: its heaps are destroyed as they empty.
@@ -104,6 +104,7 @@ class Arena {
   bool UnlinkEmptyHeapLocked(SegmentHeap* heap);  // all shards and large_mu_ held
   arrow::Status AllocateSmall(size_t size, uint8_t** out);
   arrow::Status AllocateLarge(size_t size, size_t alignment, uint8_t** out);
+  arrow::Status FreezeLocked(SegmentHeap* heap, bool punch_free);  // shards and large_mu_ held
   arrow::Status AddHeap(size_t at_least);  // a cold spare or a new segment; no lock held
   bool AdoptWarmSpare(size_t need);         // no lock held
   void AdoptLocked(SegmentHeap* heap);     // large_mu_ held

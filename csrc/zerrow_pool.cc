@@ -311,7 +311,6 @@ void ZerrowPool::DestroyLentLocked() {
 void ZerrowPool::ReleaseUnused() {
   {
     std::unique_lock lock(registry_.mutex());
-    ReclaimLentLocked();
     DestroySparesLocked();
     DestroyLentLocked();
   }
