@@ -1,4 +1,5 @@
-"""Sharing numpy/Polars/DuckDB memory through the kernel module, in a VM per kernel.
+"""Sharing numpy/Polars/DuckDB memory through the kernel module, and the pool's
+reclaim check of shared segments, in a VM per kernel.
 
 Boots each Debian kernel found (see tests/test_kmod_vm.py) with the module
 loaded and runs tests/guest/ with this Python over the read-only 9p share.
