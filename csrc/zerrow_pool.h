@@ -25,7 +25,7 @@ struct PoolStats {
   int64_t realloc_copied = 0;
   int64_t segments = 0;         // own segments currently mapped
   int64_t frozen_segments = 0;  // of which frozen (shared)
-  int64_t spare_segments = 0;   // empty segments of finished scopes kept for the next (not in `segments`)
+  int64_t spare_segments = 0;   // empty, unshared or reclaimed segments kept for reuse (not in `segments`)
   int64_t lent_segments = 0;    // emptied shared segments that readers may still map (not in `segments`)
   int64_t segments_reclaimed = 0;  // lent segments found unmapped elsewhere and reused, ever
   int64_t bytes_resident = 0;   // memory backing own segments right now

@@ -49,12 +49,12 @@ def stats() -> dict:
     that kept / moved their buffer; segments and frozen_segments count this
     process's memfd segments in use; spare_segments, the empty segments of
     finished scopes kept (resident, their old bytes zeroed as they are reused)
-    for the next scope, up to ZERROW_SPARE_BYTES (1 GiB); lent_segments, shared
-    segments with nothing live here that readers elsewhere may still map (they
-    become spares once the kernel reports no other holder of the file, counted
-    by segments_reclaimed); bytes_resident is
-    the memory backing all of them now and
-    bytes_retained the part of it that is free and kept for reuse;
+    for the next scope, up to ZERROW_SPARE_BYTES of resident memory (default:
+    twice max_memory, at least 1 GiB; K/M/G suffixes accepted); lent_segments,
+    shared segments with nothing live here that readers elsewhere may still map
+    (they become spares once the kernel reports no other holder of the file,
+    counted by segments_reclaimed); bytes_resident is the memory backing all of
+    them now and bytes_retained the part of it that is free and kept for reuse;
     cow_bytes_copied counts bytes this process copied because it wrote to
     memory it had de-anonymized with the kernel module.
     """
