@@ -145,8 +145,9 @@ def run_task(transport, task, fds, on_exceed=None):
         else:
             raise ValueError(f"unknown task {task['op']!r}")
         t2 = time.perf_counter()
+        keep_free = task.get("keep_free", False)  # the coordinator's call
         if task["op"] == "decode":
-            results = [transport.publish(_nonempty(col), task["out_dir"]) for col in out.columns]
+            results = [transport.publish(_nonempty(col), task["out_dir"], keep_free) for col in out.columns]
             spec = {"k": "columns", "parts": [r[0] for r in results], "rows": out.num_rows}
             out_fds, dones = [], []
             for s, f, d in results:
@@ -154,7 +155,7 @@ def run_task(transport, task, fds, on_exceed=None):
                 out_fds.extend(f)
                 dones.append(d)
         else:
-            spec, out_fds, done = transport.publish(out, task["out_dir"], task.get("keep_free", False))
+            spec, out_fds, done = transport.publish(out, task["out_dir"], keep_free)
             dones = [done]
         timing["publish_s"] = time.perf_counter() - t2
         del out
