@@ -76,3 +76,28 @@ def zerrow_default():
         yield zerrow_pool.pool()
     finally:
         pa.set_memory_pool(previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_zerrow_service():
+    """`zerrow run` in tests talks to a service of the test session's own, stopped at the end.
+
+    A short path under /tmp: a Unix socket's path is limited to 107 bytes."""
+    import shutil
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="zsvc-")
+    os.chmod(directory, 0o700)
+    saved = os.environ.get("ZERROW_SERVICE_DIR")
+    os.environ["ZERROW_SERVICE_DIR"] = directory
+    try:
+        yield directory
+    finally:
+        from zerrow_pool.service import ServiceClient
+
+        ServiceClient(directory).stop()
+        if saved is None:
+            os.environ.pop("ZERROW_SERVICE_DIR", None)
+        else:
+            os.environ["ZERROW_SERVICE_DIR"] = saved
+        shutil.rmtree(directory, ignore_errors=True)

@@ -1,7 +1,8 @@
 """The ``zerrow`` command.
 
     zerrow run PIPELINE.py [--workers N] [--memory-budget SIZE]
-                           [--transport zerrow|copy] [--no-cache] [--json FILE]
+                           [--transport zerrow|copy] [--no-cache] [--json FILE] [--no-service]
+    zerrow service status|stop
     zerrow demo [--rows N] [--workers N] [--pipeline movement|zones|both]
 """
 from __future__ import annotations
@@ -42,26 +43,84 @@ def _progress_printer(stream=sys.stderr):
     return on_event
 
 
+def _runtime_options(args) -> dict:
+    return dict(workers=args.workers, transport=args.transport, memory_budget=args.memory_budget,
+                cache=not args.no_cache, strict_budget=args.strict_budget)
+
+
 def cmd_run(args) -> int:
     from . import pipeline as zp
 
-    try:
-        pipe = zp.load_pipeline_file(args.pipeline)
-        rt = zp.Runtime(workers=args.workers, transport=args.transport,
-                        memory_budget=args.memory_budget, cache=not args.no_cache,
-                        strict_budget=args.strict_budget,
-                        on_event=None if args.quiet else _progress_printer())
-    except (zp.PipelineDefinitionError, zp.ZerrowUnavailable, zp.WorkerStartError,
-            FileNotFoundError, ValueError) as e:
-        print(f"zerrow run: {e}", file=sys.stderr)
-        return 2
-    with rt:
-        result = rt.run(pipe, outputs=(), raise_on_error=False)
+    on_event = None if args.quiet else _progress_printer()
+    if args.no_service:
+        try:
+            pipe = zp.load_pipeline_file(args.pipeline)
+            rt = zp.Runtime(**_runtime_options(args), on_event=on_event)
+        except (zp.PipelineDefinitionError, zp.ZerrowUnavailable, zp.WorkerStartError,
+                FileNotFoundError, ValueError) as e:
+            print(f"zerrow run: {e}", file=sys.stderr)
+            return 2
+        with rt:
+            result = rt.run(pipe, outputs=(), raise_on_error=False)
+    else:
+        from .service import ServiceClient, ServiceDirError, ServiceError
+        from .service.client import RunRefused
+
+        def on_wait(running):
+            what = f" ({running['pipeline']})" if running else ""
+            print(f"zerrow run: the service is busy with another run{what}; waiting",
+                  file=sys.stderr, flush=True)
+
+        try:
+            result = ServiceClient().run(args.pipeline, runtime=_runtime_options(args),
+                                         outputs=(), on_event=on_event, on_wait=on_wait)
+        except RunRefused as e:
+            print(f"zerrow run: {e}", file=sys.stderr)
+            return e.exit_code
+        except (ServiceError, ServiceDirError, OSError) as e:
+            print(f"zerrow run: {e}", file=sys.stderr)
+            return 2
     print(result.report.format())
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result.report.to_dict(), f, indent=1, default=str)
     return 0 if result.ok else 1
+
+
+def cmd_service(args) -> int:
+    from .service import ServiceClient, ServiceError
+
+    client = ServiceClient()
+    try:
+        if args.action == "stop":
+            pid = client.stop()
+            print(f"stopped the zerrow service (pid {pid})" if pid else
+                  f"no zerrow service is running ({client.sock_path})")
+            return 0
+        status = client.status()
+    except (ServiceError, OSError) as e:
+        print(f"zerrow service: {e}", file=sys.stderr)
+        return 2
+    if status is None:
+        print(f"no zerrow service is running ({client.sock_path})")
+        return 3  # like `systemctl status` of a stopped unit
+    if args.json:
+        print(json.dumps(status, indent=1, default=str))
+        return 0
+    from .pipeline import fmt_bytes
+
+    ident = status["identity"]
+    print(f"zerrow service {ident['version']} (build {ident['build']}), pid {status['pid']}, "
+          f"up {status['uptime_s']:.0f}s, {status['runs_served']} runs served")
+    print(f"  socket {client.sock_path}; exits after {status['idle_s']:g}s without a client"
+          f" (idle for {status['idle_for_s']:.0f}s)")
+    if status["running"]:
+        print(f"  running {status['running']['pipeline']}")
+    for rt in status["runtimes"]:
+        print(f"  runtime: transport {rt['transport']}, {rt['workers']} workers "
+              f"(pids {', '.join(map(str, rt['worker_pids']))}), "
+              f"{rt['cache_entries']} cached decodes, {fmt_bytes(rt['held_bytes'])} held")
+    return 0
 
 
 def _compare(reports) -> str:
@@ -153,7 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also stop a node whose worker allocates more than its share of the budget")
     r.add_argument("--json", help="also write the report as JSON to this file")
     r.add_argument("-q", "--quiet", action="store_true", help="no live progress")
+    r.add_argument("--no-service", action="store_true",
+                   help="run in this process instead of the long-lived zerrow service "
+                        "(which keeps workers, memory and decoded inputs warm between runs)")
     r.set_defaults(fn=cmd_run)
+    sv = sub.add_parser("service", help="the long-lived runtime service behind `zerrow run`",
+                        description="`zerrow run` starts the service on first use (one per "
+                        "user; socket in $ZERROW_SERVICE_DIR, else $XDG_RUNTIME_DIR/zerrow, "
+                        "else /tmp/zerrow-UID); it exits after ZERROW_SERVICE_IDLE seconds "
+                        "(default 600) without a client.")
+    sv.add_argument("action", choices=["status", "stop"])
+    sv.add_argument("--json", action="store_true", help="status as JSON")
+    sv.set_defaults(fn=cmd_service)
     d = sub.add_parser("demo", help="generate the synthetic dataset and compare transports")
     d.add_argument("--rows", type=int, default=None, help="trips to generate (default 28M: ~2 GB of Parquet, 2.2 GB decoded)")
     d.add_argument("--compression", default="snappy", choices=["snappy", "zstd", "none"],

@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import selectors
 import shutil
+import socket
 import tempfile
+import threading
 import time
 import weakref
 from collections import deque
@@ -29,6 +31,10 @@ from .workers import WorkerPool
 
 BATCH_ROWS = 1 << 20
 FINISHED = ("done", "failed", "skipped")
+
+
+class RunCancelled(RuntimeError):
+    """``Runtime.cancel()`` was called while a run was in progress."""
 
 
 class Task:
@@ -115,6 +121,10 @@ class Runtime:
         self.estimates: dict = {}
         self.runs: list = []
         self.closed = False
+        # cancel() may come from another thread: a flag, and a socket that wakes the loop.
+        self._cancelled = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
         # Files left behind if close() is never called (workers exit on their
         # own when this process goes: their sockets close).
         self._finalizer = weakref.finalize(self, _remove_dirs, self.out_dir, self.spiller.dir)
@@ -135,6 +145,12 @@ class Runtime:
         """Run several pipelines concurrently; they share workers and the decode cache."""
         if self.closed:
             raise RuntimeError("runtime is closed")
+        self._cancelled.clear()
+        try:
+            while self._wake_r.recv(64):
+                pass
+        except BlockingIOError:
+            pass
         states = []
         for p in pipelines:
             rep = RunReport(p.name, self.transport.name, self.n_workers, self.cache_enabled,
@@ -162,10 +178,22 @@ class Runtime:
                     raise NodeFailed(r.report.error or "pipeline failed", r.report)
         return results
 
+    def cancel(self) -> None:
+        """Stop the run in progress (callable from any thread): ``run`` raises
+        ``RunCancelled`` within a moment, its busy workers are killed and
+        replaced, and the runtime stays usable."""
+        self._cancelled.set()
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        self._wake_r.close()
+        self._wake_w.close()
         if self.cache:
             self.cache.clear()
         for p in list(self.rm.live.values()):
@@ -181,8 +209,11 @@ class Runtime:
     # ------------------------------------------------------------- event loop
     def _loop(self, states) -> None:
         sel = selectors.DefaultSelector()
+        sel.register(self._wake_r, selectors.EVENT_READ, None)
         try:
             while not all(st.done for st in states):
+                if self._cancelled.is_set():
+                    raise RunCancelled("the run was cancelled")
                 self._dispatch()
                 busy = self.pool.busy()
                 if not busy:
@@ -199,7 +230,8 @@ class Runtime:
                     for w in busy:
                         sel.unregister(w.sock)
                 for key, _ in events:
-                    self._on_reply(key.data)
+                    if key.data is not None:
+                        self._on_reply(key.data)
         finally:
             sel.close()
 
@@ -558,6 +590,16 @@ class Runtime:
         return outputs
 
     def _abort(self, states) -> None:
+        """Leave the runtime reusable after a run ended by an exception: the
+        loop runs one ``run_many`` at a time, so all queued and running work
+        belongs to ``states``. Busy workers are killed (their tasks cannot be
+        recalled) and replaced."""
+        self.queue.clear()
+        for w in self.pool.busy():
+            w.task = None
+            self.pool.replace(w)
+        if self.cache:
+            self.cache.inflight.clear()
         for st in states:
             for name in list(st.payloads):
                 self._drop(st, name)

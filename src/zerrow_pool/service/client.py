@@ -1,0 +1,180 @@
+"""The client side: find (or start) the service, hand it a run, relay what it says."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from ..pipeline.wire import PeerClosed, close_fds, recv_msg, send_msg
+from . import location, protocol
+from .protocol import Op, Reply
+
+START_TIMEOUT_S = 60.0
+
+
+class ServiceError(RuntimeError):
+    """The service could not be reached, started, or it died during a run."""
+
+
+class ServiceMismatch(ServiceError):
+    """A service of another zerrow version, build or interpreter holds the socket."""
+
+
+class RunRefused(ServiceError):
+    """The service could not start the run (bad pipeline file or options)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class ServiceClient:
+    """Talks to the zerrow service of this user (``directory``: see ``location``)."""
+
+    def __init__(self, directory: str | None = None):
+        self.dir = directory or location.service_dir()
+        self.sock_path = location.socket_path(self.dir)
+
+    # ----------------------------------------------------------------- requests
+    def run(self, pipeline_path: str, *, runtime: dict, outputs=(), on_event=None,
+            on_wait=None):
+        """Run the pipeline file in the service (started if needed); returns a RunResult
+        whose outputs are attached here, zero-copy."""
+        from ..pipeline.report import RunResult
+
+        sock = self._connect_checked()
+        with sock:
+            send_msg(sock, {"op": Op.RUN.value, "pipeline": os.path.abspath(pipeline_path),
+                            "cwd": os.getcwd(), "env": protocol.run_env(os.environ),
+                            "runtime": runtime, "outputs": list(outputs),
+                            "progress": on_event is not None})
+            while True:
+                try:
+                    msg, fds = recv_msg(sock)
+                except PeerClosed:
+                    raise ServiceError(
+                        f"the zerrow service stopped during the run; see its log "
+                        f"{location.log_path(self.dir)}") from None
+                kind = msg.get("kind")
+                if kind == Reply.EVENT:
+                    if on_event:
+                        on_event(msg["event"])
+                elif kind == Reply.WAITING:
+                    if on_wait:
+                        on_wait(msg.get("running"))
+                elif kind == Reply.ERROR:
+                    close_fds(fds)
+                    raise RunRefused(msg["message"], msg.get("exit_code", 2))
+                elif kind == Reply.RESULT:
+                    return RunResult(msg["report"], _attach_outputs(msg["outputs"], fds))
+                else:
+                    close_fds(fds)
+                    raise ServiceError(f"unexpected message from the service: {kind!r}")
+
+    def status(self) -> dict | None:
+        """The running service's status, or None when none runs."""
+        sock = self._connect()
+        if sock is None:
+            return None
+        with sock:
+            send_msg(sock, {"op": Op.STATUS.value})
+            reply, fds = recv_msg(sock)
+            close_fds(fds)
+            return reply.get("status")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """Stop the service (any version); returns its pid, or None when none ran."""
+        sock = self._connect()
+        if sock is None:
+            return None
+        with sock:
+            send_msg(sock, {"op": Op.STOP.value})
+            reply, fds = recv_msg(sock)
+            close_fds(fds)
+        pid = reply.get("pid")
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return pid
+
+    # --------------------------------------------------------------- connecting
+    def _connect(self) -> socket.socket | None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.sock_path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            return None
+        except OSError as e:
+            sock.close()
+            raise ServiceError(f"cannot reach the zerrow service at {self.sock_path}: {e}") from e
+        return sock
+
+    def _connect_checked(self) -> socket.socket:
+        """A connection to a service of our identity, starting one if none runs."""
+        location.ensure_private_dir(self.dir)
+        sock = self._connect() or self._start()
+        mine = protocol.identity()
+        try:
+            send_msg(sock, {"op": Op.HELLO.value, "identity": mine})
+            reply, fds = recv_msg(sock)
+            close_fds(fds)
+        except (PeerClosed, OSError) as e:
+            sock.close()
+            raise ServiceError(f"the zerrow service at {self.sock_path} did not answer: {e}") from e
+        if not reply.get("ok"):
+            sock.close()
+            raise ServiceMismatch(
+                f"a zerrow service of another {reply.get('message')} is running "
+                f"(pid {reply.get('pid')}, socket {self.sock_path}); stop it with "
+                f"`zerrow service stop`, or run with --no-service")
+        return sock
+
+    def _start(self) -> socket.socket:
+        """Start the service; one client at a time does this (the lock), the rest connect."""
+        with open(location.lock_path(self.dir), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            sock = self._connect()
+            if sock is not None:
+                return sock
+            log = location.log_path(self.dir)
+            with open(log, "ab") as out:
+                starter = subprocess.Popen(
+                    [sys.executable, "-m", "zerrow_pool.service.server", self.dir, "--daemon"],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=out, close_fds=True)
+            if starter.wait() != 0:
+                raise ServiceError(f"the zerrow service failed to start; see {log}")
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while time.monotonic() < deadline:
+                sock = self._connect()
+                if sock is not None:
+                    return sock
+                time.sleep(0.02)
+            raise ServiceError(f"the zerrow service did not start within {START_TIMEOUT_S:.0f}s; "
+                               f"see {log}")
+
+
+def _attach_outputs(described: dict, fds: list) -> dict:
+    from .. import Share
+
+    outputs, at = {}, 0
+    for name, (descriptor, n) in described.items():
+        with Share(descriptor, fds[at:at + n]) as s:
+            outputs[name] = s.attach()
+        at += n
+    return outputs
+
+
+def _alive(pid) -> bool:
+    if not pid:
+        return False
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, 0)
+        # a zombie is gone for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    return False

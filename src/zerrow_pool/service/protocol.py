@@ -1,0 +1,73 @@
+"""What a client and the service say to each other.
+
+Messages are framed by ``pipeline.wire`` (pickle plus fds, on a socket that only
+this user can reach). Every connection starts with ``hello``, which carries the
+client's :func:`identity`; the service answers only a client of its own
+identity (same zerrow version, same build, same interpreter), since runs
+exchange objects of zerrow's own classes. ``stop`` and ``status`` are answered
+before that check, with builtins only, so any version can stop any other.
+
+Requests (client -> service), each a dict with ``op``:
+  hello   {identity}                       -> {ok, identity, pid, [message]}
+  status  {}                               -> {ok, status: dict}
+  stop    {}                               -> {ok}; the service then exits
+  run     {pipeline, cwd, env, runtime, outputs}
+          -> any number of {kind: EVENT, event}, {kind: WAITING, ...}
+          -> then {kind: RESULT, report, outputs: {name: (descriptor, nfds)}} + fds
+             or {kind: ERROR, message, exit_code}
+"""
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import sys
+
+
+class Op(str, enum.Enum):
+    HELLO = "hello"
+    STATUS = "status"
+    STOP = "stop"
+    RUN = "run"
+
+
+class Reply(str, enum.Enum):
+    EVENT = "event"        # a progress event of the run
+    WAITING = "waiting"    # another run holds the service; this one is queued
+    RESULT = "result"      # the run finished (ok or failed): report and outputs
+    ERROR = "error"        # the run could not start (bad pipeline, bad options)
+
+
+def identity() -> dict:
+    """What must match between a client and the service it uses."""
+    from importlib import metadata
+
+    from .. import _core
+
+    try:
+        version = metadata.version("zerrow-pool")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    st = os.stat(_core.__file__)
+    build = hashlib.sha1(f"{_core.__file__}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    return {"version": version, "build": build, "python": sys.executable}
+
+
+def mismatch(mine: dict, theirs: dict) -> str | None:
+    """Why a service of identity ``theirs`` cannot serve a client of ``mine``, or None."""
+    for field, what in (("version", "zerrow version"), ("build", "zerrow build"),
+                        ("python", "Python interpreter")):
+        if mine.get(field) != theirs.get(field):
+            return f"{what} {theirs.get(field)} (this command has {mine.get(field)})"
+    return None
+
+
+# Environment variables that differ between shells without changing what a run does;
+# everything else in the client's environment selects (or starts) the workers it runs in.
+VOLATILE_ENV = frozenset({"PWD", "OLDPWD", "SHLVL", "_", "COLUMNS", "LINES", "TERM", "PS1",
+                          "PROMPT_COMMAND", "HISTFILE", "SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY",
+                          "TMUX_PANE", "WINDOWID", "PYTEST_CURRENT_TEST"})
+
+
+def run_env(environ) -> dict:
+    return {k: v for k, v in environ.items() if k not in VOLATILE_ENV}

@@ -1,0 +1,237 @@
+"""The long-lived runtime service behind `zerrow run`: warm second runs, lifecycle, safety."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from zerrow_pool.service import ServiceClient, ServiceMismatch
+from zerrow_pool.service import protocol
+
+PIPELINE = """
+import os
+import pyarrow.compute as pc
+from zerrow_pool import pipeline as zp
+
+sales = zp.parquet("sales", os.environ["SALES"], columns=["store", "amount"])
+
+@zp.node
+def doubled(sales):
+    return sales.append_column("twice", pc.multiply(sales["amount"], 2))
+
+@zp.node
+def per_store(doubled):
+    return doubled.group_by("store").aggregate([("twice", "sum")])
+"""
+
+
+@pytest.fixture
+def svc_dir():
+    d = tempfile.mkdtemp(prefix="zsvc-t-")
+    os.chmod(d, 0o700)
+    yield d
+    ServiceClient(d).stop()
+    import shutil
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def pipeline_file(tmp_path):
+    data = tmp_path / "sales.parquet"
+    rng = np.random.default_rng(1)
+    pq.write_table(pa.table({"store": rng.integers(0, 20, 200_000),
+                             "amount": rng.integers(0, 1000, 200_000)}), data, row_group_size=50_000)
+    f = tmp_path / "sales_pipeline.py"
+    f.write_text(PIPELINE)
+    return str(f), str(data)
+
+
+def zerrow(*args, svc_dir, env=None, timeout=120, **kw):
+    full = {**os.environ, "ZERROW_SERVICE_DIR": svc_dir, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "zerrow_pool.cli", *args], capture_output=True,
+                          text=True, env=full, timeout=timeout, **kw)
+
+
+def run_json(pipeline, data, svc_dir, tmp_path, *extra, env=None):
+    out = tmp_path / f"rep{time.monotonic_ns()}.json"
+    r = zerrow("run", pipeline, "-q", "--workers", "2", "--json", str(out), *extra,
+               svc_dir=svc_dir, env={"SALES": data, **(env or {})})
+    assert r.returncode == 0, r.stderr + r.stdout
+    return json.loads(out.read_text())
+
+
+def wait_gone(pid, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_second_run_is_warm(pipeline_file, svc_dir, tmp_path):
+    from zerrow_pool.pipeline.testing import require_zerrow
+    require_zerrow()
+    pipeline, data = pipeline_file
+    assert ServiceClient(svc_dir).status() is None
+    first = run_json(pipeline, data, svc_dir, tmp_path)
+    status = ServiceClient(svc_dir).status()
+    assert status is not None and status["runs_served"] == 1
+    workers = set(status["runtimes"][0]["worker_pids"])
+    second = run_json(pipeline, data, svc_dir, tmp_path)
+    assert ServiceClient(svc_dir).status()["pid"] == status["pid"]
+    # the same warm workers ran the second run, and the decode cache served its input
+    assert {n["worker_pid"] for n in second["nodes"] if n["worker_pid"]} <= workers
+    assert first["cache_hits"] == 0 and first["cache_misses"] > 0
+    assert second["cache_hits"] == first["cache_misses"] and second["cache_misses"] == 0
+    assert [n["rows"] for n in first["nodes"]] == [n["rows"] for n in second["nodes"]]
+
+
+def test_same_results_as_in_process(pipeline_file, svc_dir, monkeypatch):
+    from zerrow_pool import pipeline as zp
+    pipeline, data = pipeline_file
+    monkeypatch.setenv("SALES", data)
+    res = ServiceClient(svc_dir).run(pipeline, runtime={"workers": 2},
+                                     outputs=["per_store", "doubled"])
+    assert res.ok and set(res.outputs) == {"per_store", "doubled"}
+    with zp.Runtime(workers=2) as rt:
+        local = rt.run(zp.load_pipeline_file(pipeline), outputs=["per_store", "doubled"])
+    assert res["doubled"].equals(local["doubled"])
+    assert res["per_store"].sort_by("store").equals(local["per_store"].sort_by("store"))
+
+
+def test_no_service_stays_in_process(pipeline_file, svc_dir, tmp_path):
+    pipeline, data = pipeline_file
+    rep = run_json(pipeline, data, svc_dir, tmp_path, "--no-service")
+    assert rep["status"] == "done"
+    assert not os.path.exists(os.path.join(svc_dir, "service.sock"))
+    assert ServiceClient(svc_dir).status() is None
+
+
+def test_status_and_stop(pipeline_file, svc_dir, tmp_path):
+    pipeline, data = pipeline_file
+    r = zerrow("service", "status", svc_dir=svc_dir)
+    assert r.returncode == 3 and "no zerrow service is running" in r.stdout
+    run_json(pipeline, data, svc_dir, tmp_path)
+    r = zerrow("service", "status", "--json", svc_dir=svc_dir)
+    assert r.returncode == 0, r.stderr
+    status = json.loads(r.stdout)
+    pids = [status["pid"]] + status["runtimes"][0]["worker_pids"]
+    r = zerrow("service", "stop", svc_dir=svc_dir)
+    assert r.returncode == 0 and f"pid {status['pid']}" in r.stdout
+    assert all(wait_gone(p) for p in pids), "service or a worker outlived `zerrow service stop`"
+    assert not os.path.exists(os.path.join(svc_dir, "service.sock"))
+
+
+def test_idle_exit(pipeline_file, svc_dir, tmp_path):
+    pipeline, data = pipeline_file
+    run_json(pipeline, data, svc_dir, tmp_path, env={"ZERROW_SERVICE_IDLE": "1"})
+    status = ServiceClient(svc_dir).status()
+    pids = [status["pid"]] + status["runtimes"][0]["worker_pids"]
+    assert status["idle_s"] == 1
+    assert all(wait_gone(p, timeout=30) for p in pids)
+    assert not os.path.exists(os.path.join(svc_dir, "service.sock"))
+
+
+def test_other_version_is_refused(pipeline_file, svc_dir, tmp_path, monkeypatch):
+    pipeline, data = pipeline_file
+    run_json(pipeline, data, svc_dir, tmp_path)
+    real = protocol.identity()
+    monkeypatch.setattr(protocol, "identity", lambda: {**real, "version": "0.0.1"})
+    with pytest.raises(ServiceMismatch, match=r"zerrow version \S+ \(this command has 0\.0\.1\).*`zerrow service stop`"):
+        ServiceClient(svc_dir).run(pipeline, runtime={})
+    monkeypatch.undo()
+    assert ServiceClient(svc_dir).status()["runs_served"] == 1  # still serving its own
+
+
+def test_killed_client_cancels_its_run(tmp_path, svc_dir, pipeline_file):
+    pipeline, data = pipeline_file
+    marker = tmp_path / "node.pid"
+    slow = tmp_path / "slow.py"
+    slow.write_text(textwrap.dedent(f"""
+        import os, time
+        import pyarrow as pa
+        from zerrow_pool import pipeline as zp
+
+        @zp.node
+        def sleepy():
+            open({str(marker)!r}, "w").write(str(os.getpid()))
+            time.sleep(120)
+            return pa.table({{"x": [1]}})
+    """))
+    env = {**os.environ, "ZERROW_SERVICE_DIR": svc_dir}
+    client = subprocess.Popen([sys.executable, "-m", "zerrow_pool.cli", "run", str(slow), "-q"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker = int(marker.read_text())
+    client.send_signal(signal.SIGKILL)
+    client.wait()
+    assert wait_gone(worker), "the node kept running after its client was killed"
+    deadline = time.monotonic() + 30  # the service replaces the killed worker, then is idle
+    while (status := ServiceClient(svc_dir).status())["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status["running"] is None and worker not in status["runtimes"][0]["worker_pids"]
+    assert run_json(pipeline, data, svc_dir, tmp_path)["status"] == "done"
+
+
+def test_killed_service_is_replaced(pipeline_file, svc_dir, tmp_path):
+    pipeline, data = pipeline_file
+    run_json(pipeline, data, svc_dir, tmp_path)
+    status = ServiceClient(svc_dir).status()
+    os.kill(status["pid"], signal.SIGKILL)
+    assert wait_gone(status["pid"])
+    assert run_json(pipeline, data, svc_dir, tmp_path)["status"] == "done"
+    assert ServiceClient(svc_dir).status()["pid"] != status["pid"]
+
+
+def test_bad_pipeline_files_do_not_hurt_the_service(tmp_path, svc_dir, pipeline_file):
+    pipeline, data = pipeline_file
+    run_json(pipeline, data, svc_dir, tmp_path)
+    pid = ServiceClient(svc_dir).status()["pid"]
+    exits = tmp_path / "exits.py"
+    exits.write_text("import sys\nsys.exit(3)\n")
+    r = zerrow("run", str(exits), svc_dir=svc_dir)
+    assert r.returncode == 2 and "sys.exit(3)" in r.stderr
+    r = zerrow("run", str(tmp_path / "missing.py"), svc_dir=svc_dir)
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert ServiceClient(svc_dir).status()["pid"] == pid
+
+
+def test_service_dir_must_be_private(tmp_path, pipeline_file):
+    pipeline, data = pipeline_file
+    d = tempfile.mkdtemp(prefix="zsvc-open-")
+    os.chmod(d, 0o755)
+    try:
+        r = zerrow("run", pipeline, svc_dir=d, env={"SALES": data})
+        assert r.returncode == 2
+        assert d in r.stderr and "--no-service" in r.stderr and "Traceback" not in r.stderr
+        assert not os.path.exists(os.path.join(d, "service.sock"))
+    finally:
+        os.rmdir(d)
+
+
+def test_two_clients_at_once(pipeline_file, svc_dir, tmp_path):
+    pipeline, data = pipeline_file
+    env = {**os.environ, "ZERROW_SERVICE_DIR": svc_dir, "SALES": data}
+    procs = [subprocess.Popen([sys.executable, "-m", "zerrow_pool.cli", "run", pipeline, "-q"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert ServiceClient(svc_dir).status()["runs_served"] == 2
