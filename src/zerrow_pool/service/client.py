@@ -77,29 +77,30 @@ class ServiceClient:
 
     def status(self) -> dict | None:
         """The running service's status, or None when none runs."""
-        sock = self._connect()
-        if sock is None:
-            return None
-        with sock:
-            send_msg(sock, {"op": Op.STATUS.value})
-            reply, fds = recv_msg(sock)
-            close_fds(fds)
-            return reply.get("status")
+        reply = self._request(Op.STATUS)
+        return None if reply is None else reply.get("status")
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """Stop the service (any version); returns its pid, or None when none ran."""
-        sock = self._connect()
-        if sock is None:
+        reply = self._request(Op.STOP)
+        if reply is None:
             return None
-        with sock:
-            send_msg(sock, {"op": Op.STOP.value})
-            reply, fds = recv_msg(sock)
-            close_fds(fds)
         pid = reply.get("pid")
         deadline = time.monotonic() + timeout
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         return pid
+
+    def _request(self, op: Op) -> dict | None:
+        """One request answered before the identity check; None when no service runs."""
+        sock = self._connect()
+        if sock is None:
+            return None
+        with sock:
+            send_msg(sock, {"op": op.value})
+            reply, fds = recv_msg(sock)
+            close_fds(fds)
+        return reply
 
     # --------------------------------------------------------------- connecting
     def _connect(self) -> socket.socket | None:
