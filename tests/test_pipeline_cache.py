@@ -106,3 +106,23 @@ def test_two_sources_in_one_dag_decode_once(data):
         assert rt.cache.decoded_bytes == pytest.approx(40_000 * 16, rel=0.03)  # key once
         assert r["both_views"]["key2"].equals(r["both_views"]["key"])
         assert r.report.node("both_views").copied == 0
+
+
+def test_cache_bound_evicts_idle_entries_between_runs(data, tmp_path):
+    """A long-lived runtime keeps at most cache_bytes of decodes once its runs finish."""
+    require_zerrow()
+    other = make_parquet(tmp_path / "e.parquet", rows=40_000, row_group_size=10_000)
+    with zp.Runtime(workers=2, transport="zerrow", cache_bytes="200K") as rt:
+        one = _pipe(data)
+        rt.run(one)
+        assert 0 < rt.cache.nbytes <= 200 * 1024
+        evicted = rt.cache.evictions
+        rt.run(_pipe(other, "other"))
+        assert rt.cache.nbytes <= 200 * 1024
+        assert rt.cache.evictions > evicted  # the second input did not simply pile up
+        # what is still cached serves hits; the rest is decoded again, correctly
+        again = rt.run(one, outputs=["left"])
+        assert again.report.cache_misses > 0 and again["left"].num_rows == 40_000
+    with zp.Runtime(workers=1, transport="zerrow") as rt:  # default: no eviction for small runs
+        rt.run(_pipe(data))
+        assert len(rt.cache.entries) == 12

@@ -119,7 +119,7 @@ def cmd_service(args) -> int:
     for rt in status["runtimes"]:
         print(f"  runtime: transport {rt['transport']}, {rt['workers']} workers "
               f"(pids {', '.join(map(str, rt['worker_pids']))}), "
-              f"{rt['cache_entries']} cached decodes, {fmt_bytes(rt['held_bytes'])} held")
+              f"{rt['cache_entries']} cached decodes ({fmt_bytes(rt['cache_bytes'])}), {fmt_bytes(rt['held_bytes'])} held")
     return 0
 
 

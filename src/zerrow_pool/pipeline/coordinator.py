@@ -98,14 +98,17 @@ class Runtime:
     def __init__(self, workers: int | None = None, transport: str = "zerrow", *,
                  memory_budget=None, cache: bool = True, spill_dir: str | None = None,
                  preload: bool = True, on_event=None, tolerance: float = 0.10,
-                 strict_budget: bool = False):
+                 strict_budget: bool = False, cache_bytes=None):
         raise_fd_limit()
         self.transport = get_transport(transport, preload=preload)
         self.n_workers = workers or max(1, os.cpu_count() or 1)
         self.budget = parse_size(memory_budget) if memory_budget is not None else None
         self.cache_enabled = bool(cache) and self.transport.uses_cache
+        # cache_bytes bounds what cached decodes keep between runs (default: a
+        # quarter of the machine's memory, or ZERROW_CACHE_BYTES).
         self.cache = (DecodeCache(self._entry_freed,
-                                  max_entry_bytes=self.budget // 2 if self.budget else None)
+                                  max_entry_bytes=self.budget // 2 if self.budget else None,
+                                  max_bytes=_cache_bound(cache_bytes))
                       if self.cache_enabled else None)
         self.spiller = Spiller(spill_dir)
         self.rm = ResourceManager(self.budget, self.cache, self.spiller, tolerance)
@@ -172,6 +175,8 @@ class Runtime:
         for st in states:
             st.report.workers_replaced = self.pool.replaced - replaced0
             results.append(RunResult(st.report, self._collect(st)))
+        if self.cache:
+            self.cache.trim()
         if raise_on_error:
             for r in results:
                 if not r.ok:
@@ -608,6 +613,14 @@ class Runtime:
 
     def _entry_freed(self, entry) -> None:
         self.rm.untrack(entry.payload)
+
+
+def _cache_bound(cache_bytes) -> int:
+    if cache_bytes is None:
+        cache_bytes = os.environ.get("ZERROW_CACHE_BYTES")
+    if cache_bytes is not None:
+        return parse_size(cache_bytes)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
 
 def _shutdown(pool, *dirs) -> None:

@@ -80,8 +80,10 @@ class CacheEntry:
 class DecodeCache:
     """Index of decoded column chunks plus Parquet metadata for planning."""
 
-    def __init__(self, on_free, max_entry_bytes: int | None = None):
+    def __init__(self, on_free, max_entry_bytes: int | None = None,
+                 max_bytes: int | None = None):
         self.entries: dict = {}
+        self.max_bytes = max_bytes  # what idle entries may hold between runs (None: no bound)
         self.inflight: dict = {}  # key -> list of callbacks(entry)
         self._meta: dict = {}
         self._on_free = on_free
@@ -160,6 +162,20 @@ class DecodeCache:
         entry.cached = False
         if entry.refs <= 0:
             entry._free()
+
+    def trim(self) -> None:
+        """Evict entries nobody reads, in eviction order, until the cache fits ``max_bytes``.
+
+        A long-lived runtime (the service) would otherwise keep every input it
+        ever decoded."""
+        if self.max_bytes is None:
+            return
+        total = self.nbytes
+        for e in self.eviction_order():
+            if total <= self.max_bytes or e.refs > 0:
+                break  # referenced entries sort last
+            total -= e.nbytes
+            self.evict(e)
 
     def clear(self) -> None:
         for e in list(self.entries.values()):

@@ -210,6 +210,7 @@ class Service:
                              "worker_pids": [w.pid for w in rt.pool.workers],
                              "memory_budget": rt.budget, "cache": rt.cache_enabled,
                              "cache_entries": len(rt.cache.entries) if rt.cache else 0,
+                             "cache_bytes": rt.cache.nbytes if rt.cache else 0,
                              "held_bytes": rt.rm.usage(), "cwd": key.cwd})
         return {"pid": os.getpid(), "identity": self.identity, "directory": self.dir,
                 "uptime_s": time.time() - self.started, "idle_s": self.idle_s,
