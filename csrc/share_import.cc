@@ -5,6 +5,8 @@
 #include <string>
 #include <unordered_map>
 
+#include <arrow/util/key_value_metadata.h>
+#include <arrow/util/utf8.h>
 #include <arrow/array.h>
 #include <arrow/buffer.h>
 #include <arrow/extension_type.h>
@@ -29,6 +31,24 @@ class AttachedBuffer final : public arrow::Buffer {
   std::shared_ptr<Segment> segment_;
 };
 
+// Field names and metadata become Python str: reject bytes that are not UTF-8
+// here, as a bad descriptor, rather than as a UnicodeDecodeError later.
+arrow::Status CheckMetadataUTF8(const std::shared_ptr<const arrow::KeyValueMetadata>& metadata) {
+  if (metadata == nullptr) return arrow::Status::OK();
+  for (int64_t i = 0; i < metadata->size(); ++i)
+    if (!arrow::util::ValidateUTF8(metadata->key(i)) || !arrow::util::ValidateUTF8(metadata->value(i)))
+      return arrow::Status::Invalid("SIPC descriptor: schema metadata is not valid UTF-8");
+  return arrow::Status::OK();
+}
+
+arrow::Status CheckFieldUTF8(const arrow::Field& field) {
+  if (!arrow::util::ValidateUTF8(field.name()))
+    return arrow::Status::Invalid("SIPC descriptor: a field name is not valid UTF-8");
+  ARROW_RETURN_NOT_OK(CheckMetadataUTF8(field.metadata()));
+  for (const auto& child : field.type()->fields()) ARROW_RETURN_NOT_OK(CheckFieldUTF8(*child));
+  return arrow::Status::OK();
+}
+
 // Schemas seen recently, so a stream of tables with one schema parses it once.
 arrow::Result<std::shared_ptr<arrow::Schema>> ReadSchemaCached(const std::string& bytes) {
   static std::mutex mu;
@@ -42,6 +62,9 @@ arrow::Result<std::shared_ptr<arrow::Schema>> ReadSchemaCached(const std::string
   arrow::ipc::DictionaryMemo memo;
   auto schema = arrow::ipc::ReadSchema(&reader, &memo);
   if (!schema.ok()) return arrow::Status::Invalid("SIPC descriptor: bad schema: ", schema.status().message());
+  arrow::util::InitializeUTF8();
+  ARROW_RETURN_NOT_OK(CheckMetadataUTF8((*schema)->metadata()));
+  for (const auto& field : (*schema)->fields()) ARROW_RETURN_NOT_OK(CheckFieldUTF8(*field));
   std::lock_guard lock(mu);
   if (cache->size() >= 256) cache->clear();
   cache->emplace(bytes, *schema);

@@ -380,3 +380,31 @@ def test_bogus_header_does_not_make_the_receiver_allocate():
     assert kind == "EOFError"
     grew_mib = int(p.stdout.strip().splitlines()[-1])
     assert grew_mib < 64, f"the receiver's peak RSS grew by {grew_mib} MiB"
+
+
+@pytest.mark.parametrize("where", ["field name", "nested field name", "schema metadata",
+                                   "field metadata"])
+def test_names_and_metadata_must_be_utf8(no_fd_leak, where):
+    """A descriptor whose schema strings are not UTF-8 is a bad descriptor (ShareError),
+    never a UnicodeDecodeError from building Python objects out of it."""
+    marker = b"MARKERxy"
+    fields = [pa.field("a", pa.int64()),
+              pa.field("s", pa.struct([pa.field("b", pa.int64())])),
+              pa.field("m", pa.int64(), metadata={b"k": b"v"})]
+    names = {"field name": ("a", None), "nested field name": (None, "b"),
+             "schema metadata": None, "field metadata": None}[where]
+    schema_md = {b"k": marker} if where == "schema metadata" else None
+    if names and names[0]:
+        fields[0] = pa.field(marker.decode(), pa.int64())
+    if names and names[1]:
+        fields[1] = pa.field("s", pa.struct([pa.field(marker.decode(), pa.int64())]))
+    if where == "field metadata":
+        fields[2] = pa.field("m", pa.int64(), metadata={b"k": marker})
+    t = pa.Table.from_arrays([pa.array([1, 2]), pa.array([{fields[1].type[0].name: 1}] * 2,
+                                                          type=fields[1].type),
+                              pa.array([3, 4])], schema=pa.schema(fields, metadata=schema_md))
+    with z.share(t) as s:
+        d = parse_sipc(s.descriptor)
+        assert d["schema"].count(marker) == 1
+        d["schema"] = d["schema"].replace(marker, b"\xff\xfe" + marker[2:])
+        _error(encode_sipc(d), s.fds, "not valid UTF-8")
