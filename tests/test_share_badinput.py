@@ -408,3 +408,12 @@ def test_names_and_metadata_must_be_utf8(no_fd_leak, where):
         assert d["schema"].count(marker) == 1
         d["schema"] = d["schema"].replace(marker, b"\xff\xfe" + marker[2:])
         _error(encode_sipc(d), s.fds, "not valid UTF-8")
+
+
+def test_share_error_is_pyarrows_invalid(shared):
+    """Callers that handle pyarrow's errors handle zerrow's the same way."""
+    _, s = shared
+    with pytest.raises(pa.ArrowInvalid) as info:
+        z.attach(b"not a descriptor", s.fds)
+    assert isinstance(info.value, z.ShareError) and isinstance(info.value, ValueError)
+    assert isinstance(info.value, pa.ArrowException)

@@ -90,8 +90,12 @@ def keep_cow_handler_at_exit():
         _atexit.register(ensure_cow_handler)
 
 
-class ShareError(Exception):
-    """A share could not be made, sent, received or attached; the message names the problem."""
+class ShareError(pa.ArrowInvalid):
+    """A share could not be made, sent, received or attached; the message names the problem.
+
+    A ``pyarrow.ArrowInvalid`` (so a ``ValueError`` and ``pyarrow.ArrowException``), as
+    pyarrow raises for invalid data.
+    """
 
 
 cdef int raise_share_error(const CStatus& st) except -1:
