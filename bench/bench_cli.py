@@ -5,7 +5,8 @@ a fresh service directory (so no service runs: the first run ever starts one), t
   cold  `zerrow run examples/PIPE.py --transport T` timed as a whole process,
   warm  the same command again (the service, its workers and decode cache now warm),
 then the service is stopped. Ratios are copy's median time over zerrow's, per pipeline,
-and zerrow's median peak held memory (report ``peak_held``) over copy's.
+and zerrow's median peak held memory over copy's: ``peak_held`` (everything the runtime held,
+decoded inputs cached for later runs included) and ``peak_pinned`` (what the run itself pinned).
 
     python bench/bench_cli.py --rows 8000000 --reps 3
 """
@@ -47,7 +48,8 @@ def one_pair(pipeline, transport, workers, data_dir):
                            "--transport", transport, "--json", rep], env)
             with open(rep) as f:
                 r = json.load(f)
-            out[attempt] = {"wall_s": wall, "run_s": r["wall_s"], "peak_held": r["peak_held"]}
+            out[attempt] = {"wall_s": wall, "run_s": r["wall_s"], "peak_held": r["peak_held"],
+                            "peak_pinned": r["peak_pinned"]}
     finally:
         subprocess.run([sys.executable, "-m", "zerrow_pool.cli", "service", "stop"], env=env,
                        capture_output=True)
@@ -84,16 +86,17 @@ def main(argv=None):
     print(f"\nmedians of {args.reps} (rows {args.rows:,}, {args.workers} workers); "
           "speed = copy time / zerrow time, memory = zerrow peak held / copy's")
     for pipeline, by in samples.items():
-        med = {t: {a: {k: statistics.median(s[a][k] for s in by[t]) for k in ("wall_s", "peak_held")}
+        med = {t: {a: {k: statistics.median(s[a][k] for s in by[t]) for k in ("wall_s", "peak_held", "peak_pinned")}
                    for a in ("cold", "warm")} for t in by}
         r = {a: {"speed": med["copy"][a]["wall_s"] / med["zerrow"][a]["wall_s"],
-                 "memory": med["zerrow"][a]["peak_held"] / max(1, med["copy"][a]["peak_held"])}
+                 "memory": med["zerrow"][a]["peak_held"] / max(1, med["copy"][a]["peak_held"]),
+                 "pinned": med["zerrow"][a]["peak_pinned"] / max(1, med["copy"][a]["peak_pinned"])}
              for a in ("cold", "warm")}
         ratios[pipeline] = {"medians": med, "ratios": r}
         for a in ("cold", "warm"):
             print(f"  {pipeline:8} {a}: zerrow {med['zerrow'][a]['wall_s']:6.2f}s  copy "
                   f"{med['copy'][a]['wall_s']:6.2f}s  speed {r[a]['speed']:.2f}x  "
-                  f"memory {r[a]['memory']:.2f}x")
+                  f"memory held {r[a]['memory']:.2f}x (pinned by the run {r[a]['pinned']:.2f}x)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": args.rows, "workers": args.workers, "samples": samples,

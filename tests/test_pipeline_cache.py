@@ -126,3 +126,17 @@ def test_cache_bound_evicts_idle_entries_between_runs(data, tmp_path):
     with zp.Runtime(workers=1, transport="zerrow") as rt:  # default: no eviction for small runs
         rt.run(_pipe(data))
         assert len(rt.cache.entries) == 12
+
+
+def test_peak_pinned_leaves_out_decodes_kept_for_later_runs(data, tmp_path):
+    """peak_held counts idle cached decodes; peak_pinned only what the run itself holds."""
+    require_zerrow()
+    other = make_parquet(tmp_path / "e.parquet", rows=40_000, row_group_size=10_000)
+    with zp.Runtime(workers=2, transport="zerrow") as rt:
+        first = rt.run(_pipe(data)).report
+        assert 0 < first.peak_pinned <= first.peak_held
+        idle = rt.rm.usage() - rt.rm.usage(pinned_only=True)
+        assert idle >= rt.cache.nbytes > 0  # after the run, only cached decodes are held
+        second = rt.run(_pipe(other, "other")).report
+        # the first input's decodes stayed cached, idle, through the whole second run
+        assert second.peak_held - second.peak_pinned >= idle

@@ -56,30 +56,46 @@ class ResourceManager:
         self.cache = cache
         self.spiller = spiller
         self.live: dict = {}  # id(payload) -> payload
+        self.cached: set = set()  # ids in live that are decode-cache entries
         self.peak = 0
+        self.peak_pinned = 0  # what runs pin: intermediates and the cached decodes they read
         self.peak_with_workers = 0  # held + a task's own pool peak (estimate)
         self.timeline: list = []  # (t, bytes held) samples for reports
 
     # ----------------------------------------------------------- accounting
-    def track(self, payload) -> None:
+    def track(self, payload, *, cached: bool = False) -> None:
+        """Count ``payload``'s memory as held; ``cached``: a decode-cache entry, held
+        for later runs as well as for the runs that read it."""
         self.live[id(payload)] = payload
+        if cached:
+            self.cached.add(id(payload))
         self._observe()
 
     def untrack(self, payload) -> None:
         self.live.pop(id(payload), None)
+        self.cached.discard(id(payload))
 
-    def usage(self) -> int:
+    def usage(self, *, pinned_only: bool = False) -> int:
+        """Bytes held, each segment counted once. ``pinned_only``: leave out cached
+        decodes that no live intermediate reads (kept only for later runs, and the
+        first thing a budget evicts); a source's payload counts the entries it reads."""
         seen: dict = {}
-        for p in list(self.live.values()):
+        for key, p in list(self.live.items()):
             if p.closed:
-                self.live.pop(id(p), None)
+                self.untrack(p)
                 continue
-            seen.update(p.memory())
+            if not (pinned_only and key in self.cached):
+                seen.update(p.memory())
         return sum(seen.values())
+
+    def reset_peaks(self) -> None:
+        self.peak = self.peak_with_workers = self.usage()
+        self.peak_pinned = self.usage(pinned_only=True)
 
     def _observe(self) -> int:
         u = self.usage()
         self.peak = max(self.peak, u)
+        self.peak_pinned = max(self.peak_pinned, self.usage(pinned_only=True))
         self.timeline.append((time.monotonic(), u))
         return u
 

@@ -160,7 +160,7 @@ class Runtime:
                             budget=self.budget)
             states.append(RunState(p, outputs, rep))
         replaced0 = self.pool.replaced
-        self.rm.peak = self.rm.peak_with_workers = self.rm.usage()  # peaks per run_many call
+        self.rm.reset_peaks()  # peaks per run_many call
         for st in states:
             self.runs.append(st)
             for s in st.p.order:
@@ -462,7 +462,7 @@ class Runtime:
         for col, part in zip(task.columns, res["parts"]):
             start, n = part["fds"]
             payload = self.transport.payload(part, fds[start:start + n])
-            self.rm.track(payload)
+            self.rm.track(payload, cached=True)
             entry = self.cache.add(self.cache.key(task.read, col), payload,
                                    secs * part["nbytes"] / total)
             entry.acquire()  # hold while handing out
@@ -571,6 +571,7 @@ class Runtime:
         rep.status = "failed" if failed else "done"
         rep.edges = list(st.edges.values())
         rep.peak_held = self.rm.peak
+        rep.peak_pinned = self.rm.peak_pinned
         rep.peak_with_workers = max(self.rm.peak, self.rm.peak_with_workers)
         if self.cache:
             rep.cache_hits = sum(r.cache_hits for r in st.rec.values())

@@ -54,7 +54,8 @@ class RunReport:
     status: str = "running"
     nodes: list = field(default_factory=list)
     edges: list = field(default_factory=list)
-    peak_held: int = 0
+    peak_held: int = 0  # everything the runtime held, idle cached decodes included
+    peak_pinned: int = 0  # what the runs pinned: intermediates and the cached decodes they read
     peak_with_workers: int = 0  # peak_held + a running task's temporaries (estimate)
     spilled_bytes: int = 0
     spills: int = 0
@@ -127,7 +128,9 @@ class RunReport:
         lines += ["", f"zero-copy rate {self.zero_copy_rate:.2%} of {fmt_bytes(self.edge_bytes)} "
                   f"moved over edges; {fmt_bytes(self.bytes_copied)} copied in all; "
                   f"peak held by the runtime {fmt_bytes(self.peak_held)} (cache included; "
-                  f"~{fmt_bytes(self.peak_with_workers)} with a worker's temporaries)"]
+                  f"~{fmt_bytes(self.peak_with_workers)} with a worker's temporaries), "
+                  f"{fmt_bytes(self.peak_pinned)} of it pinned by runs rather than cached "
+                  f"for later ones"]
         if self.cache:
             lines.append(f"decode cache: {self.cache_hits} hits, {self.cache_misses} misses, "
                          f"{fmt_bytes(self.decoded_bytes)} decoded, {self.cache_evictions} evicted")
