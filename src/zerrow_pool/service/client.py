@@ -21,7 +21,7 @@ class ServiceError(RuntimeError):
 
 
 class ServiceMismatch(ServiceError):
-    """A service of another zerrow version, build or interpreter holds the socket."""
+    """A service of another zerrow version, build or Python environment holds the socket."""
 
 
 class RunRefused(ServiceError):

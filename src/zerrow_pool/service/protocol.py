@@ -3,7 +3,7 @@
 Messages are framed by ``pipeline.wire`` (pickle plus fds, on a socket that only
 this user can reach). Every connection starts with ``hello``, which carries the
 client's :func:`identity`; the service answers only a client of its own
-identity (same zerrow version, same build, same interpreter), since runs
+identity (same zerrow version, same build, same Python environment), since runs
 exchange objects of zerrow's own classes. ``stop`` and ``status`` are answered
 before that check, with builtins only, so any version can stop any other.
 
@@ -50,13 +50,14 @@ def identity() -> dict:
         version = "unknown"
     st = os.stat(_core.__file__)
     build = hashlib.sha1(f"{_core.__file__}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    return {"version": version, "build": build, "python": sys.executable}
+    # sys.prefix, not sys.executable: a venv's python and python3 are one interpreter
+    return {"version": version, "build": build, "python": sys.prefix}
 
 
 def mismatch(mine: dict, theirs: dict) -> str | None:
     """Why a service of identity ``theirs`` cannot serve a client of ``mine``, or None."""
     for field, what in (("version", "zerrow version"), ("build", "zerrow build"),
-                        ("python", "Python interpreter")):
+                        ("python", "Python environment")):
         if mine.get(field) != theirs.get(field):
             return f"{what} {theirs.get(field)} (this command has {mine.get(field)})"
     return None
