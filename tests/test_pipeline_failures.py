@@ -84,6 +84,8 @@ def test_raise_fails_node_and_skips_downstream(rt, data):
     rep = ei.value.report
     assert rep.node("boom").status == "failed"
     assert "Traceback" in rep.node("boom").error and "ValueError" in rep.node("boom").error
+    # the user's own frame, none of zerrow's worker internals
+    assert "in boom" in rep.node("boom").error and "worker.py" not in rep.node("boom").error
     assert rep.node("after_boom").status == "skipped"
     assert rep.node("side").status == "done"  # independent branch still ran
     assert "node boom failed" in rep.format()
