@@ -108,12 +108,13 @@ def _small(tmp_path):
     return str(f)
 
 
-def test_run_writes_and_shows_outputs(tmp_path):
+@pytest.mark.parametrize("where", [[], ["--no-service"]], ids=["service", "in-process"])
+def test_run_writes_and_shows_outputs(tmp_path, where):
     import pyarrow as pa
     import pyarrow.parquet as pq
     f = _small(tmp_path)
     pq_out, ipc_out = tmp_path / "sq.parquet", tmp_path / "num.feather"
-    r = _zerrow("run", f, "--transport", "copy", "--workers", "1", "-q",
+    r = _zerrow("run", f, "--transport", "copy", "--workers", "1", "-q", *where,
                 "--output", f"squares={pq_out}", "--output", f"numbers={ipc_out}",
                 "--show", "squares", "--show-rows", "3")
     assert r.returncode == 0, r.stderr + r.stdout
@@ -234,8 +235,9 @@ def _start_slow_run(tmp_path):
     f = tmp_path / "slow.py"
     f.write_text(SLOW)
     env = {**os.environ, "ZERROW_COPY_DIR": str(tmp_path)}
+    # --no-service: the coordinator is the `zerrow run` process itself
     proc = subprocess.Popen([sys.executable, "-m", "zerrow_pool.cli", "run", str(f), "--transport",
-                             "copy", "--workers", "2"], stderr=subprocess.PIPE,
+                             "copy", "--workers", "2", "--no-service"], stderr=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, env=env)
     for line in proc.stderr:  # live progress: wait until the slow node is running
         if "> slow started" in line:
@@ -270,7 +272,8 @@ def test_sigkill_of_run_takes_workers_and_next_start_cleans(tmp_path):
     assert _wait_gone(workers) == [], "workers outlived a SIGKILLed coordinator"
     left = _run_dirs(tmp_path)  # nobody could clean up yet...
     assert len(left) == 1 and os.listdir(left[0])  # (the copy transport's file of `first`)
-    r = _zerrow("run", _small(tmp_path), "--transport", "copy", "-q", "--workers", "1", env=env)
+    r = _zerrow("run", _small(tmp_path), "--transport", "copy", "-q", "--workers", "1",
+                "--no-service", env=env)
     assert r.returncode == 0, r.stderr
     assert _run_dirs(tmp_path) == []  # ...the next start did
 
