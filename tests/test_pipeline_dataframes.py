@@ -60,6 +60,11 @@ def returns_dict(src):
 
 
 @zp.node
+def returns_lazy(src):
+    return pl.from_arrow(src).lazy()
+
+
+@zp.node
 def yields_junk(src):
     yield src.to_batches()[0]
     yield 42
@@ -117,12 +122,14 @@ def test_inputs_as_polars_and_pandas(rt, data):
 
 
 def test_unusable_output_names_node_type_and_accepted(rt, data):
-    res = rt.run(zp.Pipeline("bad", [zp.parquet("src", data), returns_dict, yields_junk]),
-                 raise_on_error=False)
+    res = rt.run(zp.Pipeline("bad", [zp.parquet("src", data), returns_dict, yields_junk,
+                                      returns_lazy]), raise_on_error=False)
     err = res.report.node("returns_dict").error
     assert "node 'returns_dict' returned dict" in err
     assert "__arrow_c_stream__" in err and "RecordBatchReader" in err
     assert "Traceback" not in err and "zerrow_pool" not in err
     err = res.report.node("yields_junk").error
     assert "item 1 is int" in err and "Traceback" not in err
+    assert "polars.lazyframe.frame.LazyFrame (a lazy query: return its .collect())" in \
+        res.report.node("returns_lazy").error
 

@@ -98,8 +98,9 @@ def to_table(obj, node_name: str) -> pa.Table:
         return pa.Table.from_batches([pa.record_batch(obj)])
     if _is_batch_iterable(obj):
         return _from_batches(iter(obj), node_name)
-    raise NodeOutputError(f"node {node_name!r} returned {_type_name(obj)}; a node must return "
-                          f"{ACCEPTED}")
+    hint = " (a lazy query: return its .collect())" if hasattr(obj, "collect") else ""
+    raise NodeOutputError(f"node {node_name!r} returned {_type_name(obj)}{hint}; a node must "
+                          f"return {ACCEPTED}")
 
 
 def _is_batch_iterable(obj) -> bool:
