@@ -68,7 +68,7 @@ def test_cannot_fit_fails_clearly(transport, data):
 
 def test_parse_size():
     assert zp.parse_size("1.5G") == int(1.5 * (1 << 30))
-    assert zp.parse_size("800MB") == 800_000_000
+    assert zp.parse_size("800MB") == zp.parse_size("800M") == zp.parse_size("800MiB") == 800 << 20
     assert zp.parse_size(1024) == 1024
     with pytest.raises(ValueError, match="cannot parse size"):
         zp.parse_size("lots")
@@ -98,3 +98,26 @@ def test_strict_budget_stops_a_greedy_worker(transport, data):
         assert ok.ok  # the worker was replaced
     with zp.Runtime(workers=1, transport=transport, memory_budget="16M") as rt:
         assert rt.run(p)["big_temporary"]["n"][0].as_py() == 8_050_000  # not enforced
+
+
+def test_size_grammar_is_binary_like_the_env_variables():
+    for text in ("4G", "4GB", "4GiB", "4 gb", "4g"):
+        assert zp.parse_size(text) == 4 << 30, text
+    assert zp.parse_size("1.5K") == 1536 and zp.parse_size("2e3") == 2000
+    for bad in ("5iB", "-1G", "4 GBs", "G"):
+        with pytest.raises(ValueError, match="binary"):
+            zp.parse_size(bad)
+
+
+def test_budget_minimum():
+    from zerrow_pool.pipeline.budget import MIN_BUDGET, parse_budget
+    assert parse_budget("1M", MIN_BUDGET) == 1 << 20
+    with pytest.raises(ValueError, match="below the minimum"):
+        parse_budget("5", MIN_BUDGET)
+    with pytest.raises(ValueError, match="below the minimum"):
+        zp.Runtime(workers=1, transport="copy", memory_budget=0)
+
+
+def test_workers_must_be_positive():
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        zp.Runtime(workers=0, transport="copy")

@@ -83,3 +83,239 @@ def test_run_zerrow_transport(tiny):
     assert r.returncode == 0, r.stderr + r.stdout
     assert "zero-copy rate 100.00%" in r.stdout
     assert "transport=zerrow" in r.stdout
+
+
+SMALL = """\
+import pyarrow as pa
+import pyarrow.compute as pc
+from zerrow_pool import pipeline as zp
+
+
+@zp.node
+def numbers():
+    return pa.table({"n": pa.array(range(100), pa.int64())})
+
+
+@zp.node
+def squares(numbers):
+    return numbers.append_column("sq", pc.multiply(numbers["n"], numbers["n"]))
+"""
+
+
+def _small(tmp_path):
+    f = tmp_path / "small.py"
+    f.write_text(SMALL)
+    return str(f)
+
+
+@pytest.mark.parametrize("where", [[], ["--no-service"]], ids=["service", "in-process"])
+def test_run_writes_and_shows_outputs(tmp_path, where):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    f = _small(tmp_path)
+    pq_out, ipc_out = tmp_path / "sq.parquet", tmp_path / "num.feather"
+    r = _zerrow("run", f, "--transport", "copy", "--workers", "1", "-q", *where,
+                "--output", f"squares={pq_out}", "--output", f"numbers={ipc_out}",
+                "--show", "squares", "--show-rows", "3")
+    assert r.returncode == 0, r.stderr + r.stdout
+    got = pq.read_table(pq_out)
+    assert got.column_names == ["n", "sq"] and got["sq"].to_pylist()[:4] == [0, 1, 4, 9]
+    assert pa.ipc.open_file(str(ipc_out)).read_all()["n"].to_pylist() == list(range(100))
+    assert "squares: 100 rows x 2 columns (first 3)" in r.stdout
+    lines = r.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("squares: 100 rows"))
+    assert lines[at + 1].split() == ["n", "sq"] and lines[at + 5].split() == ["2", "4"]
+
+
+def test_run_help_explains_pipelines_outputs_and_sizes():
+    r = _zerrow("run", "whatever.py", "--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())  # argparse wraps lines to the terminal
+    for part in ("@zp.node", "--output NODE=PATH", "--show NODE", ".feather", "4GB = 4GiB",
+                 "ZERROW_COPY_DIR"):
+        assert part in text, part
+    r = _zerrow("demo", "--help")
+    assert "0.7 GB of snappy Parquet" in " ".join(r.stdout.split())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--memory-budget", "0"], "below the minimum of 1.0 MiB"),
+    (["--memory-budget", "5"], "below the minimum of 1.0 MiB"),
+    (["--memory-budget", "5iB"], "cannot parse size"),
+    (["--json", "/nonexistent-dir/rep.json"], "directory /nonexistent-dir does not exist"),
+    (["--output", "squares=out.csv"], "unknown format .csv"),
+    (["--output", "squares"], "write NODE=PATH"),
+    (["--output", "nope=x.parquet"], "no node named 'nope'"),
+    (["--show", "nope"], "no node named 'nope'"),
+])
+def test_run_bad_options_fail_before_running(tmp_path, args, message):
+    r = _zerrow("run", _small(tmp_path), "--transport", "copy", *args)
+    assert r.returncode == 2, r.stderr + r.stdout
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert "pipeline small" not in r.stdout  # nothing ran
+
+
+def test_run_bad_pipeline_paths(tmp_path):
+    r = _zerrow("run", str(tmp_path))
+    assert r.returncode == 2 and "is a directory" in r.stderr and "Traceback" not in r.stderr
+    data = tmp_path / "d.parquet"
+    data.write_bytes(b"PAR1")
+    r = _zerrow("run", str(data))
+    assert r.returncode == 2 and "zp.parquet" in r.stderr and "Traceback" not in r.stderr
+    bad = tmp_path / "broken.py"
+    bad.write_text("from zerrow_pool import pipeline as zp\n\ndef f(x:\n    return x\n")
+    r = _zerrow("run", str(bad))
+    assert r.returncode == 2, r.stderr
+    assert f"syntax error in {bad}, line 3" in r.stderr and "Traceback" not in r.stderr
+    raising = tmp_path / "raising.py"
+    raising.write_text("import os\n\nLIMIT = os.environ['NO_SUCH_VARIABLE_X']\n")
+    r = _zerrow("run", str(raising))
+    assert r.returncode == 2, r.stderr
+    assert f'File "{raising}", line 3' in r.stderr and "KeyError: 'NO_SUCH_VARIABLE_X'" in r.stderr
+    assert "cli.py" not in r.stderr and "importlib" not in r.stderr and "dag.py" not in r.stderr
+
+
+def test_demo_comparison_marks_failed_runs():
+    from zerrow_pool.cli import _compare
+    from zerrow_pool.pipeline import RunReport
+
+    ok = RunReport("p", "copy", 1, False, wall_s=2.0, status="done")
+    failed = RunReport("p", "copy", 1, False, wall_s=1.25, status="failed",
+                       error="node 'x' failed: CopyDirFull: no space")
+    zr = RunReport("p", "zerrow", 1, True, wall_s=1.0, status="done")
+    text = _compare([("copy (cold)", ok), ("copy (warm)", failed), ("zerrow (warm)", zr)])
+    row = next(line for line in text.splitlines() if line.startswith("copy (warm)"))
+    assert "FAILED" in row and "CopyDirFull" in row and "1.25" not in row
+    # the speed-up is measured against the last copy run that worked
+    assert "2.0x vs copy" in next(line for line in text.splitlines() if line.startswith("zerrow"))
+
+
+SLOW = """\
+import time
+import pyarrow as pa
+from zerrow_pool import pipeline as zp
+
+
+@zp.node
+def first():
+    return pa.table({"x": pa.array(range(200_000), pa.int64())})
+
+
+@zp.node
+def slow(first):
+    time.sleep(300)
+    return first
+"""
+
+
+def _children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                pass
+    return out
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _start_slow_run(tmp_path):
+    import time
+    f = tmp_path / "slow.py"
+    f.write_text(SLOW)
+    env = {**os.environ, "ZERROW_COPY_DIR": str(tmp_path)}
+    # --no-service: the coordinator is the `zerrow run` process itself
+    proc = subprocess.Popen([sys.executable, "-m", "zerrow_pool.cli", "run", str(f), "--transport",
+                             "copy", "--workers", "2", "--no-service"], stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    for line in proc.stderr:  # live progress: wait until the slow node is running
+        if "> slow started" in line:
+            break
+    else:
+        raise AssertionError("slow node never started")
+    workers = _children(proc.pid)
+    assert len(workers) == 2
+    time.sleep(0.5)
+    return proc, workers, env
+
+
+def _wait_gone(pids, timeout=15):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    left = [p for p in pids if _alive(p)]
+    for p in left:  # do not leave them behind when the test fails
+        os.kill(p, 9)
+    return left
+
+
+def _run_dirs(tmp_path):
+    return list(tmp_path.glob("zerrow-*/run-*"))
+
+
+def test_sigkill_of_run_takes_workers_and_next_start_cleans(tmp_path):
+    proc, workers, env = _start_slow_run(tmp_path)
+    proc.kill()
+    proc.wait()
+    assert _wait_gone(workers) == [], "workers outlived a SIGKILLed coordinator"
+    left = _run_dirs(tmp_path)  # nobody could clean up yet...
+    assert len(left) == 1 and os.listdir(left[0])  # (the copy transport's file of `first`)
+    r = _zerrow("run", _small(tmp_path), "--transport", "copy", "-q", "--workers", "1",
+                "--no-service", env=env)
+    assert r.returncode == 0, r.stderr
+    assert _run_dirs(tmp_path) == []  # ...the next start did
+
+
+def test_sigterm_stops_workers_and_cleans_up(tmp_path):
+    import signal
+    proc, workers, env = _start_slow_run(tmp_path)
+    before = _run_dirs(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 143
+    assert _wait_gone(workers) == []
+    assert len(before) == 1 and _run_dirs(tmp_path) == []
+
+
+WATCHED = """\
+import sys, threading, time
+from zerrow_pool import pipeline as zp
+
+def go():
+    rt = zp.Runtime(workers=1, transport="copy",
+                    on_event=lambda ev: ev["event"] == "start" and ev["node"] == "slow"
+                    and print("busy", flush=True))
+    rt.run(zp.load_pipeline_file(sys.argv[1]))
+
+threading.Thread(target=go, daemon=True).start()
+time.sleep(300)
+"""
+
+
+def test_workers_started_from_a_thread_die_with_the_process(tmp_path):
+    # PR_SET_PDEATHSIG is not used for them (it follows the starting thread):
+    # the socket watchdog must end the busy worker.
+    import time
+    (tmp_path / "slow.py").write_text(SLOW)
+    (tmp_path / "watched.py").write_text(WATCHED)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "watched.py"), str(tmp_path / "slow.py")],
+                            stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "ZERROW_COPY_DIR": str(tmp_path)})
+    assert proc.stdout.readline().strip() == "busy"
+    workers = _children(proc.pid)
+    assert len(workers) == 1
+    time.sleep(0.5)
+    proc.kill()
+    proc.wait()
+    assert _wait_gone(workers) == []

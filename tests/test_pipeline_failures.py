@@ -84,6 +84,8 @@ def test_raise_fails_node_and_skips_downstream(rt, data):
     rep = ei.value.report
     assert rep.node("boom").status == "failed"
     assert "Traceback" in rep.node("boom").error and "ValueError" in rep.node("boom").error
+    # the user's own frame, none of zerrow's worker internals
+    assert "in boom" in rep.node("boom").error and "worker.py" not in rep.node("boom").error
     assert rep.node("after_boom").status == "skipped"
     assert rep.node("side").status == "done"  # independent branch still ran
     assert "node boom failed" in rep.format()
@@ -162,3 +164,58 @@ def test_decode_failure_fails_source_clearly(tmp_path):
         assert res.report.node("src").status == "failed"
         assert res.report.node("grow").status == "skipped"
         assert res.report.node("src").error
+
+
+@zp.node
+def sixteen_mb():
+    import numpy as np
+    return pa.table({"x": np.arange(2 << 20, dtype=np.int64)})
+
+
+@zp.node
+def after_big(sixteen_mb):
+    return sixteen_mb.slice(0, 10)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    import subprocess
+    mnt = tmp_path / "small-shm"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_copy_transport_out_of_space_says_what_to_do(small_tmpfs, monkeypatch):
+    monkeypatch.setenv("ZERROW_COPY_DIR", str(small_tmpfs))
+    with zp.Runtime(workers=1, transport="copy") as rt:
+        res = rt.run(zp.Pipeline("big", [sixteen_mb, after_big]), raise_on_error=False)
+        assert os.listdir(rt.out_dir) == []  # the partial file is gone
+    err = res.report.node("sixteen_mb").error
+    assert "CopyDirFull" in err and str(small_tmpfs) in err
+    assert "--shm-size" in err and "ZERROW_COPY_DIR" in err and "Traceback" not in err
+    assert res.report.node("after_big").status == "skipped"
+
+
+def test_output_not_kept_says_how_to_keep_it(data):
+    with zp.Runtime(workers=1, transport="copy") as rt:
+        res = rt.run(zp.Pipeline("keep", [zp.parquet("src", data), grow, side]))
+    assert res["side"].num_rows == 20_000
+    with pytest.raises(KeyError) as ei:
+        res["grow"]
+    assert isinstance(ei.value, zp.OutputNotKept)
+    assert "outputs=['grow']" in str(ei.value)
+    with pytest.raises(zp.OutputNotKept, match="no step named 'nope'"):
+        res["nope"]
+
+
+def test_report_explains_its_columns(data):
+    with zp.Runtime(workers=1, transport="copy") as rt:
+        text = rt.run(zp.Pipeline("cols", [zp.parquet("src", data), grow])).report.format()
+    assert "exposed: " in text and "peak: " in text

@@ -64,6 +64,20 @@ preload_active = bool(zerrow_register_with_preload(<void*> ZerrowPool.Instance()
 
 
 def pool():
+    """The zerrow memory pool, as a ``pyarrow.MemoryPool``.
+
+    Every buffer it allocates lies in a memfd segment, so it can be handed to
+    another process without copying (:func:`zerrow_pool.share`). There is one
+    pool per process; this returns it, it does not make a new one.
+
+    Returns
+    -------
+    pyarrow.MemoryPool
+        Pass it as ``memory_pool=`` to pyarrow calls, or make it the default
+        with ``pa.set_memory_pool(zerrow_pool.pool())``. Prefer
+        :func:`zerrow_pool.scope`, which does that for a block and keeps what
+        the block allocates in segments of its own.
+    """
     return _pool
 
 

@@ -162,8 +162,21 @@ def recv(sock, *, validate_full=False):
 class Channel:
     """One end of an AF_UNIX stream connection that carries Arrow objects.
 
-    ``a, b = Channel.pair()`` before starting a process (multiprocessing can
-    pass either end to a child), then ``a.send(table)`` / ``b.recv()``.
+    A thin wrapper over :func:`send`, :func:`recv` and :func:`recv_share` on
+    one socket. Create a connected pair before starting the other process
+    (``multiprocessing`` can pass either end to a child), or wrap a socket you
+    connected yourself::
+
+        a, b = Channel.pair()
+        a.send(table)          # this process
+        got = b.recv()         # the other process: the same table, not copied
+
+    Parameters
+    ----------
+    sock : socket.socket
+        A connected ``AF_UNIX`` ``SOCK_STREAM`` socket. The channel owns it:
+        :meth:`close` closes it. Its timeout (``sock.settimeout``) applies to
+        sends and receives.
     """
 
     def __init__(self, sock: socket.socket):
@@ -171,22 +184,66 @@ class Channel:
 
     @classmethod
     def pair(cls):
+        """Two connected channels.
+
+        Returns
+        -------
+        tuple of Channel
+            ``(a, b)``: what one sends the other receives, both ways.
+        """
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         return cls(a), cls(b)
 
     def send(self, obj, *, seal=True, keep_free=False) -> Share:
+        """Share ``obj`` and send it; see :func:`send`.
+
+        Parameters
+        ----------
+        obj : pyarrow.Table, RecordBatch, Array, ChunkedArray or Share
+            What to send. Arrow objects are shared first (:func:`share`), and
+            this side's fds are closed once sent.
+        seal, keep_free : bool
+            Passed to :func:`share`.
+
+        Returns
+        -------
+        Share
+            The (closed) share, for its counters: ``bytes_copied`` etc.
+        """
         return send(self.sock, obj, seal=seal, keep_free=keep_free)
 
     def recv(self, *, validate_full=False):
+        """Receive the next object and attach it, without copying.
+
+        Parameters
+        ----------
+        validate_full : bool, default False
+            Check every value too (see :func:`attach`); for untrusted senders.
+
+        Returns
+        -------
+        pyarrow.Table, RecordBatch, Array or ChunkedArray
+            The object, its buffers mapped read-only from the sender's segments.
+
+        Raises
+        ------
+        EOFError
+            The other end closed the connection.
+        ShareError
+            The message is not a valid share.
+        """
         return recv(self.sock, validate_full=validate_full)
 
     def recv_share(self) -> Share:
+        """Receive the next share without mapping it (to forward it, or attach later)."""
         return recv_share(self.sock)
 
     def fileno(self) -> int:
+        """The socket's file descriptor (for ``select``/``selectors``)."""
         return self.sock.fileno()
 
     def close(self) -> None:
+        """Close the socket; objects already received stay valid."""
         self.sock.close()
 
     def __enter__(self):

@@ -2,8 +2,13 @@
 
     zerrow run PIPELINE.py [--workers N] [--memory-budget SIZE]
                            [--transport zerrow|copy] [--no-cache] [--json FILE] [--no-service]
+                           [--output NODE=PATH ...] [--show NODE ...]
     zerrow service status|stop
     zerrow demo [--rows N] [--workers N] [--pipeline movement|zones|both]
+
+``cmd_run`` is built from reusable steps (``validate_run_args``,
+``_runtime_options``, ``requested_outputs``, ``deliver_outputs``), shared by
+the in-process path (``--no-service``) and the service path.
 """
 from __future__ import annotations
 
@@ -11,8 +16,11 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
 import time
+
+from .pipeline.budget import SIZE_GRAMMAR as SIZE_HELP
 
 
 def _progress_printer(stream=sys.stderr):
@@ -43,25 +51,190 @@ def _progress_printer(stream=sys.stderr):
     return on_event
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C so the runtime stops its workers and cleans up."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".arrow": "ipc", ".feather": "ipc",
+                  ".ipc": "ipc"}
+
+
+def _output_targets(args) -> list:
+    """``--output NODE=PATH`` as [(node, path)]; ValueError for a malformed one."""
+    out = []
+    for spec in args.output or ():
+        node, sep, path = spec.partition("=")
+        if not sep or not node or not path:
+            raise ValueError(f"--output {spec!r}: write NODE=PATH, e.g. --output totals=totals.parquet")
+        out.append((node, path))
+    return out
+
+
+def _check_writable(path: str, flag: str) -> str | None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f"{flag} {path}: directory {parent} does not exist"
+    if not os.access(parent, os.W_OK):
+        return f"{flag} {path}: directory {parent} is not writable"
+    if os.path.isdir(path):
+        return f"{flag} {path} is a directory; give a file name"
+    return None
+
+
+def validate_run_args(args, pipeline=None) -> str | None:
+    """Check ``zerrow run``'s options before any work starts.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed ``zerrow run`` arguments.
+    pipeline : Pipeline, optional
+        When given, ``--output`` / ``--show`` node names are checked against it.
+
+    Returns
+    -------
+    str or None
+        What is wrong, phrased for the user, or None if everything is usable.
+    """
+    from .pipeline import budget
+
+    if args.workers is not None and args.workers < 1:
+        return f"--workers must be at least 1, not {args.workers}"
+    if args.memory_budget is not None:
+        try:
+            budget.parse_budget(args.memory_budget, budget.MIN_BUDGET)
+        except ValueError as e:
+            return f"--memory-budget: {e}"
+    if args.show_rows < 1:
+        return f"--show-rows must be at least 1, not {args.show_rows}"
+    if args.json:
+        problem = _check_writable(args.json, "--json")
+        if problem:
+            return problem
+    try:
+        targets = _output_targets(args)
+    except ValueError as e:
+        return str(e)
+    for node, path in targets:
+        ext = os.path.splitext(path)[1].lower()
+        if ext not in OUTPUT_FORMATS:
+            return (f"--output {node}={path}: unknown format {ext or '(no extension)'}; use "
+                    + ", ".join(OUTPUT_FORMATS) + " (Parquet, or Arrow IPC for .arrow/.feather/.ipc)")
+        problem = _check_writable(path, "--output")
+        if problem:
+            return problem
+    if pipeline is not None:
+        for node in [n for n, _ in targets] + list(args.show or ()):
+            if node not in pipeline.by_name:
+                return (f"no node named {node!r} in pipeline {pipeline.name!r} "
+                        f"(nodes: {', '.join(s.name for s in pipeline.order)})")
+    return None
+
+
 def _runtime_options(args) -> dict:
+    """``Runtime(**options)`` for validated ``zerrow run`` arguments (picklable: no callbacks)."""
     return dict(workers=args.workers, transport=args.transport, memory_budget=args.memory_budget,
                 cache=not args.no_cache, strict_budget=args.strict_budget)
+
+
+def requested_outputs(args) -> list:
+    """The nodes whose output ``--output`` / ``--show`` need: pass as ``Runtime.run(outputs=)``."""
+    return list(dict.fromkeys([n for n, _ in _output_targets(args)] + list(args.show or ())))
+
+
+def deliver_outputs(args, result, stream=None) -> str | None:
+    """Write ``--output`` files and print ``--show`` previews from a finished run.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Validated ``zerrow run`` arguments.
+    result : RunResult
+        Its ``outputs`` dict holds a ``pyarrow.Table`` per requested node.
+    stream : file, optional
+        Where previews go (stdout by default).
+
+    Returns
+    -------
+    str or None
+        An error message if a file could not be written, else None.
+    """
+    stream = stream or sys.stdout
+    if not result.ok:
+        return None  # the report already says what failed; nothing to deliver
+    for node, path in _output_targets(args):
+        table = result.outputs[node]
+        try:
+            _write_table(table, path)
+        except OSError as e:
+            return f"--output {node}={path}: {e}"
+        print(f"wrote {node} ({table.num_rows:,} rows) to {path}", file=stream)
+    for node in args.show or ():
+        print("\n" + format_preview(node, result.outputs[node], args.show_rows), file=stream)
+    return None
+
+
+def _write_table(table, path: str) -> None:
+    import pyarrow as pa
+
+    if OUTPUT_FORMATS[os.path.splitext(path)[1].lower()] == "parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, path)
+        return
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def format_preview(name: str, table, rows: int = 10, width: int = 24) -> str:
+    """The first ``rows`` rows of ``table`` as aligned text, under a title line."""
+    head = table.slice(0, rows).to_pylist()
+    cols = table.column_names
+
+    def cell(v):
+        text = "null" if v is None else str(v)
+        return text if len(text) <= width else text[:width - 1] + "…"
+
+    grid = [cols] + [[cell(r[c]) for c in cols] for r in head]
+    widths = [max(len(row[i]) for row in grid) for i in range(len(cols))]
+    lines = [f"{name}: {table.num_rows:,} rows x {table.num_columns} columns"
+             + (f" (first {len(head)})" if table.num_rows > len(head) else "")]
+    for i, row in enumerate(grid):
+        lines.append("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 def cmd_run(args) -> int:
     from . import pipeline as zp
 
+    problem = validate_run_args(args)
+    pipe = None
+    # The service loads the file itself; here only to check --output/--show names.
+    if problem is None and (args.no_service or args.output or args.show):
+        try:
+            pipe = zp.load_pipeline_file(args.pipeline)
+        except (zp.PipelineDefinitionError, FileNotFoundError) as e:
+            problem = str(e)
+        else:
+            problem = validate_run_args(args, pipe)
+    if problem:
+        print(f"zerrow run: {problem}", file=sys.stderr)
+        return 2
     on_event = None if args.quiet else _progress_printer()
     if args.no_service:
         try:
-            pipe = zp.load_pipeline_file(args.pipeline)
             rt = zp.Runtime(**_runtime_options(args), on_event=on_event)
-        except (zp.PipelineDefinitionError, zp.ZerrowUnavailable, zp.WorkerStartError,
-                FileNotFoundError, ValueError) as e:
+        except (zp.ZerrowUnavailable, zp.WorkerStartError, OSError, ValueError) as e:
             print(f"zerrow run: {e}", file=sys.stderr)
             return 2
         with rt:
-            result = rt.run(pipe, outputs=(), raise_on_error=False)
+            result = rt.run(pipe, outputs=requested_outputs(args), raise_on_error=False)
     else:
         from .service import ServiceClient, ServiceDirError, ServiceError
         from .service.client import RunRefused
@@ -73,7 +246,8 @@ def cmd_run(args) -> int:
 
         try:
             result = ServiceClient().run(args.pipeline, runtime=_runtime_options(args),
-                                         outputs=(), on_event=on_event, on_wait=on_wait)
+                                         outputs=requested_outputs(args), on_event=on_event,
+                                         on_wait=on_wait)
         except RunRefused as e:
             print(f"zerrow run: {e}", file=sys.stderr)
             return e.exit_code
@@ -84,6 +258,10 @@ def cmd_run(args) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result.report.to_dict(), f, indent=1, default=str)
+    problem = deliver_outputs(args, result)
+    if problem:
+        print(f"zerrow run: {problem}", file=sys.stderr)
+        return 1
     return 0 if result.ok else 1
 
 
@@ -127,9 +305,12 @@ def _compare(reports) -> str:
     from .pipeline import fmt_bytes
 
     lines = [f"{'run':<28}{'time':>9}{'edge bytes':>12}{'zero-copy':>11}{'copied':>11}{'peak held':>11}"]
-    copies = [r for label, r in reports if label.startswith("copy")]
+    copies = [r for label, r in reports if label.startswith("copy") and r.status == "done"]
     base = copies[-1] if copies else None
     for label, r in reports:
+        if r.status != "done":  # a failed run's figures measure nothing
+            lines.append(f"{label:<28}{'FAILED':>9}  {r.error or ''}")
+            continue
         faster = base and r.wall_s and not label.startswith("copy")
         speed = f"  {base.wall_s / r.wall_s:4.1f}x vs copy (warm)" if faster else ""
         lines.append(f"{label:<28}{r.wall_s:>8.2f}s{fmt_bytes(r.edge_bytes):>12}"
@@ -188,6 +369,8 @@ def cmd_demo(args) -> int:
                     label = f"{transport} ({attempt}{' cache' if rt.cache_enabled and attempt == 'warm' else ''})"
                     reports.append((label, res.report))
                     status |= 0 if res.ok else 1
+                    if not res.ok:
+                        print(f"run FAILED: {res.report.error}", flush=True)
         print(f"\n==== {name}: per-node report, last run ====")
         print(reports[-1][1].format())
         print(f"\n==== {name}: comparison ====")
@@ -199,17 +382,63 @@ def cmd_demo(args) -> int:
     return status
 
 
+RUN_DESCRIPTION = """\
+Run the pipeline defined in a Python file and print its report.
+
+A pipeline file defines nodes: functions whose parameter names are the names
+of their upstream nodes, decorated with @zp.node, plus Parquet sources:
+
+    import pyarrow.compute as pc
+    from zerrow_pool import pipeline as zp
+
+    trips = zp.parquet("trips", "data/trips/", columns=["fare", "tip"])
+
+    @zp.node
+    def tipped(trips):                       # receives a pyarrow.Table
+        return trips.filter(pc.field("tip") > 0)
+
+    @zp.node(inputs_as="polars")             # or annotate: trips: pl.DataFrame
+    def per_fare(tipped):
+        return tipped.group_by("fare").len() # any Arrow-exportable frame
+
+Every node and source at module level is part of the pipeline (or define
+`pipeline = zp.Pipeline(name, [...])`). The file is imported again in each
+worker process, so do no work at import time.
+"""
+
+RUN_EPILOG = f"""\
+sizes: {SIZE_HELP}.
+files: the copy transport writes to a private directory under /dev/shm (set
+ZERROW_COPY_DIR to move it; in Docker raise --shm-size); spills go under
+ZERROW_SPILL_DIR or the temp directory.
+exit status: 0 done, 1 a node failed, 2 bad arguments or pipeline file,
+130 interrupted, 143 terminated (SIGTERM: the run is cancelled; with --no-service
+its workers are killed and its files removed).
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zerrow", description="zero-copy Arrow pipelines")
     sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run a pipeline file")
+    r = sub.add_parser("run", help="run a pipeline file", description=RUN_DESCRIPTION,
+                       epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("pipeline", help="Python file defining nodes (or a `pipeline`)")
-    r.add_argument("--workers", type=int, default=None, help="worker processes (default: CPUs)")
-    r.add_argument("--memory-budget", default=None, help="e.g. 4G, 800M (default: unlimited)")
+    r.add_argument("--workers", type=int, default=None,
+                   help="worker processes, at least 1 (default: CPUs)")
+    r.add_argument("--memory-budget", default=None, metavar="SIZE",
+                   help="memory the runtime may hold, at least 1M, e.g. 800M or 4G "
+                        "(binary units; default: unlimited)")
     r.add_argument("--transport", choices=["zerrow", "copy"], default="zerrow")
     r.add_argument("--no-cache", action="store_true", help="disable the Parquet decode cache")
     r.add_argument("--strict-budget", action="store_true",
                    help="also stop a node whose worker allocates more than its share of the budget")
+    r.add_argument("--output", action="append", metavar="NODE=PATH",
+                   help="write NODE's result to PATH: Parquet (.parquet/.pq) or Arrow IPC "
+                        "(.arrow/.feather/.ipc); repeatable")
+    r.add_argument("--show", action="append", metavar="NODE",
+                   help="print the first rows of NODE's result; repeatable")
+    r.add_argument("--show-rows", type=int, default=10, metavar="N",
+                   help="rows --show prints (default 10)")
     r.add_argument("--json", help="also write the report as JSON to this file")
     r.add_argument("-q", "--quiet", action="store_true", help="no live progress")
     r.add_argument("--no-service", action="store_true",
@@ -225,7 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--json", action="store_true", help="status as JSON")
     sv.set_defaults(fn=cmd_service)
     d = sub.add_parser("demo", help="generate the synthetic dataset and compare transports")
-    d.add_argument("--rows", type=int, default=None, help="trips to generate (default 28M: ~2 GB of Parquet, 2.2 GB decoded)")
+    d.add_argument("--rows", type=int, default=None,
+                   help="trips to generate (default 28M: ~0.7 GB of snappy Parquet, "
+                        "~2.2 GB decoded)")
     d.add_argument("--compression", default="snappy", choices=["snappy", "zstd", "none"],
                    help="Parquet compression of the generated files")
     d.add_argument("--workers", type=int, default=2)
@@ -237,10 +468,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.fn(args)
     except KeyboardInterrupt:
         return 130
+    except Terminated:
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@ import os
 import selectors
 import shutil
 import socket
-import tempfile
 import threading
 import time
 import weakref
 from collections import deque
 
-from .budget import BudgetExceeded, ResourceManager, fmt_bytes, parse_size
+from . import rundirs
+from .budget import BudgetExceeded, ResourceManager, fmt_bytes, parse_budget, parse_size
 from .dag import Pipeline, Source
 from .decode_cache import DecodeCache
 from .payloads import ColumnsPayload, open_input
@@ -101,8 +101,10 @@ class Runtime:
                  strict_budget: bool = False, cache_bytes=None):
         raise_fd_limit()
         self.transport = get_transport(transport, preload=preload)
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
         self.n_workers = workers or max(1, os.cpu_count() or 1)
-        self.budget = parse_size(memory_budget) if memory_budget is not None else None
+        self.budget = parse_budget(memory_budget) if memory_budget is not None else None
         self.cache_enabled = bool(cache) and self.transport.uses_cache
         # cache_bytes bounds what cached decodes keep between runs (default: a
         # quarter of the machine's memory, or ZERROW_CACHE_BYTES).
@@ -112,8 +114,8 @@ class Runtime:
                       if self.cache_enabled else None)
         self.spiller = Spiller(spill_dir)
         self.rm = ResourceManager(self.budget, self.cache, self.spiller, tolerance)
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        self.out_dir = tempfile.mkdtemp(prefix="zerrow-pipeline-", dir=shm)
+        # The copy transport's files: a private run directory (RAM by default).
+        self.out_dir = rundirs.make_run_dir(rundirs.copy_base())
         self.on_event = on_event
         # strict_budget: a worker whose task allocates more than its share of
         # the budget's headroom is stopped and the node fails (BudgetExceeded).
@@ -130,14 +132,14 @@ class Runtime:
         self._wake_r.setblocking(False)
         # Files left behind if close() is never called (workers exit on their
         # own when this process goes: their sockets close).
-        self._finalizer = weakref.finalize(self, _remove_dirs, self.out_dir, self.spiller.dir)
+        self._finalizer = weakref.finalize(self, _remove_dirs, self.out_dir, self.spiller)
         try:
             self.pool = WorkerPool(self.n_workers, self.transport)
         except BaseException:
             self._finalizer()
             raise
         self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _shutdown, self.pool, self.out_dir, self.spiller.dir)
+        self._finalizer = weakref.finalize(self, _shutdown, self.pool, self.out_dir, self.spiller)
 
     # ------------------------------------------------------------------ public
     def run(self, pipeline: Pipeline, *, outputs=None, raise_on_error: bool = True) -> RunResult:
@@ -384,7 +386,7 @@ class Runtime:
             step = st.p.by_name[task.name]
             ups = [st.payloads[u] for u in step.inputs]
             task.pinned = ups
-            msg.update(fn=step.ref, inputs=[p.encode(fds) for p in ups])
+            msg.update(fn=step.ref, inputs=[p.encode(fds) for p in ups], inputs_as=step.inputs_as)
             for u, p in zip(step.inputs, ups):
                 zc = 0 if p.spilled else min(p.nbytes, p.stats.get("zero_copy", 0))
                 st.edges[(u, task.name)] = EdgeRecord(u, task.name, p.nbytes, zc,
@@ -624,14 +626,14 @@ def _cache_bound(cache_bytes) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
 
-def _shutdown(pool, *dirs) -> None:
+def _shutdown(pool, out_dir, spiller) -> None:
     pool.close()
-    _remove_dirs(*dirs)
+    _remove_dirs(out_dir, spiller)
 
 
-def _remove_dirs(*dirs) -> None:
-    for d in dirs:
-        shutil.rmtree(d, ignore_errors=True)
+def _remove_dirs(out_dir, spiller) -> None:
+    shutil.rmtree(out_dir, ignore_errors=True)
+    spiller.cleanup()
 
 
 def run(pipeline: Pipeline, **kwargs) -> RunResult:

@@ -1,7 +1,9 @@
 """Authoring API: nodes, Parquet sources and the pipeline DAG.
 
-A node is a plain Python function over ``pyarrow.Table`` objects.  Its
-parameter names are the names of its upstream nodes::
+A node is a plain Python function over tables.  Its parameter names are the
+names of its upstream nodes; it receives ``pyarrow.Table`` objects (or Polars
+/ pandas DataFrames, see ``inputs_as``) and returns a table in any form
+``frames.to_table`` accepts::
 
     from zerrow_pool import pipeline as zp
 
@@ -26,7 +28,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-import pyarrow as pa
+from . import frames
 
 
 class PipelineDefinitionError(ValueError):
@@ -43,11 +45,16 @@ class FunctionRef:
 
 
 class Node:
-    """A pipeline step: a function of its upstream tables returning one table."""
+    """A pipeline step: a function of its upstream tables returning one table.
+
+    ``inputs_as`` holds, per parameter, the frame type the function receives
+    (``"arrow"``, ``"polars"`` or ``"pandas"``).
+    """
 
     kind = "node"
 
-    def __init__(self, fn, *, name: str | None = None, retries: int = 0, inputs=None):
+    def __init__(self, fn, *, name: str | None = None, retries: int = 0, inputs=None,
+                 inputs_as=None):
         if not callable(fn):
             raise TypeError(f"@node expects a function, got {fn!r}")
         self.fn = fn
@@ -55,7 +62,12 @@ class Node:
         self.retries = int(retries)
         if self.retries < 0:
             raise ValueError("retries must be >= 0")
-        params = inspect.signature(fn).parameters.values()
+        sig = inspect.signature(fn)
+        try:
+            frames.check_return_annotation(sig.return_annotation, self.name)
+        except frames.NodeOutputError as e:
+            raise PipelineDefinitionError(str(e)) from None
+        params = sig.parameters.values()
         for p in params:
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 raise PipelineDefinitionError(
@@ -63,6 +75,7 @@ class Node:
         self.params = tuple(p.name for p in params)
         # ``inputs`` maps parameter name -> upstream node name when they differ.
         self.inputs = tuple((inputs or {}).get(p, p) for p in self.params)
+        self.inputs_as = _input_kinds(self.name, params, inputs_as)
         self.ref = FunctionRef(fn.__module__, _source_file(fn), fn.__qualname__)
         if "<locals>" in fn.__qualname__:
             raise PipelineDefinitionError(
@@ -76,6 +89,23 @@ class Node:
         return f"<node {self.name}({', '.join(self.inputs)})>"
 
 
+def _input_kinds(name, params, inputs_as) -> tuple:
+    """Per parameter: ``inputs_as`` (one kind or {param: kind}), else its annotation, else arrow."""
+    where = f"node {name!r}"
+    if isinstance(inputs_as, dict):
+        unknown = set(inputs_as) - {p.name for p in params}
+        if unknown:
+            raise PipelineDefinitionError(f"{where}: inputs_as names {sorted(unknown)}, which are "
+                                          "not parameters of the function")
+        chosen = {p: frames.check_kind(k, where) for p, k in inputs_as.items()}
+    elif inputs_as is not None:
+        chosen = {p.name: frames.check_kind(inputs_as, where) for p in params}
+    else:
+        chosen = {}
+    return tuple(chosen.get(p.name) or frames.kind_of_annotation(p.annotation) or "arrow"
+                 for p in params)
+
+
 def _source_file(fn) -> str | None:
     try:
         f = inspect.getsourcefile(fn) or inspect.getfile(fn)
@@ -84,15 +114,42 @@ def _source_file(fn) -> str | None:
     return os.path.abspath(f) if f else None
 
 
-def node(fn=None, *, name: str | None = None, retries: int = 0, inputs=None):
+def node(fn=None, *, name: str | None = None, retries: int = 0, inputs=None, inputs_as=None):
     """Mark a function as a pipeline node.
 
-    ``@node`` or ``@node(retries=2, name="x", inputs={"param": "upstream"})``.
-    Parameters name upstream nodes; the function receives ``pa.Table`` objects
-    and must return a ``pa.Table`` (a ``RecordBatch`` is accepted too).
+    Use as ``@node`` or ``@node(retries=2, name="x", inputs={"param": "upstream"})``.
+
+    Parameters
+    ----------
+    fn : callable
+        The node function. Its parameter names are the names of its upstream
+        nodes (or sources).
+    name : str, optional
+        The node's name; defaults to the function's name.
+    retries : int, default 0
+        Times to run the node again after it raises or its worker dies.
+    inputs : dict, optional
+        ``{parameter: upstream}`` where a parameter is named differently from
+        the node it reads.
+    inputs_as : {"arrow", "polars", "pandas"} or dict, optional
+        The frame type the function receives, for all parameters or per
+        parameter (``{"trips": "polars"}``). Without it, a parameter annotated
+        ``pl.DataFrame`` or ``pd.DataFrame`` receives that type, any other a
+        ``pyarrow.Table``. Polars frames are built zero-copy where Polars
+        allows; pandas frames have Arrow-backed columns (``pd.ArrowDtype``),
+        which wrap the Arrow memory instead of copying it.
+
+    Returns
+    -------
+    Node
+        The function may return a pyarrow ``Table`` or ``RecordBatch``, any
+        object with ``__arrow_c_stream__`` / ``__arrow_c_array__`` (Polars,
+        pandas, DuckDB relations, nanoarrow), a ``RecordBatchReader`` or an
+        iterable of record batches (a generator works). Anything else fails
+        the node with a message naming the type returned.
     """
     def wrap(f):
-        return Node(f, name=name, retries=retries, inputs=inputs)
+        return Node(f, name=name, retries=retries, inputs=inputs, inputs_as=inputs_as)
 
     return wrap(fn) if fn is not None else wrap
 
@@ -210,24 +267,80 @@ def _toposort(by_name: dict) -> list:
 
 
 def load_pipeline_file(path: str) -> Pipeline:
-    """Import ``path`` as a module and build its Pipeline (used by the CLI)."""
+    """Import ``path`` as a module and build its Pipeline (used by the CLI).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    PipelineDefinitionError
+        ``path`` is not a Python file, does not compile, or raises while it is
+        imported (the message shows the user's own traceback frames only).
+    """
     import importlib.util
 
     path = os.path.abspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"pipeline file {path} does not exist")
-    modname = "_zerrow_pipeline_" + os.path.splitext(os.path.basename(path))[0]
+    if os.path.isdir(path):
+        raise PipelineDefinitionError(
+            f"{path} is a directory; give the Python file that defines the pipeline's nodes")
+    if not path.endswith(".py"):
+        hint = (" (to read Parquet data, write a pipeline file with zp.parquet(name, path))"
+                if path.endswith((".parquet", ".pq")) else "")
+        raise PipelineDefinitionError(f"{path} is not a Python file (.py){hint}")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    modname = "_zerrow_pipeline_" + stem
     spec = importlib.util.spec_from_file_location(modname, path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[modname] = mod
-    spec.loader.exec_module(mod)
-    return Pipeline.from_module(mod, name=os.path.splitext(os.path.basename(path))[0])
+    try:
+        spec.loader.exec_module(mod)
+    except SyntaxError as e:
+        sys.modules.pop(modname, None)
+        raise PipelineDefinitionError(_syntax_message(e)) from None
+    except Exception as e:  # noqa: BLE001 - the user's module failed while importing
+        sys.modules.pop(modname, None)
+        raise PipelineDefinitionError(
+            f"importing {path} failed:\n" + user_traceback(e).rstrip()) from None
+    return Pipeline.from_module(mod, name=stem)
 
 
-def as_table(obj, node_name: str) -> pa.Table:
-    """Check a node's return value and normalise it to a Table."""
-    if isinstance(obj, pa.Table):
-        return obj
-    if isinstance(obj, pa.RecordBatch):
-        return pa.Table.from_batches([obj])
-    raise TypeError(f"node {node_name!r} returned {type(obj).__name__}, expected pyarrow.Table")
+def _syntax_message(e: SyntaxError) -> str:
+    where = f"{e.filename}, line {e.lineno}"
+    text = (e.text or "").rstrip("\n")
+    caret = ""
+    if text and e.offset:
+        stripped = text.lstrip()
+        caret = "\n    " + " " * max(0, e.offset - 1 - (len(text) - len(stripped))) + "^"
+        text = stripped
+    return f"syntax error in {where}: {e.msg}" + (f"\n    {text}{caret}" if text else "")
+
+
+def _internal_file(filename: str) -> bool:
+    """Frames of zerrow itself or of the import machinery, hidden from users' tracebacks."""
+    here = os.path.dirname(os.path.abspath(__file__))  # .../zerrow_pool/pipeline
+    path = os.path.abspath(filename)
+    if path.startswith(os.path.join(here, "demos") + os.sep):
+        return False  # the demo pipelines are user code
+    return (path.startswith(os.path.dirname(here) + os.sep)
+            or filename.startswith("<frozen importlib"))
+
+
+def user_traceback(exc: BaseException) -> str:
+    """``exc`` formatted like Python would, without zerrow's or importlib's frames."""
+    import traceback
+
+    te = traceback.TracebackException.from_exception(exc)
+    for t in _chain(te):
+        t.stack = traceback.StackSummary.from_list(
+            [f for f in t.stack if not _internal_file(f.filename)])
+    return "".join(te.format())
+
+
+def _chain(te):
+    seen = []
+    while te is not None and te not in seen:
+        seen.append(te)
+        te = te.__cause__ or (None if te.__suppress_context__ else te.__context__)
+    return seen

@@ -110,7 +110,7 @@ class RunReport:
                  + (f", budget={fmt_bytes(self.budget)}" if self.budget else "") + ")", ""]
         hdr = f"{'node':<22}{'status':<9}{'time':>8}{'rows':>12}{'bytes':>11}{'zero-copy':>11}" \
               f"{'copied':>11}{'exposed':>11}{'peak':>11}"
-        lines += [hdr, "-" * len(hdr)]
+        lines += [hdr, "-" * len(hdr)]  # the columns are explained by COLUMNS below
         for n in self.nodes:
             extra = " (spilled)" if n.spilled else ""
             if n.cache_hits or n.cache_misses:
@@ -119,6 +119,7 @@ class RunReport:
                          f"{fmt_bytes(n.bytes):>11}{fmt_bytes(n.zero_copy):>11}"
                          f"{fmt_bytes(n.copied):>11}{fmt_bytes(n.exposed):>11}"
                          f"{fmt_bytes(n.peak):>11}{extra}")
+        lines += ["", COLUMNS]
         if self.edges:
             lines += ["", f"{'edge':<40}{'bytes':>11}{'zero-copy':>11}{'copied':>11}"]
             for e in self.edges:
@@ -144,6 +145,12 @@ class RunReport:
         return "\n".join(lines)
 
 
+COLUMNS = ("bytes: the output's size; zero-copy / copied: how much of it was shared in place "
+           "or copied to be shared; exposed: other bytes readers of the output could map (free "
+           "or unrelated memory in its segments); peak: the most the node's worker allocated "
+           "while it ran")
+
+
 class NodeFailed(RuntimeError):
     """A node raised, its worker died, or the run did not fit its budget."""
 
@@ -152,8 +159,25 @@ class NodeFailed(RuntimeError):
         self.report = report
 
 
+class OutputNotKept(KeyError):
+    """``result[name]`` for a step whose output the run did not keep."""
+
+    def __str__(self):  # KeyError would show the message quoted, as a repr
+        return str(self.args[0])
+
+
 class RunResult:
-    """Outputs (sink tables by default) and the report of one run."""
+    """Outputs and the report of one run.
+
+    Parameters
+    ----------
+    report : RunReport
+        What happened, per node, edge and for the whole run.
+    outputs : dict
+        ``{step name: pyarrow.Table}`` of the outputs the run kept: its sinks
+        by default, else those named in ``Runtime.run(outputs=[...])``. Empty
+        if the run failed.
+    """
 
     def __init__(self, report: RunReport, outputs: dict):
         self.report = report
@@ -161,10 +185,26 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
+        """True if every node finished."""
         return self.report.status == "done"
 
     def __getitem__(self, name):
-        return self.outputs[name]
+        """The kept output table of step ``name``; OutputNotKept (a KeyError) otherwise."""
+        try:
+            return self.outputs[name]
+        except KeyError:
+            raise OutputNotKept(self._missing(name)) from None
+
+    def _missing(self, name) -> str:
+        steps = [n.name for n in self.report.nodes]
+        if name not in steps:
+            return (f"pipeline {self.report.pipeline!r} has no step named {name!r} "
+                    f"(steps: {', '.join(steps)})")
+        if not self.ok:
+            return f"no outputs: the run failed ({self.report.error})"
+        kept = ", ".join(map(repr, self.outputs)) or "none"
+        return (f"the output of {name!r} was not kept (kept: {kept}); pass "
+                f"outputs=[{name!r}] to Runtime.run to keep it")
 
     def __repr__(self):
         return f"<RunResult {self.report.pipeline} {self.report.status} outputs={list(self.outputs)}>"

@@ -2,35 +2,48 @@
 
 A spilled intermediate becomes a ``FilePayload`` on disk; its consumers
 memory-map it back on use (page cache, not shared memory), so spilling frees
-exactly the shared memory the payload held.
+exactly the shared memory the payload held.  Files go to a private run
+directory under ``spill_dir`` (default ``$ZERROW_SPILL_DIR``, else the system
+temp directory), see ``rundirs``.
 """
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import uuid
 
 import pyarrow as pa
 
+from . import rundirs
 from .payloads import FilePayload, open_input
 
-
-def default_spill_dir() -> str:
-    """A per-process directory on local disk (never /dev/shm: that is RAM)."""
-    base = os.environ.get("ZERROW_SPILL_DIR") or os.path.join(tempfile.gettempdir(), "zerrow-spill")
-    return os.path.join(base, f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+PREFIX = "zerrow-spill"
 
 
 class Spiller:
-    def __init__(self, directory: str | None = None):
-        self.dir = directory or default_spill_dir()
+    """Spills payloads into a run directory made on first use.
+
+    Parameters
+    ----------
+    base : str, optional
+        Directory under which the private ``zerrow-spill-<uid>/run-...``
+        directory is made; ``$ZERROW_SPILL_DIR`` or the temp directory by
+        default (local disk, never /dev/shm: that is RAM).
+    """
+
+    def __init__(self, base: str | None = None):
+        self.base = base or rundirs.spill_base()
+        self.dir = None  # made on the first spill
         self.bytes_spilled = 0
         self.count = 0
+        parent = os.path.join(self.base, f"{PREFIX}-{os.getuid()}")
+        if os.path.isdir(parent) and not os.path.islink(parent):
+            rundirs.sweep(parent)  # what runs killed earlier left behind
 
     def spill(self, payload) -> FilePayload:
         """Write ``payload`` to disk and release its memory; returns the disk payload."""
-        os.makedirs(self.dir, exist_ok=True)
+        if self.dir is None:
+            self.dir = rundirs.make_run_dir(self.base, PREFIX)
         path = os.path.join(self.dir, f"{uuid.uuid4().hex}.arrow")
         if isinstance(payload, FilePayload):
             shutil.move(payload.path, path)
@@ -49,4 +62,5 @@ class Spiller:
         return out
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)

@@ -5,8 +5,9 @@ segments and shared as a descriptor + read-only memfds (zero-copy; buffers
 that came from inputs are re-referenced, not copied).
 
 ``copy``: the baseline that pipelines use today.  The output is written as an
-uncompressed Arrow IPC file straight into /dev/shm and consumers read it with
-``pyarrow.memory_map`` (one copy per edge producer, no decode cache).
+uncompressed Arrow IPC file into a private run directory under /dev/shm (or
+``$ZERROW_COPY_DIR``) and consumers read it with ``pyarrow.memory_map`` (one
+copy per edge producer, no decode cache).
 
 Both expose the same worker-side calls (``scope``, ``publish``) and the same
 coordinator-side call (``payload``), so the runtime is transport-agnostic.
@@ -14,13 +15,20 @@ coordinator-side call (``payload``), so the runtime is transport-agnostic.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
 
 import pyarrow as pa
 
 from . import zerrow_api
+from .budget import fmt_bytes
 from .payloads import FilePayload, SharePayload
+from .rundirs import COPY_DIR_ENV
+
+
+class CopyDirFull(OSError):
+    """The copy transport's directory has no room for a node's output."""
 
 
 class Transport:
@@ -71,14 +79,32 @@ class CopyTransport(Transport):
         if not isinstance(obj, pa.Table):
             raise TypeError("the copy transport publishes tables only")
         path = os.path.join(out_dir, f"{uuid.uuid4().hex}.arrow")
-        with pa.OSFile(path, "wb") as sink:
-            with pa.ipc.new_file(sink, obj.schema) as writer:
-                writer.write_table(obj)
-            written = sink.tell()
+        try:
+            with pa.OSFile(path, "wb") as sink:
+                with pa.ipc.new_file(sink, obj.schema) as writer:
+                    writer.write_table(obj)
+                written = sink.tell()
+        except OSError as e:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            if e.errno != errno.ENOSPC and "No space left" not in str(e):
+                raise
+            raise _no_room(out_dir, obj.nbytes) from None
         stats = {"zero_copy": 0, "copied": obj.nbytes, "exposed": written}
         spec = {"k": "file", "path": path, "rows": obj.num_rows, "nbytes": obj.nbytes,
                 "stats": stats}
         return spec, [], lambda: None
+
+
+def _no_room(out_dir: str, nbytes: int) -> CopyDirFull:
+    st = os.statvfs(out_dir)
+    size, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+    return CopyDirFull(
+        errno.ENOSPC,
+        f"the copy transport ran out of space writing a {fmt_bytes(nbytes)} output into "
+        f"{out_dir} (that filesystem holds {fmt_bytes(size)}, {fmt_bytes(free)} free now). "
+        f"Give it more room (Docker: docker run --shm-size=4g), point {COPY_DIR_ENV} at a "
+        "directory with space, or use the zerrow transport, which needs no files")
 
 
 class ZerrowTransport(Transport):

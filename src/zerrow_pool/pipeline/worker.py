@@ -21,13 +21,13 @@ import socket
 import sys
 import threading
 import time
-import traceback
 
 import pyarrow as pa
 
-from .dag import as_table
+from .dag import user_traceback
+from .frames import NodeOutputError, convert_input, to_table
 from .payloads import open_input
-from .transports import get_transport
+from .transports import CopyDirFull, get_transport
 from .wire import close_fds, raise_fd_limit, recv_msg, send_msg
 
 _modules: dict = {}
@@ -131,11 +131,13 @@ def run_task(transport, task, fds, on_exceed=None):
     timing = {}
     with transport.scope(), PeakSampler(task.get("mem_cap"), on_exceed) as peak:
         if task["op"] == "node":
-            inputs = [open_input(spec, fds) for spec in task["inputs"]]
+            kinds = task.get("inputs_as") or ["arrow"] * len(task["inputs"])
+            inputs = [convert_input(open_input(spec, fds), kind)
+                      for spec, kind in zip(task["inputs"], kinds)]
             timing["input_s"] = time.perf_counter() - t0
             fn = load_function(task["fn"])
             t1 = time.perf_counter()
-            out = as_table(fn(*inputs), task["name"])
+            out = to_table(fn(*inputs), task["name"])
             timing["compute_s"] = time.perf_counter() - t1
             del inputs
         elif task["op"] == "read":
@@ -166,6 +168,14 @@ def run_task(transport, task, fds, on_exceed=None):
     timing["minor_faults"] = ru1.ru_minflt - ru0.ru_minflt
     reply = {"ok": True, "result": spec, "timing": timing, "peak": peak.peak}
     return reply, out_fds, dones
+
+
+def _describe_error(e: BaseException) -> str:
+    """What the user sees: our own refusals as one line, their exceptions with
+    their own frames only (zerrow's worker frames are noise to them)."""
+    if isinstance(e, (NodeOutputError, CopyDirFull)):
+        return f"{type(e).__name__}: {e}"
+    return user_traceback(e)
 
 
 def _preload_active() -> bool:
@@ -213,7 +223,7 @@ def serve(sock: socket.socket, transport_name: str) -> None:
             reply, out_fds, dones = run_task(transport, task, fds,
                                              lambda peak, t=task: _over_cap(sock, t, peak))
         except BaseException as e:  # noqa: BLE001 - report everything to the coordinator
-            reply, out_fds, dones = {"ok": False, "error": traceback.format_exc(),
+            reply, out_fds, dones = {"ok": False, "error": _describe_error(e),
                                      "error_type": type(e).__name__}, [], []
         finally:
             close_fds(fds)
@@ -225,10 +235,51 @@ def serve(sock: socket.socket, transport_name: str) -> None:
                 d()
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int, sock: socket.socket, use_pdeathsig: bool) -> None:
+    """End this worker the moment its coordinator is gone, even mid-task.
+
+    ``PR_SET_PDEATHSIG`` makes the kernel SIGKILL us when the thread that
+    started us exits (so the coordinator asks for it only when that thread is
+    its main thread); checking ``getppid()`` afterwards closes the race of a
+    parent that died before the call.  A watchdog thread also waits for the
+    coordinator's end of our socket to close (any death, SIGKILL included),
+    which covers workers started from other threads.
+    """
+    if use_pdeathsig:
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # not Linux: the watchdog alone
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(target=_watch_peer, args=(sock.fileno(),), daemon=True,
+                     name="zerrow-parent-watch").start()
+
+
+def _watch_peer(fd: int) -> None:
+    import select
+
+    poller = select.poll()
+    # Only hang-up events: the main loop reads the data.
+    poller.register(fd, select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+    while True:
+        for _, ev in poller.poll():
+            if ev & (select.POLLRDHUP | select.POLLHUP | select.POLLERR):
+                os._exit(1)
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     fd, transport_name = int(argv[0]), argv[1]
     sock = socket.socket(fileno=fd)
+    if len(argv) > 2:
+        die_with_parent(int(argv[2]), sock, argv[3] == "1")
     try:
         serve(sock, transport_name)
     finally:

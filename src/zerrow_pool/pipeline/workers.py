@@ -2,7 +2,10 @@
 
 Workers are started once (a fresh interpreter each, like multiprocessing's
 spawn, with the zerrow preload library in LD_PRELOAD) and reused for every
-node of every run.  A worker that dies is reaped and replaced.
+node of every run.  A worker that dies is reaped and replaced.  A worker dies
+with its coordinator, however the coordinator ends (see
+``worker.die_with_parent``); closing the pool stops idle workers politely and
+kills busy ones at once (their task is abandoned).
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from .wire import PeerClosed, recv_msg, send_msg
@@ -41,7 +45,11 @@ class Worker:
             [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         # pyarrow first: it loads the libarrow that zerrow's extension links to.
         boot = "import pyarrow; from zerrow_pool.pipeline.worker import main; main()"
-        cmd = [sys.executable, "-c", boot, str(child.fileno()), transport.name]
+        # PR_SET_PDEATHSIG fires when the *thread* that started us exits: ask
+        # for it only from the main thread, which lives as long as the process.
+        pdeathsig = "1" if threading.current_thread() is threading.main_thread() else "0"
+        cmd = [sys.executable, "-c", boot, str(child.fileno()), transport.name,
+               str(os.getpid()), pdeathsig]
         try:
             self.proc = subprocess.Popen(cmd, pass_fds=[child.fileno()], env=env,
                                          stdin=subprocess.DEVNULL)
@@ -84,6 +92,9 @@ class Worker:
         return describe_exit(code)
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop the worker: politely when idle, SIGKILL when it is running a task."""
+        if self.task is not None and self.proc.poll() is None:
+            self.proc.kill()
         if self.proc.poll() is None:
             try:
                 send_msg(self.sock, {"op": "stop"})
