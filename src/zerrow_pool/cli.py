@@ -302,21 +302,35 @@ def cmd_service(args) -> int:
 
 
 def _compare(reports) -> str:
+    """The runs side by side; ``reports``: (transport, attempt, label, RunReport)."""
     from .pipeline import fmt_bytes
 
-    lines = [f"{'run':<28}{'time':>9}{'edge bytes':>12}{'zero-copy':>11}{'copied':>11}{'peak held':>11}"]
-    copies = [r for label, r in reports if label.startswith("copy") and r.status == "done"]
-    base = copies[-1] if copies else None
-    for label, r in reports:
+    lines = [f"{'run':<28}{'time':>9}{'edge bytes':>12}{'zero-copy':>11}{'copied':>11}"
+             f"{'peak held':>11}{'pinned':>11}"]
+    for _, _, label, r in reports:
         if r.status != "done":  # a failed run's figures measure nothing
             lines.append(f"{label:<28}{'FAILED':>9}  {r.error or ''}")
             continue
-        faster = base and r.wall_s and not label.startswith("copy")
-        speed = f"  {base.wall_s / r.wall_s:4.1f}x vs copy (warm)" if faster else ""
         lines.append(f"{label:<28}{r.wall_s:>8.2f}s{fmt_bytes(r.edge_bytes):>12}"
                      f"{r.zero_copy_rate:>10.1%}{fmt_bytes(r.bytes_copied):>11}"
-                     f"{fmt_bytes(r.peak_held):>11}{speed}")
+                     f"{fmt_bytes(r.peak_held):>11}{fmt_bytes(r.peak_pinned):>11}")
+    lines += _ratios(reports)
     return "\n".join(lines)
+
+
+def _ratios(reports) -> list:
+    """zerrow against copy, first run against first run and second against second."""
+    by = {(t, a): r for t, a, _, r in reports if r.status == "done"}
+    out = []
+    for attempt, what in (("cold", "first run (cold workers, empty cache)"),
+                          ("warm", "second run (warm workers and cache)")):
+        z, c = by.get(("zerrow", attempt)), by.get(("copy", attempt))
+        if z is None or c is None or not z.wall_s:
+            continue
+        out.append(f"zerrow vs copy, {what}: {c.wall_s / z.wall_s:.1f}x as fast, "
+                   f"{z.peak_held / max(1, c.peak_held):.2f}x the peak memory held "
+                   f"({z.peak_pinned / max(1, c.peak_pinned):.2f}x pinned by the run)")
+    return [""] + out if out else []
 
 
 def _shared_vs_copied(rep) -> str:
@@ -367,15 +381,15 @@ def cmd_demo(args) -> int:
                     print(f"\n== {name}: transport={transport} ({attempt}) ==", flush=True)
                     res = rt.run(pipe, outputs=(), raise_on_error=False)
                     label = f"{transport} ({attempt}{' cache' if rt.cache_enabled and attempt == 'warm' else ''})"
-                    reports.append((label, res.report))
+                    reports.append((transport, attempt, label, res.report))
                     status |= 0 if res.ok else 1
                     if not res.ok:
                         print(f"run FAILED: {res.report.error}", flush=True)
         print(f"\n==== {name}: per-node report, last run ====")
-        print(reports[-1][1].format())
+        print(reports[-1][-1].format())
         print(f"\n==== {name}: comparison ====")
         print(_compare(reports))
-        zr = [r for label, r in reports if label.startswith("zerrow")]
+        zr = [r for transport, _, _, r in reports if transport == "zerrow"]
         if zr:
             print("\nwhat the zerrow transport shared and copied (warm run):")
             print(_shared_vs_copied(zr[-1]))
