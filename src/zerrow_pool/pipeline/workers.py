@@ -93,6 +93,10 @@ class Worker:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the worker: politely when idle, SIGKILL when it is running a task."""
+        self.request_stop()
+        self.wait_stopped(timeout)
+
+    def request_stop(self) -> None:
         if self.task is not None and self.proc.poll() is None:
             self.proc.kill()
         if self.proc.poll() is None:
@@ -100,11 +104,13 @@ class Worker:
                 send_msg(self.sock, {"op": "stop"})
             except OSError:
                 pass
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+
+    def wait_stopped(self, timeout: float = 5.0) -> None:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         self.sock.close()
 
 
@@ -165,6 +171,8 @@ class WorkerPool:
         return new
 
     def close(self) -> None:
+        for w in self.workers:  # all at once: each takes a moment to exit
+            w.request_stop()
         for w in self.workers:
-            w.stop()
+            w.wait_stopped()
         self.workers = []
