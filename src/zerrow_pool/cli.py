@@ -24,28 +24,30 @@ from .pipeline.budget import SIZE_GRAMMAR as SIZE_HELP
 
 
 def _progress_printer(stream=sys.stderr):
+    from .pipeline.states import Event
+
     t0 = time.monotonic()
 
     def on_event(ev):
-        kind, rec = ev["event"], ev.get("record")
+        kind, rec = Event(ev["event"]), ev.get("record")
         stamp = f"[{time.monotonic() - t0:7.2f}s] {ev['pipeline']}"
-        if kind == "start":
+        if kind == Event.START:
             print(f"{stamp} > {ev['node']} started", file=stream, flush=True)
-        elif kind == "done":
+        elif kind == Event.DONE:
             from .pipeline import fmt_bytes
 
             extra = f", {rec.cache_hits} cached chunks" if rec.cache_hits else ""
             print(f"{stamp} + {ev['node']} done in {rec.seconds:.2f}s: {rec.rows:,} rows, "
                   f"{fmt_bytes(rec.bytes)}, copied {fmt_bytes(rec.copied)}{extra}",
                   file=stream, flush=True)
-        elif kind == "failed":
+        elif kind == Event.FAILED:
             last = (ev.get("error") or "").strip().splitlines()[-1:] or [""]
             print(f"{stamp} ! {ev['node']} FAILED: {last[0]}", file=stream, flush=True)
-        elif kind == "skipped":
+        elif kind == Event.SKIPPED:
             print(f"{stamp} - {ev['node']} skipped (an upstream node failed)", file=stream, flush=True)
-        elif kind == "retry":
+        elif kind == Event.RETRY:
             print(f"{stamp} ~ {ev['node']} retrying after a failure", file=stream, flush=True)
-        elif kind == "spill":
+        elif kind == Event.SPILL:
             print(f"{stamp} v {ev['node']} spilled to disk to stay within the budget",
                   file=stream, flush=True)
     return on_event

@@ -25,12 +25,12 @@ from .decode_cache import DecodeCache
 from .payloads import ColumnsPayload, open_input
 from .report import EdgeRecord, NodeFailed, NodeRecord, RunReport, RunResult
 from .spill import Spiller
+from .states import FINISHED, Event, Op, Status
 from .transports import get_transport
 from .wire import PeerClosed, close_fds, raise_fd_limit
 from .workers import WorkerPool
 
 BATCH_ROWS = 1 << 20
-FINISHED = ("done", "failed", "skipped")
 
 
 class RunCancelled(RuntimeError):
@@ -49,7 +49,7 @@ class Task:
         self.attempts = 0  # decode tasks: failed attempts so far
 
     def describe(self) -> str:
-        if self.op == "decode":
+        if self.op == Op.DECODE:
             return f"decode of {os.path.basename(self.read.file.path)} row group {self.read.row_group}"
         return f"node {self.name!r}"
 
@@ -250,7 +250,7 @@ class Runtime:
     # --------------------------------------------------------------- starting
     def _start_step(self, st, step) -> None:
         rec = st.rec[step.name]
-        rec.status = "running"
+        rec.status = Status.RUNNING
         rec.start = time.monotonic()  # re-set when a worker takes the task
         if isinstance(step, Source) and self.cache_enabled:
             try:
@@ -258,7 +258,7 @@ class Runtime:
             except Exception as e:  # noqa: BLE001 - planning errors fail the source
                 self._fail(st, step.name, f"{type(e).__name__}: {e}")
             return
-        op = "read" if isinstance(step, Source) else "node"
+        op = Op.READ if isinstance(step, Source) else Op.NODE
         est = self.estimates.get((st.p.name, step.name))
         if est is None:  # first run of this step: guess from its inputs
             est = int(self.transport.estimate_factor
@@ -266,7 +266,7 @@ class Runtime:
         self.queue.append(Task(st, step.name, op, estimate=est))
 
     def _start_cached_source(self, st, src) -> None:
-        self._emit("start", st, src.name)
+        self._emit(Event.START, st, src.name)
         schema, full_schema, reads = self.cache.plan(src)
         asm = SourceAssembly(st, src, schema, reads)
         todo = {}
@@ -287,7 +287,7 @@ class Runtime:
                     self.cache.inflight[key] = [waiter]
                     todo.setdefault(i, []).append(col)
         for i, cols in todo.items():
-            task = Task(st, src.name, "decode", read=reads[i], columns=cols)
+            task = Task(st, src.name, Op.DECODE, read=reads[i], columns=cols)
             task.schema, task.filter = full_schema, src.filter
             self.queue.append(task)
         if not asm.missing:
@@ -295,7 +295,7 @@ class Runtime:
 
     def _slot_filler(self, asm, i, col):
         def fill(entry, error=None):
-            if asm.run.status(asm.source.name) != "running":
+            if asm.run.status(asm.source.name) != Status.RUNNING:
                 return  # the source already failed
             if error is not None:
                 self._release_assembly(asm)
@@ -335,9 +335,9 @@ class Runtime:
         self.queue.extendleft(reversed(deferred))
 
     def _still_wanted(self, task) -> bool:
-        if task.op == "decode":  # may serve waiters of several runs
+        if task.op == Op.DECODE:  # may serve waiters of several runs
             return any(self.cache.key(task.read, c) in self.cache.inflight for c in task.columns)
-        return task.run.status(task.name) == "running"
+        return task.run.status(task.name) == Status.RUNNING
 
     def _pinned(self):
         out = []
@@ -363,7 +363,7 @@ class Runtime:
             st.rec[name].spilled = True
             st.report.spills += 1
             st.report.spilled_bytes += os.path.getsize(new.path)
-            self._emit("spill", st, name, bytes=new.nbytes)
+            self._emit(Event.SPILL, st, name, bytes=new.nbytes)
         return replace
 
     def _admit(self, task) -> bool:
@@ -372,7 +372,7 @@ class Runtime:
         # The task's own inputs may be spilled too (last resort): the worker
         # then memory-maps them from disk instead of shared memory.
         spillable = self._spillable()
-        if task.op == "node":
+        if task.op == Op.NODE:
             own = {id(task.run.payloads[u]) for u in task.run.p.by_name[task.name].inputs}
             spillable.sort(key=lambda pr: id(pr[0]) in own)
         fits = self.rm.make_room(task.estimate, self._pinned(), spillable, strict=False)
@@ -382,7 +382,7 @@ class Runtime:
         st = task.run
         fds: list = []
         msg = {"op": task.op, "name": task.name, "out_dir": self.out_dir}
-        if task.op == "node":
+        if task.op == Op.NODE:
             step = st.p.by_name[task.name]
             ups = [st.payloads[u] for u in step.inputs]
             task.pinned = ups
@@ -392,7 +392,7 @@ class Runtime:
                 st.edges[(u, task.name)] = EdgeRecord(u, task.name, p.nbytes, zc,
                                                       p.nbytes if p.spilled else p.stats.get("copied", 0))
             st.rec[task.name].attempts += 1
-        elif task.op == "read":
+        elif task.op == Op.READ:
             src = st.p.by_name[task.name]
             msg.update(files=src.files(), columns=src.columns, filter=src.filter)
             st.rec[task.name].attempts += 1
@@ -400,14 +400,14 @@ class Runtime:
             msg.update(file=task.read.file.path, row_group=task.read.row_group,
                        columns=task.columns, filter=task.filter, schema=task.schema)
         rec = st.rec[task.name]
-        if task.op != "decode":
+        if task.op != Op.DECODE:
             rec.start = time.monotonic()
-            self._emit("start", st, task.name)
+            self._emit(Event.START, st, task.name)
         rec.worker_pid = w.pid
         task.held_at_dispatch = self.rm.usage()
         # Intermediates live until their consumers finish; cached decodes may
         # live for the runtime's life and must not pin more than their pages.
-        msg["keep_free"] = self.rm.limit is None and task.op == "node"
+        msg["keep_free"] = self.rm.limit is None and task.op == Op.NODE
         if self.strict_budget:
             running = len(self.pool.busy()) + 1
             msg["mem_cap"] = max(1, (self.rm.limit - task.held_at_dispatch) // running)
@@ -417,7 +417,7 @@ class Runtime:
         except OSError:  # the worker died while idle: replace it and try again
             w.task = None
             self.pool.replace(w)
-            if task.op != "decode":
+            if task.op != Op.DECODE:
                 rec.attempts -= 1
             self.queue.appendleft(task)
 
@@ -442,11 +442,11 @@ class Runtime:
             close_fds(fds)
             self._task_failed(task, reply["error"])
             return
-        if task.op == "decode":
+        if task.op == Op.DECODE:
             self._on_decoded(task, reply, fds)
             return
         st = task.run
-        if st.status(task.name) != "running":
+        if st.status(task.name) != Status.RUNNING:
             close_fds(fds)
             return
         payload = self.transport.payload(reply["result"], fds)
@@ -475,23 +475,23 @@ class Runtime:
 
     def _task_failed(self, task, error: str, died: bool = False) -> None:
         st = task.run
-        if task.op == "decode":
+        if task.op == Op.DECODE:
             task.attempts += 1
             src = st.p.by_name[task.name]
             if task.attempts <= src.retries:  # the source's retries cover its decodes
-                self._emit("retry", st, task.name, error=error)
+                self._emit(Event.RETRY, st, task.name, error=error)
                 self.queue.append(task)
                 return
             for col in task.columns:
                 for waiter in self.cache.inflight.pop(self.cache.key(task.read, col), []):
                     waiter(None, error)
             return
-        if st.status(task.name) != "running":
+        if st.status(task.name) != Status.RUNNING:
             return
         step = st.p.by_name[task.name]
         rec = st.rec[task.name]
         if rec.attempts <= step.retries:
-            self._emit("retry", st, task.name, error=error)
+            self._emit(Event.RETRY, st, task.name, error=error)
             self.queue.append(Task(st, task.name, task.op, estimate=task.estimate))
             return
         self._fail(st, task.name, error)
@@ -513,35 +513,35 @@ class Runtime:
             return
         self.estimates[(st.p.name, name)] = max(0, self.rm.usage() - before)
         rec.end = time.monotonic()
-        rec.status = "done"
+        rec.status = Status.DONE
         rec.rows, rec.bytes, rec.timing, rec.peak = payload.rows, payload.nbytes, timing, peak
         rec.zero_copy = payload.stats.get("zero_copy", 0)
         rec.copied = payload.stats.get("copied", 0)
         rec.exposed = payload.stats.get("exposed", 0)
-        self._emit("done", st, name)
+        self._emit(Event.DONE, st, name)
         self._inputs_consumed(st, name)
         if st.remaining[name] == 0 and name not in st.keep:
             self._drop(st, name)
         for c in st.p.consumers[name]:
-            if st.status(c) == "pending" and all(st.status(u) == "done" for u in st.p.by_name[c].inputs):
+            if st.status(c) == Status.PENDING and all(st.status(u) == Status.DONE for u in st.p.by_name[c].inputs):
                 self._start_step(st, st.p.by_name[c])
         self._check_finished(st)
 
     def _fail(self, st, name, error: str) -> None:
         rec = st.rec[name]
-        rec.status, rec.error, rec.end = "failed", error, time.monotonic()
+        rec.status, rec.error, rec.end = Status.FAILED, error, time.monotonic()
         if st.report.error is None:
             first = error.strip().splitlines()[-1] if error.strip() else error
             st.report.error = f"node {name!r} of pipeline {st.p.name!r} failed: {first}"
-        self._emit("failed", st, name, error=error)
+        self._emit(Event.FAILED, st, name, error=error)
         self._inputs_consumed(st, name)
         todo = list(st.p.consumers[name])
         while todo:
             c = todo.pop()
-            if st.status(c) in FINISHED or st.status(c) == "running":
+            if st.status(c) in FINISHED or st.status(c) == Status.RUNNING:
                 continue
-            st.rec[c].status = "skipped"
-            self._emit("skipped", st, c)
+            st.rec[c].status = Status.SKIPPED
+            self._emit(Event.SKIPPED, st, c)
             self._inputs_consumed(st, c)
             todo += st.p.consumers[c]
         self._check_finished(st)
@@ -565,12 +565,12 @@ class Runtime:
         if pending and not force:
             return
         for n in pending:  # only reachable with force: nothing can run them
-            st.rec[n].status = "skipped"
+            st.rec[n].status = Status.SKIPPED
         st.done = True
         rep = st.report
         rep.wall_s = time.monotonic() - st.t0
-        failed = [n for n, r in st.rec.items() if r.status == "failed"]
-        rep.status = "failed" if failed else "done"
+        failed = [n for n, r in st.rec.items() if r.status == Status.FAILED]
+        rep.status = Status.FAILED if failed else Status.DONE
         rep.edges = list(st.edges.values())
         rep.peak_held = self.rm.peak
         rep.peak_pinned = self.rm.peak_pinned
@@ -580,7 +580,7 @@ class Runtime:
             rep.cache_misses = sum(r.cache_misses for r in st.rec.values())
             rep.cache_evictions = self.cache.evictions
             rep.decoded_bytes = self.cache.decoded_bytes
-        self._emit("finished", st, None, report=rep)
+        self._emit(Event.FINISHED, st, None, report=rep)
 
     # ------------------------------------------------------------ results
     def _collect(self, st) -> dict:
@@ -589,7 +589,7 @@ class Runtime:
             p = st.payloads.pop(name, None)
             if p is None:
                 continue
-            if st.report.status == "done":
+            if st.report.status == Status.DONE:
                 fds: list = []
                 outputs[name] = open_input(p.encode(fds), fds)
             self.rm.untrack(p)

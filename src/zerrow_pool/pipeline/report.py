@@ -4,13 +4,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from .budget import fmt_bytes
+from .states import Status
 
 
 @dataclass
 class NodeRecord:
     name: str
     kind: str  # "node" | "source"
-    status: str = "pending"  # pending, running, done, failed, skipped
+    status: Status = Status.PENDING
     worker_pid: int | None = None
     attempts: int = 0
     start: float | None = None
@@ -51,7 +52,7 @@ class RunReport:
     cache: bool
     budget: int | None = None
     wall_s: float = 0.0
-    status: str = "running"
+    status: Status = Status.RUNNING
     nodes: list = field(default_factory=list)
     edges: list = field(default_factory=list)
     peak_held: int = 0  # everything the runtime held, idle cached decodes included
@@ -83,7 +84,7 @@ class RunReport:
     @property
     def bytes_copied(self) -> int:
         """Bytes copied to publish node outputs (each once) plus bytes spilled to disk."""
-        return sum(n.copied for n in self.nodes if n.status == "done") + self.spilled_bytes
+        return sum(n.copied for n in self.nodes if n.status == Status.DONE) + self.spilled_bytes
 
     @property
     def cpu_s(self) -> float:
@@ -140,7 +141,7 @@ class RunReport:
         if self.workers_replaced:
             lines.append(f"{self.workers_replaced} worker(s) replaced after dying")
         for n in self.nodes:
-            if n.status == "failed" and n.error:
+            if n.status == Status.FAILED and n.error:
                 lines += ["", f"node {n.name} failed (attempt {n.attempts}):", n.error.rstrip()]
         return "\n".join(lines)
 
@@ -186,7 +187,7 @@ class RunResult:
     @property
     def ok(self) -> bool:
         """True if every node finished."""
-        return self.report.status == "done"
+        return self.report.status == Status.DONE
 
     def __getitem__(self, name):
         """The kept output table of step ``name``; OutputNotKept (a KeyError) otherwise."""

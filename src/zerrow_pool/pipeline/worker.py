@@ -27,6 +27,7 @@ import pyarrow as pa
 from .dag import user_traceback
 from .frames import NodeOutputError, convert_input, to_table
 from .payloads import open_input
+from .states import Op
 from .transports import CopyDirFull, get_transport
 from .wire import close_fds, raise_fd_limit, recv_msg, send_msg
 
@@ -130,7 +131,7 @@ def run_task(transport, task, fds, on_exceed=None):
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     timing = {}
     with transport.scope(), PeakSampler(task.get("mem_cap"), on_exceed) as peak:
-        if task["op"] == "node":
+        if task["op"] == Op.NODE:
             kinds = task.get("inputs_as") or ["arrow"] * len(task["inputs"])
             inputs = [convert_input(open_input(spec, fds), kind)
                       for spec, kind in zip(task["inputs"], kinds)]
@@ -140,15 +141,15 @@ def run_task(transport, task, fds, on_exceed=None):
             out = to_table(fn(*inputs), task["name"])
             timing["compute_s"] = time.perf_counter() - t1
             del inputs
-        elif task["op"] == "read":
+        elif task["op"] == Op.READ:
             out = _read_source(task)
-        elif task["op"] == "decode":
+        elif task["op"] == Op.DECODE:
             out = _decode_row_group(task)
         else:
             raise ValueError(f"unknown task {task['op']!r}")
         t2 = time.perf_counter()
         keep_free = task.get("keep_free", False)  # the coordinator's call
-        if task["op"] == "decode":
+        if task["op"] == Op.DECODE:
             results = [transport.publish(_nonempty(col), task["out_dir"], keep_free) for col in out.columns]
             spec = {"k": "columns", "parts": [r[0] for r in results], "rows": out.num_rows}
             out_fds, dones = [], []
@@ -216,7 +217,7 @@ def serve(sock: socket.socket, transport_name: str) -> None:
             task, fds = recv_msg(sock)
         except (ConnectionError, OSError):
             return
-        if task.get("op") == "stop":
+        if task.get("op") == Op.STOP:
             close_fds(fds)
             return
         try:

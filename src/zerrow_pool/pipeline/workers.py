@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 
+from .states import Op
 from .wire import PeerClosed, recv_msg, send_msg
 
 START_TIMEOUT_S = 120.0
@@ -101,7 +102,7 @@ class Worker:
             self.proc.kill()
         if self.proc.poll() is None:
             try:
-                send_msg(self.sock, {"op": "stop"})
+                send_msg(self.sock, {"op": Op.STOP})
             except OSError:
                 pass
 
