@@ -349,6 +349,7 @@ void Arena::ZeroUnusedSlotsLocked(Span* span) {
 }
 
 arrow::Status Arena::Freeze(SegmentHeap* heap, bool seal, bool keep_free) {
+  if (heap->inherited) return arrow::Status::Invalid("zerrow: a segment inherited through fork() cannot be frozen");
   auto shard_locks = LockAllShards();
   std::lock_guard lock(large_mu_);
   ARROW_RETURN_NOT_OK(FreezeLocked(heap, /*punch_free=*/seal || !keep_free));
@@ -384,14 +385,27 @@ arrow::Status Arena::FreezeLocked(SegmentHeap* heap, bool punch_free) {
   return heap->segment->SealSize();
 }
 
-void Arena::AbandonForForkLocked() {
-  auto shard_locks = LockAllShards();
-  std::lock_guard lock(large_mu_);
+void Arena::LockForFork() {
+  for (auto& shard : shards_) shard.mu.lock();
+  large_mu_.lock();
+}
+
+void Arena::UnlockAfterFork() {
+  large_mu_.unlock();
+  for (int i = kShards; i-- > 0;) shards_[i].mu.unlock();
+}
+
+void Arena::DisownInheritedLocked() {
+  for (auto& shard : shards_)
+    for (auto& bin : shard.partial) {
+      for (Span* span : bin) span->in_partial_list = false;
+      bin.clear();
+    }
   for (SegmentHeap* heap : heaps_) {
-    // Free memory is free on both sides of the fork: punching it is safe, and
-    // leaves it as a later share of this heap expects.
-    (void)FreezeLocked(heap, /*punch_free=*/true);
-    heap->forked = true;
+    heap->inherited = true;
+    heap->frozen.store(true, std::memory_order_release);
+    // The free memory is the parent's to use: forget it without touching it.
+    while (!heap->free_extents.empty()) EraseFreeLocked(heap, heap->free_extents.begin());
   }
 }
 
@@ -495,7 +509,7 @@ bool Arena::DetachHeapLocked(SegmentHeap* heap) {
   auto shard_locks = LockAllShards();
   std::lock_guard lock(large_mu_);
   const bool frozen = heap->frozen.load(std::memory_order_acquire);
-  if (frozen ? (heap->sealed || heap->forked) : !retired()) return false;
+  if (frozen ? (heap->sealed || heap->inherited) : !retired()) return false;
   if (!UnlinkEmptyHeapLocked(heap)) return false;
   heap->arena = nullptr;
   return true;

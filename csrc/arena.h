@@ -64,9 +64,15 @@ class Arena {
   // so its free memory is always punched.
   arrow::Status Freeze(SegmentHeap* heap, bool seal, bool keep_free = false);
 
-  // The process has forked: every heap is frozen and marked forked (never
-  // reused). Registry mutex held.
-  void AbandonForForkLocked();
+  // fork(): the parent takes every lock of the arena before forking (so the
+  // child's copy of its state is consistent) and both sides release them.
+  void LockForFork();
+  void UnlockAfterFork();
+  // In the child, locks held (see LockForFork): every heap is the parent's
+  // (mapped copy-on-write, see Segment::RemapPrivateInChild), so none is
+  // allocated from, punched, sealed or lent again; each goes once its
+  // buffers here are freed.
+  void DisownInheritedLocked();
 
   // The arena's scope has ended: its heaps are destroyed as they empty.
   void Retire();

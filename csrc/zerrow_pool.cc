@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <shared_mutex>
@@ -50,21 +51,57 @@ ZerrowPool::ZerrowPool() : registry_(SegmentRegistry::Global()) {
   spare_budget_ = EnvBytes("ZERROW_SPARE_BYTES", -1);
   default_arena_ = std::make_unique<Arena>(&registry_, options_, static_cast<SpareHeaps*>(this));
   current_.store(default_arena_.get());
-  pthread_atfork(nullptr, [] { Instance()->AfterFork(false); }, [] { Instance()->AfterFork(true); });
+  pthread_atfork([] { Instance()->BeforeFork(); }, [] { Instance()->AfterFork(false); },
+                 [] { Instance()->AfterFork(true); });
+}
+
+std::vector<Arena*> ZerrowPool::AllArenasLocked() const {
+  std::vector<Arena*> arenas{default_arena_.get()};
+  for (auto& a : scope_arenas_) arenas.push_back(a.get());
+  return arenas;
+}
+
+void ZerrowPool::BeforeFork() {
+  // Every lock, in the documented order, so that no other thread is midway
+  // through changing what the child copies.
+  scope_mu_.lock();
+  registry_.mutex().lock();
+  spare_mu_.lock();
+  for (Arena* arena : AllArenasLocked()) arena->LockForFork();
 }
 
 void ZerrowPool::AfterFork(bool child) {
-  std::vector<Arena*> arenas{default_arena_.get()};
-  {
-    std::lock_guard lock(scope_mu_);
-    for (auto& a : scope_arenas_) arenas.push_back(a.get());
+  const std::vector<Arena*> arenas = AllArenasLocked();
+  if (child) {
+    registry_.ForEachHeapLocked([](SegmentHeap* heap) {
+      if (heap->arena == nullptr || heap->inherited) return;  // spares and lent: below; or already private
+      if (!heap->sealed) {
+        auto st = heap->segment->RemapPrivateInChild();
+        if (!st.ok()) std::fprintf(stderr, "zerrow: after fork(): %s\n", st.ToString().c_str());
+      }
+    });
+    for (Arena* arena : arenas) arena->DisownInheritedLocked();
+    // Spare and lent heaps hold no buffers and were not mapped into the child.
+    for (SegmentHeap* heap : spares_) {
+      heap->segment->ForgetInChild();
+      DestroyDetachedLocked(heap);
+    }
+    for (SegmentHeap* heap : lent_) {
+      heap->segment->ForgetInChild();
+      DestroyDetachedLocked(heap);
+    }
+    spares_.clear();
+    lent_.clear();
+    spare_resident_ = 0;
   }
-  std::unique_lock lock(registry_.mutex());
-  for (Arena* arena : arenas) arena->AbandonForForkLocked();
-  if (child) {  // their mappings were not inherited: only the fds are closed
-    DestroySparesLocked();
-    DestroyLentLocked();
+  for (Arena* arena : arenas) arena->UnlockAfterFork();
+  spare_mu_.unlock();
+  if (child) {
+    registry_.ResetMutexInChild();
+  } else {
+    registry_.mutex().unlock();
   }
+  scope_mu_.unlock();
 }
 
 void ZerrowPool::NoteAllocated(int64_t size) {
@@ -238,7 +275,6 @@ SegmentHeap* ZerrowPool::TakeSpareLocked(std::vector<SegmentHeap*>::iterator it)
   SegmentHeap* heap = *it;
   spares_.erase(it);
   spare_resident_ -= heap->segment->ResidentBytes();
-  heap->segment->SetInheritedByFork(true);  // buffers will live here again
   return heap;
 }
 
@@ -250,7 +286,6 @@ bool ZerrowPool::KeepSpareLocked(SegmentHeap* heap) {
   const int64_t budget = spare_budget_ >= 0 ? spare_budget_ : std::max(int64_t{1} << 30, 2 * max_memory_.load());
   int64_t resident = heap->segment->ResidentBytes();
   if (resident == 0 || spare_resident_ + resident > budget) return false;
-  heap->segment->SetInheritedByFork(false);
   spares_.push_back(heap);
   spare_resident_ += resident;
   return true;
@@ -273,7 +308,6 @@ void ZerrowPool::LendLocked(SegmentHeap* heap) {
     DestroyDetachedLocked(heap);
     return;
   }
-  heap->segment->SetInheritedByFork(false);
   {
     std::lock_guard lock(spare_mu_);
     lent_.push_back(heap);
@@ -314,10 +348,10 @@ void ZerrowPool::ReleaseUnused() {
     DestroySparesLocked();
     DestroyLentLocked();
   }
-  std::vector<Arena*> arenas{default_arena_.get()};
+  std::vector<Arena*> arenas;
   {
     std::lock_guard lock(scope_mu_);
-    for (auto& a : scope_arenas_) arenas.push_back(a.get());
+    arenas = AllArenasLocked();
   }
   for (Arena* arena : arenas) {
     arena->ReleaseRetained();
@@ -374,6 +408,7 @@ PoolStats ZerrowPool::Stats() const {
   s.realloc_in_place = realloc_in_place_.load();
   s.realloc_copied = realloc_copied_.load();
   registry_.ForEachHeap([&](SegmentHeap* h) {
+    if (h->inherited) return;  // the parent's, in a forked child
     s.bytes_resident += h->segment->ResidentBytes();
     if (h->arena == nullptr) {
       ++(h->frozen.load() ? s.lent_segments : s.spare_segments);

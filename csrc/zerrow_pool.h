@@ -60,16 +60,17 @@ class ZerrowPool final : public arrow::MemoryPool, private SpareHeaps {
 
   PoolStats Stats() const;
 
-  // fork(): a child maps the heaps in use read-write (its copies of our
-  // buffers lie there) and shares our open file descriptions, so neither side
-  // may hand out memory from them again, nor reclaim them (the kernel's
-  // holder check cannot see the child). Spare and lent heaps hold no buffers
-  // and are not mapped into children (MADV_DONTFORK): the parent keeps them,
-  // the child forgets them.
+  // fork(): the parent holds every pool lock across fork(). The child remaps
+  // the heaps in use copy-on-write (their read-write mappings are not
+  // inherited, see Segment::Create) and disowns them (see
+  // Arena::DisownInheritedLocked); spare and lent heaps, never mapped into
+  // children, it forgets. The parent keeps everything as it was.
+  void BeforeFork();
   void AfterFork(bool child);
 
  private:
   ZerrowPool();
+  std::vector<Arena*> AllArenasLocked() const;  // scope_mu_ held
   void Collect(const void* segment_base, bool only_collectable = true);
   SegmentHeap* TakeCold(size_t capacity) override;
   SegmentHeap* TakeWarm(size_t need) override;
