@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <thread>
@@ -63,6 +65,7 @@ arrow::Status Arena::AddHeap(size_t at_least) {
   std::lock_guard lock(large_mu_);
   heaps_.push_back(heap);
   InsertFreeLocked(heap, 0, capacity, /*dirty=*/false);
+  CheckInvariantsLocked();
   return arrow::Status::OK();
 }
 
@@ -177,6 +180,7 @@ arrow::Status Arena::AllocateSmall(size_t size, uint8_t** out) {
           heap->slabs.push_back(span);
           bin.push_back(span);
           span->in_partial_list = true;
+          CheckInvariantsLocked();
         }
       }
       if (span != nullptr) {
@@ -230,6 +234,7 @@ arrow::Status Arena::AllocateLarge(size_t size, size_t alignment, uint8_t** out)
         heap->live_allocations.fetch_add(1, std::memory_order_relaxed);
         heap->live_bytes.fetch_add(static_cast<int64_t>(need), std::memory_order_relaxed);
         NoteLive(static_cast<int64_t>(need));
+        CheckInvariantsLocked();
         if (dirty) {
           if (p > start) std::memset(start, 0, static_cast<size_t>(p - start));
           std::memset(p + size, 0, static_cast<size_t>(start + need - p) - size);
@@ -278,6 +283,7 @@ bool Arena::Free(SegmentHeap* heap, uint8_t* p, size_t size, size_t alignment) {
       DecayLocked();
     }
     delete span;
+    CheckInvariantsLocked();
   }
   (void)size;
   (void)alignment;
@@ -292,6 +298,7 @@ void Arena::ReleaseSlabLocked(Shard& shard, Span* span) {
   for (size_t p = 0; p < span->length / kPageSize; ++p) heap->pages.Set(span->offset / kPageSize + p, nullptr);
   InsertFreeLocked(heap, span->offset, span->length, /*dirty=*/true);
   delete span;
+  CheckInvariantsLocked();
 }
 
 bool Arena::ResizeInPlace(SegmentHeap* heap, uint8_t* p, size_t old_size, size_t new_size,
@@ -328,6 +335,7 @@ bool Arena::ResizeInPlace(SegmentHeap* heap, uint8_t* p, size_t old_size, size_t
   span->length = need;
   heap->live_bytes.fetch_add(delta, std::memory_order_relaxed);
   NoteLive(delta);
+  CheckInvariantsLocked();
   if (new_size > old_size || need != new_size) std::memset(p + new_size, 0, need - new_size);
   return true;
 }
@@ -381,6 +389,7 @@ arrow::Status Arena::FreezeLocked(SegmentHeap* heap, bool punch_free) {
     }
     EraseFreeLocked(heap, it);
   }
+  CheckInvariantsLocked();
   // A frozen file never changes size, so a consumer's mapping can never go past its end.
   return heap->segment->SealSize();
 }
@@ -407,6 +416,7 @@ void Arena::DisownInheritedLocked() {
     // The free memory is the parent's to use: forget it without touching it.
     while (!heap->free_extents.empty()) EraseFreeLocked(heap, heap->free_extents.begin());
   }
+  CheckInvariantsLocked();
 }
 
 void Arena::DecayLocked() {
@@ -444,6 +454,7 @@ void Arena::ReleaseRetained() {
   std::vector<std::pair<SegmentHeap*, size_t>> dirty;
   for (auto [len, heap, off] : dirty_index_) dirty.emplace_back(heap, off);
   for (auto [heap, off] : dirty) PunchLocked(heap, off);
+  CheckInvariantsLocked();
 }
 
 void Arena::NoteLive(int64_t delta) {
@@ -492,6 +503,7 @@ bool Arena::UnlinkEmptyHeapLocked(SegmentHeap* heap) {
     IndexOf(fe.dirty).erase(IndexKey{fe.length, heap, off});
     if (fe.dirty) retained_.fetch_sub(static_cast<int64_t>(fe.length), std::memory_order_relaxed);
   }
+  CheckInvariantsLocked();
   return true;
 }
 
@@ -525,7 +537,53 @@ void Arena::AdoptLocked(SegmentHeap* heap) {
   }
   heap->arena = this;
   heaps_.push_back(heap);
+  CheckInvariantsLocked();
 }
+
+#ifdef ZERROW_DEBUG_INVARIANTS
+namespace {
+[[noreturn]] void Broken(const char* invariant, const SegmentHeap* heap, size_t offset) {
+  std::fprintf(stderr, "zerrow: arena invariant broken: %s (heap %p, offset %zu)\n", invariant,
+               static_cast<const void*>(heap), offset);
+  std::abort();
+}
+}  // namespace
+
+void Arena::CheckInvariantsLocked() const {
+  int64_t dirty_bytes = 0;
+  size_t dirty_count = 0, clean_count = 0;
+  for (const SegmentHeap* h : heaps_) {
+    if (h->arena != this) Broken("heap of this arena points to another", h, 0);
+    const bool frozen = h->frozen.load(std::memory_order_acquire);
+    if ((h->sealed || h->inherited) && !frozen) Broken("sealed or inherited heap not frozen", h, 0);
+    if (frozen && !h->free_extents.empty()) Broken("frozen heap has free extents", h, 0);
+    if (h->live_allocations.load() < 0 || h->live_bytes.load() < 0) Broken("negative heap live counter", h, 0);
+    size_t end = 0;
+    const FreeExtent* prev = nullptr;
+    for (const auto& [off, fe] : h->free_extents) {
+      if (fe.length == 0 || off % kPageSize != 0 || fe.length % kPageSize != 0) Broken("extent not page-granular", h, off);
+      if (off < end) Broken("free extents overlap", h, off);
+      if (off + fe.length > h->segment->size()) Broken("free extent past the segment end", h, off);
+      if (prev != nullptr && off == end && prev->dirty == fe.dirty) Broken("adjacent extents of one kind unmerged", h, off);
+      if (fe.stale && !fe.dirty) Broken("stale extent not dirty", h, off);
+      if (!(fe.dirty ? dirty_index_ : clean_index_).count(IndexKey{fe.length, const_cast<SegmentHeap*>(h), off}))
+        Broken("free extent missing from its size index", h, off);
+      if (fe.dirty) {
+        dirty_bytes += static_cast<int64_t>(fe.length);
+        ++dirty_count;
+      } else {
+        ++clean_count;
+      }
+      end = off + fe.length;
+      prev = &fe;
+    }
+  }
+  if (dirty_count != dirty_index_.size() || clean_count != clean_index_.size())
+    Broken("size index holds extents no heap has", nullptr, 0);
+  if (retained_.load(std::memory_order_relaxed) != dirty_bytes) Broken("retained != dirty free bytes", nullptr, 0);
+  if (live_bytes_.load(std::memory_order_relaxed) < 0) Broken("negative live bytes", nullptr, 0);
+}
+#endif
 
 bool Arena::empty() {
   std::lock_guard lock(large_mu_);

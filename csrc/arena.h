@@ -133,6 +133,26 @@ class Arena {
   void DecayLocked();
   void ZeroUnusedSlotsLocked(Span* span);
 
+  // Checks the invariants below (aborts naming the broken one) after each
+  // transition, when built with ZERROW_DEBUG_INVARIANTS (meson
+  // -Ddebug_invariants=true, on in the sanitizer build); nothing otherwise.
+  // large_mu_ held.
+#ifdef ZERROW_DEBUG_INVARIANTS
+  void CheckInvariantsLocked() const;
+#else
+  void CheckInvariantsLocked() const {}
+#endif
+
+  // Invariants (large_mu_ held; checked by CheckInvariantsLocked):
+  //  heaps:    every h in heaps_ has h->arena == this; sealed and inherited
+  //            heaps are frozen; a frozen heap has no free extents.
+  //  extents:  within a heap, free extents are disjoint, lie inside the
+  //            segment, and two adjacent ones differ in dirtiness (equal ones
+  //            merge); stale implies dirty.
+  //  indexes:  dirty_index_ / clean_index_ hold exactly the (length, heap,
+  //            offset) of the dirty / clean free extents of heaps_.
+  //  retained: retained_ == sum of the lengths of dirty free extents of heaps_.
+  //  live:     live_bytes_ >= 0 and each heap's live_allocations, live_bytes >= 0.
   SegmentRegistry* const registry_;
   const ArenaOptions options_;
   SpareHeaps* const spares_;

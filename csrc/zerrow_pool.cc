@@ -92,7 +92,6 @@ void ZerrowPool::AfterFork(bool child) {
     }
     spares_.clear();
     lent_.clear();
-    spare_resident_ = 0;
   }
   for (Arena* arena : arenas) arena->UnlockAfterFork();
   spare_mu_.unlock();
@@ -274,7 +273,6 @@ SegmentHeap* ZerrowPool::TakeWarm(size_t need) {
 SegmentHeap* ZerrowPool::TakeSpareLocked(std::vector<SegmentHeap*>::iterator it) {
   SegmentHeap* heap = *it;
   spares_.erase(it);
-  spare_resident_ -= heap->segment->ResidentBytes();
   return heap;
 }
 
@@ -285,17 +283,21 @@ bool ZerrowPool::KeepSpareLocked(SegmentHeap* heap) {
   // including that of outputs whose readers have since let go.
   const int64_t budget = spare_budget_ >= 0 ? spare_budget_ : std::max(int64_t{1} << 30, 2 * max_memory_.load());
   int64_t resident = heap->segment->ResidentBytes();
-  if (resident == 0 || spare_resident_ + resident > budget) return false;
+  if (resident == 0 || SpareResidentLocked() + resident > budget) return false;
   spares_.push_back(heap);
-  spare_resident_ += resident;
   return true;
+}
+
+int64_t ZerrowPool::SpareResidentLocked() const {
+  int64_t resident = 0;
+  for (SegmentHeap* heap : spares_) resident += heap->segment->ResidentBytes();
+  return resident;
 }
 
 void ZerrowPool::DestroySparesLocked() {
   std::lock_guard lock(spare_mu_);
   for (SegmentHeap* heap : spares_) DestroyDetachedLocked(heap);
   spares_.clear();
-  spare_resident_ = 0;
 }
 
 void ZerrowPool::DestroyDetachedLocked(SegmentHeap* heap) {
@@ -425,7 +427,7 @@ PoolStats ZerrowPool::Stats() const {
   }
   {
     std::lock_guard lock(spare_mu_);
-    s.bytes_retained += spare_resident_;  // empty segments of finished scopes, kept for the next
+    s.bytes_retained += SpareResidentLocked();  // empty segments of finished scopes, kept for the next
     s.segments_reclaimed = reclaimed_;
   }
   return s;

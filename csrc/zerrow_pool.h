@@ -79,6 +79,10 @@ class ZerrowPool final : public arrow::MemoryPool, private SpareHeaps {
   // registry mutex held exclusively. False: destroy it instead.
   bool KeepSpareLocked(SegmentHeap* heap);
   void DestroySparesLocked();
+  // Memory backing the spares right now, asked of the kernel each time: it
+  // can change while they wait (huge-page collapse, reads of untouched
+  // pages), so a running sum kept by hand drifts (issue 9). spare_mu_ held.
+  int64_t SpareResidentLocked() const;
   // Lent heaps: frozen (shared) heaps with nothing live here any more. Their
   // pages are what readers in other processes still map, so they cost nothing
   // extra; once the kernel says no one else holds the file (Segment::SoleHolder)
@@ -112,7 +116,6 @@ class ZerrowPool final : public arrow::MemoryPool, private SpareHeaps {
   std::vector<SegmentHeap*> lent_;  // oldest first
   std::atomic<int64_t> last_warm_reclaim_ns_{0};
   int64_t reclaimed_ = 0;
-  int64_t spare_resident_ = 0;
   int64_t spare_budget_ = -1;  // ZERROW_SPARE_BYTES; -1: max(1 GiB, 2 * max_memory())
 
   std::atomic<int64_t> bytes_allocated_{0}, max_memory_{0}, total_bytes_allocated_{0},
