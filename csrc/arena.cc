@@ -176,6 +176,7 @@ arrow::Status Arena::AllocateSmall(size_t size, uint8_t** out) {
           span->size_class = cls;
           span->shard = shard_index;
           span->slot_count = static_cast<uint32_t>(span->length / slot_size);
+          span->live_slots.assign((span->slot_count + 63) / 64, 0);
           for (size_t p = 0; p < span->length / kPageSize; ++p) heap->pages.Set(off / kPageSize + p, span);
           heap->slabs.push_back(span);
           bin.push_back(span);
@@ -191,6 +192,7 @@ arrow::Status Arena::AllocateSmall(size_t size, uint8_t** out) {
         } else {
           slot = span->next_unused++;
         }
+        span->set_slot_live(slot, true);
         if (++span->live == span->slot_count) {
           bin.pop_back();
           span->in_partial_list = false;
@@ -230,7 +232,8 @@ arrow::Status Arena::AllocateLarge(size_t size, size_t alignment, uint8_t** out)
         uint8_t* start = heap->segment->base() + off;
         uint8_t* p = extra ? reinterpret_cast<uint8_t*>(RoundUp(reinterpret_cast<uintptr_t>(start), alignment))
                            : start;
-        heap->pages.Set(static_cast<size_t>(p - heap->segment->base()) / kPageSize, span);
+        span->start = static_cast<size_t>(p - heap->segment->base());
+        heap->pages.Set(span->start / kPageSize, span);
         heap->live_allocations.fetch_add(1, std::memory_order_relaxed);
         heap->live_bytes.fetch_add(static_cast<int64_t>(need), std::memory_order_relaxed);
         NoteLive(static_cast<int64_t>(need));
@@ -251,14 +254,55 @@ arrow::Status Arena::AllocateLarge(size_t size, size_t alignment, uint8_t** out)
   }
 }
 
-bool Arena::Free(SegmentHeap* heap, uint8_t* p, size_t size, size_t alignment) {
+BadFree Arena::CheckSlotLocked(const Span* span, const uint8_t* p, size_t size, size_t alignment, size_t* actual) {
+  const size_t slot_size = ClassSize(span->size_class);
+  const size_t rel = static_cast<size_t>(p - span->heap->segment->base()) - span->offset;
+  if (rel % slot_size != 0) return BadFree::kInterior;
+  const size_t slot = rel / slot_size;
+  if (slot >= span->slot_count || !span->slot_live(static_cast<uint32_t>(slot))) return BadFree::kNotLive;
+  if (size > kMaxSmall || alignment > kMinAlignment || SizeClassOf(std::max<size_t>(size, 1)) != span->size_class) {
+    *actual = slot_size;
+    return BadFree::kWrongSize;
+  }
+  return BadFree::kNone;
+}
+
+BadFree Arena::CheckLargeLocked(const Span* span, const uint8_t* p, size_t size, size_t alignment, size_t* actual) {
+  if (static_cast<size_t>(p - span->heap->segment->base()) != span->start) return BadFree::kInterior;
+  const size_t extra = alignment > kPageSize ? alignment : 0;
+  const bool small = size <= kMaxSmall && alignment <= kMinAlignment;
+  if (small || RoundUp(std::max<size_t>(size, 1) + extra, kPageSize) != span->length) {
+    *actual = span->length;
+    return BadFree::kWrongSize;
+  }
+  return BadFree::kNone;
+}
+
+BadFree Arena::Check(SegmentHeap* heap, const uint8_t* p, size_t size, size_t alignment, size_t* actual) {
   Span* span = heap->SpanAt(p);
-  if (span == nullptr) return false;  // not a live allocation: ignore rather than corrupt
+  if (span == nullptr) return BadFree::kNotLive;
+  if (span->is_slab()) {
+    std::lock_guard lock(shards_[span->shard].mu);
+    return CheckSlotLocked(span, p, size, alignment, actual);
+  }
+  std::lock_guard lock(large_mu_);
+  return heap->SpanAt(p) == span ? CheckLargeLocked(span, p, size, alignment, actual) : BadFree::kNotLive;
+}
+
+bool Arena::Free(SegmentHeap* heap, uint8_t* p, size_t size, size_t alignment, BadFree* bad, size_t* actual) {
+  Span* span = heap->SpanAt(p);
+  if (span == nullptr) {  // not a live allocation: ignore rather than corrupt
+    *bad = BadFree::kNotLive;
+    return false;
+  }
   if (span->is_slab()) {
     Shard& shard = shards_[span->shard];
     std::lock_guard lock(shard.mu);
+    *bad = CheckSlotLocked(span, p, size, alignment, actual);
+    if (*bad != BadFree::kNone && *bad != BadFree::kWrongSize) return false;  // a slot freed twice would be handed out twice
     const size_t slot_size = ClassSize(span->size_class);
     auto slot = static_cast<uint32_t>((static_cast<size_t>(p - heap->segment->base()) - span->offset) / slot_size);
+    span->set_slot_live(slot, false);
     span->free_slots.push_back(slot);
     --span->live;
     heap->live_bytes.fetch_sub(static_cast<int64_t>(slot_size), std::memory_order_relaxed);
@@ -275,7 +319,13 @@ bool Arena::Free(SegmentHeap* heap, uint8_t* p, size_t size, size_t alignment) {
     }
   } else {
     std::lock_guard lock(large_mu_);
-    heap->pages.Set(static_cast<size_t>(p - heap->segment->base()) / kPageSize, nullptr);
+    if (heap->SpanAt(p) != span) {  // freed by another thread meanwhile
+      *bad = BadFree::kNotLive;
+      return false;
+    }
+    *bad = CheckLargeLocked(span, p, size, alignment, actual);
+    if (*bad == BadFree::kInterior) return false;
+    heap->pages.Set(span->start / kPageSize, nullptr);
     heap->live_bytes.fetch_sub(static_cast<int64_t>(span->length), std::memory_order_relaxed);
     live_bytes_.fetch_sub(static_cast<int64_t>(span->length), std::memory_order_relaxed);
     if (!heap->frozen.load(std::memory_order_acquire)) {
@@ -285,8 +335,6 @@ bool Arena::Free(SegmentHeap* heap, uint8_t* p, size_t size, size_t alignment) {
     delete span;
     CheckInvariantsLocked();
   }
-  (void)size;
-  (void)alignment;
   int64_t left = heap->live_allocations.fetch_sub(1, std::memory_order_acq_rel) - 1;
   return left == 0 && (heap->frozen.load(std::memory_order_acquire) || retired());
 }

@@ -16,6 +16,7 @@
 
 #include <arrow/status.h>
 
+#include "debug_memory_pool.h"
 #include "segment_heap.h"
 #include "size_classes.h"
 
@@ -51,8 +52,13 @@ class Arena {
 
   arrow::Status Allocate(size_t size, size_t alignment, uint8_t** out);
   // Frees p, which lies in `heap` (one of this arena's). Returns true when the
-  // heap can now be destroyed (nothing live, and frozen or retired).
-  bool Free(SegmentHeap* heap, uint8_t* p, size_t size, size_t alignment);
+  // heap can now be destroyed (nothing live, and frozen or retired). A pointer
+  // that is not the start of a live allocation is left alone (*bad says why);
+  // a size that does not match is freed all the same (*bad = kWrongSize,
+  // *actual = the allocation's bytes).
+  bool Free(SegmentHeap* heap, uint8_t* p, size_t size, size_t alignment, BadFree* bad, size_t* actual);
+  // What Free would say about p, without freeing it.
+  BadFree Check(SegmentHeap* heap, const uint8_t* p, size_t size, size_t alignment, size_t* actual);
   // Grows or shrinks a large allocation without moving it, when its segment allows.
   bool ResizeInPlace(SegmentHeap* heap, uint8_t* p, size_t old_size, size_t new_size,
                      size_t alignment);
@@ -130,6 +136,10 @@ class Arena {
   void PunchLocked(SegmentHeap* heap, size_t offset);  // a dirty free extent becomes clean
   void PunchTailLocked(SegmentHeap* heap, size_t offset, size_t cut);  // only its last `cut` bytes
   void ReleaseSlabLocked(Shard& shard, Span* span);  // shard and large_mu_ held
+  // Is p the start of a live slot / large allocation of `size` bytes? Span's
+  // shard mutex / large_mu_ held.
+  static BadFree CheckSlotLocked(const Span* span, const uint8_t* p, size_t size, size_t alignment, size_t* actual);
+  static BadFree CheckLargeLocked(const Span* span, const uint8_t* p, size_t size, size_t alignment, size_t* actual);
   void DecayLocked();
   void ZeroUnusedSlotsLocked(Span* span);
 

@@ -133,22 +133,28 @@ arrow::Status ZerrowPool::AllocateRaw(int64_t size, int64_t alignment, uint8_t**
 }
 
 void ZerrowPool::Free(uint8_t* buffer, int64_t size, int64_t alignment) {
-  FreeRaw(buffer, size, alignment);
-  bytes_allocated_.fetch_sub(size, std::memory_order_relaxed);
+  if (FreeRaw(buffer, size, alignment, "Free")) bytes_allocated_.fetch_sub(size, std::memory_order_relaxed);
 }
 
-void ZerrowPool::FreeRaw(uint8_t* buffer, int64_t size, int64_t alignment) {
-  if (buffer == zero_size_area || buffer == nullptr) return;
+bool ZerrowPool::FreeRaw(uint8_t* buffer, int64_t size, int64_t alignment, const char* call) {
+  if (buffer == zero_size_area || buffer == nullptr) return true;
   const void* base = nullptr;
   bool collect = false;
+  BadFree bad = BadFree::kNone;
+  size_t actual = 0;
   {
     std::shared_lock lock(registry_.mutex());
     SegmentHeap* heap = registry_.FindHeapLocked(buffer);
-    if (heap == nullptr) return;  // not ours; nothing safe to do
-    base = heap->segment->base();
-    collect = heap->arena->Free(heap, buffer, static_cast<size_t>(size), static_cast<size_t>(alignment));
+    if (heap == nullptr) {
+      bad = BadFree::kNotOurs;  // nothing safe to do
+    } else {
+      base = heap->segment->base();
+      collect = heap->arena->Free(heap, buffer, static_cast<size_t>(size), static_cast<size_t>(alignment), &bad, &actual);
+    }
   }
+  ReportBadFree(bad, call, buffer, size, alignment, actual);
   if (collect) Collect(base);
+  return bad == BadFree::kNone || bad == BadFree::kWrongSize;
 }
 
 arrow::Status ZerrowPool::Reallocate(int64_t old_size, int64_t new_size, int64_t alignment,
@@ -168,7 +174,7 @@ arrow::Status ZerrowPool::Reallocate(int64_t old_size, int64_t new_size, int64_t
 arrow::Status ZerrowPool::ReallocateRaw(int64_t old_size, int64_t new_size, int64_t alignment, uint8_t** ptr) {
   if (*ptr == zero_size_area) return AllocateRaw(new_size, alignment, ptr);
   if (new_size == 0) {
-    FreeRaw(*ptr, old_size, alignment);
+    FreeRaw(*ptr, old_size, alignment, "Reallocate");
     *ptr = zero_size_area;
     return arrow::Status::OK();
   }
@@ -176,7 +182,17 @@ arrow::Status ZerrowPool::ReallocateRaw(int64_t old_size, int64_t new_size, int6
   {
     std::shared_lock lock(registry_.mutex());
     SegmentHeap* heap = registry_.FindHeapLocked(*ptr);
-    if (heap == nullptr) return arrow::Status::Invalid("zerrow: reallocating memory the pool does not own");
+    if (heap == nullptr) {
+      ReportBadFree(BadFree::kNotOurs, "Reallocate", *ptr, old_size, alignment);
+      return arrow::Status::Invalid("zerrow: reallocating memory the pool does not own");
+    }
+    if (DebugMemoryPool()) {
+      size_t actual = 0;
+      BadFree bad = heap->arena->Check(heap, *ptr, static_cast<size_t>(old_size), static_cast<size_t>(alignment), &actual);
+      ReportBadFree(bad, "Reallocate", *ptr, old_size, alignment, actual);
+      if (bad == BadFree::kNotLive || bad == BadFree::kInterior)
+        return arrow::Status::Invalid("zerrow: reallocating memory that is not a live allocation of the pool");
+    }
     if (!heap->frozen.load(std::memory_order_acquire)) {
       auto o = static_cast<size_t>(old_size), n = static_cast<size_t>(new_size);
       if (o <= kMaxSmall && n <= kMaxSmall && alignment <= static_cast<int64_t>(kMinAlignment)) {
@@ -193,7 +209,7 @@ arrow::Status ZerrowPool::ReallocateRaw(int64_t old_size, int64_t new_size, int6
   uint8_t* fresh;
   ARROW_RETURN_NOT_OK(AllocateRaw(new_size, alignment, &fresh));
   std::memcpy(fresh, *ptr, static_cast<size_t>(std::min(old_size, new_size)));
-  FreeRaw(*ptr, old_size, alignment);
+  FreeRaw(*ptr, old_size, alignment, "Reallocate");
   realloc_copied_.fetch_add(1, std::memory_order_relaxed);
   *ptr = fresh;
   return arrow::Status::OK();

@@ -97,7 +97,9 @@ class ZerrowPool final : public arrow::MemoryPool, private SpareHeaps {
   void NoteAllocated(int64_t size);  // stats of one allocation of `size` bytes
   // The work of Allocate / Free / Reallocate, without the stats.
   arrow::Status AllocateRaw(int64_t size, int64_t alignment, uint8_t** out);
-  void FreeRaw(uint8_t* buffer, int64_t size, int64_t alignment);
+  // False if nothing was freed (see ZERROW_DEBUG_MEMORY_POOL); `call` names the
+  // entry point in reports.
+  bool FreeRaw(uint8_t* buffer, int64_t size, int64_t alignment, const char* call);
   arrow::Status ReallocateRaw(int64_t old_size, int64_t new_size, int64_t alignment, uint8_t** ptr);
 
   SegmentRegistry& registry_;
