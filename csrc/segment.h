@@ -82,7 +82,9 @@ class Segment {
   // anywhere: no fd, mapping or fd in flight in another process, nor a
   // read-only reopen here (the cached one is closed first). The kernel
   // answers it: a write lease is granted only to a file's sole opener. A
-  // fork of this process shares our own description and is not seen.
+  // fork of this process shares our own description, which is not seen; but
+  // a child that maps the segment does so through a description of its own
+  // (RemapPrivateInChild), which is.
   bool SoleHolder();
   // Whether the kernel counts openers the way SoleHolder relies on (checked
   // once per process on a scratch memfd).

@@ -181,6 +181,35 @@ def test_parent_keeps_its_warm_memory_across_a_fork():
     assert r == {"child": {"ok": True}, "same_address": True}, r
 
 
+def test_parent_reclaims_a_lent_segment_only_once_the_child_lets_go():
+    # The child maps inherited segments through a description of its own, so the
+    # parent's lease check sees it: a segment the parent shared unsealed and then
+    # emptied stays lent (not reused under the child's copy of t) until the child exits.
+    r = run(r"""
+    src = pa.array(np.arange(1_000_000, dtype=np.int64))
+    with z.scope():
+        t = pa.table({"x": pc.multiply(src, 1)})
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.read(go_r, 1)                   # the parent has lent t's segment and allocated anew
+        os._exit(0 if pc.sum(t["x"]).as_py() == sum(range(1_000_000)) else 1)
+    z.share(t, seal=False).close()
+    del t
+    lent = z.stats()["lent_segments"]
+    with z.scope():
+        u = pa.table({"y": pc.multiply(src, 7)})
+    during = z.stats()["segments_reclaimed"]
+    os.write(go_w, b"x")
+    _, status = os.waitpid(pid, 0)
+    with z.scope():
+        v = pa.table({"y": pc.multiply(src, 9)})
+    print(json.dumps({"lent": lent, "during": during, "after": z.stats()["segments_reclaimed"],
+                      "child_ok": status == 0}))
+    """)
+    assert r == {"lent": 1, "during": 0, "after": 1, "child_ok": True}, r
+
+
 def test_parent_and_child_never_carve_the_same_memory():
     # Before the fork the pool holds a spare segment and a live table; after it,
     # parent and child both allocate and write. Had they carved the same free
