@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <thread>
@@ -63,6 +65,7 @@ arrow::Status Arena::AddHeap(size_t at_least) {
   std::lock_guard lock(large_mu_);
   heaps_.push_back(heap);
   InsertFreeLocked(heap, 0, capacity, /*dirty=*/false);
+  CheckInvariantsLocked();
   return arrow::Status::OK();
 }
 
@@ -173,10 +176,12 @@ arrow::Status Arena::AllocateSmall(size_t size, uint8_t** out) {
           span->size_class = cls;
           span->shard = shard_index;
           span->slot_count = static_cast<uint32_t>(span->length / slot_size);
+          span->live_slots.assign((span->slot_count + 63) / 64, 0);
           for (size_t p = 0; p < span->length / kPageSize; ++p) heap->pages.Set(off / kPageSize + p, span);
           heap->slabs.push_back(span);
           bin.push_back(span);
           span->in_partial_list = true;
+          CheckInvariantsLocked();
         }
       }
       if (span != nullptr) {
@@ -187,6 +192,7 @@ arrow::Status Arena::AllocateSmall(size_t size, uint8_t** out) {
         } else {
           slot = span->next_unused++;
         }
+        span->set_slot_live(slot, true);
         if (++span->live == span->slot_count) {
           bin.pop_back();
           span->in_partial_list = false;
@@ -226,10 +232,12 @@ arrow::Status Arena::AllocateLarge(size_t size, size_t alignment, uint8_t** out)
         uint8_t* start = heap->segment->base() + off;
         uint8_t* p = extra ? reinterpret_cast<uint8_t*>(RoundUp(reinterpret_cast<uintptr_t>(start), alignment))
                            : start;
-        heap->pages.Set(static_cast<size_t>(p - heap->segment->base()) / kPageSize, span);
+        span->start = static_cast<size_t>(p - heap->segment->base());
+        heap->pages.Set(span->start / kPageSize, span);
         heap->live_allocations.fetch_add(1, std::memory_order_relaxed);
         heap->live_bytes.fetch_add(static_cast<int64_t>(need), std::memory_order_relaxed);
         NoteLive(static_cast<int64_t>(need));
+        CheckInvariantsLocked();
         if (dirty) {
           if (p > start) std::memset(start, 0, static_cast<size_t>(p - start));
           std::memset(p + size, 0, static_cast<size_t>(start + need - p) - size);
@@ -246,14 +254,55 @@ arrow::Status Arena::AllocateLarge(size_t size, size_t alignment, uint8_t** out)
   }
 }
 
-bool Arena::Free(SegmentHeap* heap, uint8_t* p, size_t size, size_t alignment) {
+BadFree Arena::CheckSlotLocked(const Span* span, const uint8_t* p, size_t size, size_t alignment, size_t* actual) {
+  const size_t slot_size = ClassSize(span->size_class);
+  const size_t rel = static_cast<size_t>(p - span->heap->segment->base()) - span->offset;
+  if (rel % slot_size != 0) return BadFree::kInterior;
+  const size_t slot = rel / slot_size;
+  if (slot >= span->slot_count || !span->slot_live(static_cast<uint32_t>(slot))) return BadFree::kNotLive;
+  if (size > kMaxSmall || alignment > kMinAlignment || SizeClassOf(std::max<size_t>(size, 1)) != span->size_class) {
+    *actual = slot_size;
+    return BadFree::kWrongSize;
+  }
+  return BadFree::kNone;
+}
+
+BadFree Arena::CheckLargeLocked(const Span* span, const uint8_t* p, size_t size, size_t alignment, size_t* actual) {
+  if (static_cast<size_t>(p - span->heap->segment->base()) != span->start) return BadFree::kInterior;
+  const size_t extra = alignment > kPageSize ? alignment : 0;
+  const bool small = size <= kMaxSmall && alignment <= kMinAlignment;
+  if (small || RoundUp(std::max<size_t>(size, 1) + extra, kPageSize) != span->length) {
+    *actual = span->length;
+    return BadFree::kWrongSize;
+  }
+  return BadFree::kNone;
+}
+
+BadFree Arena::Check(SegmentHeap* heap, const uint8_t* p, size_t size, size_t alignment, size_t* actual) {
   Span* span = heap->SpanAt(p);
-  if (span == nullptr) return false;  // not a live allocation: ignore rather than corrupt
+  if (span == nullptr) return BadFree::kNotLive;
+  if (span->is_slab()) {
+    std::lock_guard lock(shards_[span->shard].mu);
+    return CheckSlotLocked(span, p, size, alignment, actual);
+  }
+  std::lock_guard lock(large_mu_);
+  return heap->SpanAt(p) == span ? CheckLargeLocked(span, p, size, alignment, actual) : BadFree::kNotLive;
+}
+
+bool Arena::Free(SegmentHeap* heap, uint8_t* p, size_t size, size_t alignment, BadFree* bad, size_t* actual) {
+  Span* span = heap->SpanAt(p);
+  if (span == nullptr) {  // not a live allocation: ignore rather than corrupt
+    *bad = BadFree::kNotLive;
+    return false;
+  }
   if (span->is_slab()) {
     Shard& shard = shards_[span->shard];
     std::lock_guard lock(shard.mu);
+    *bad = CheckSlotLocked(span, p, size, alignment, actual);
+    if (*bad != BadFree::kNone && *bad != BadFree::kWrongSize) return false;  // a slot freed twice would be handed out twice
     const size_t slot_size = ClassSize(span->size_class);
     auto slot = static_cast<uint32_t>((static_cast<size_t>(p - heap->segment->base()) - span->offset) / slot_size);
+    span->set_slot_live(slot, false);
     span->free_slots.push_back(slot);
     --span->live;
     heap->live_bytes.fetch_sub(static_cast<int64_t>(slot_size), std::memory_order_relaxed);
@@ -270,7 +319,13 @@ bool Arena::Free(SegmentHeap* heap, uint8_t* p, size_t size, size_t alignment) {
     }
   } else {
     std::lock_guard lock(large_mu_);
-    heap->pages.Set(static_cast<size_t>(p - heap->segment->base()) / kPageSize, nullptr);
+    if (heap->SpanAt(p) != span) {  // freed by another thread meanwhile
+      *bad = BadFree::kNotLive;
+      return false;
+    }
+    *bad = CheckLargeLocked(span, p, size, alignment, actual);
+    if (*bad == BadFree::kInterior) return false;
+    heap->pages.Set(span->start / kPageSize, nullptr);
     heap->live_bytes.fetch_sub(static_cast<int64_t>(span->length), std::memory_order_relaxed);
     live_bytes_.fetch_sub(static_cast<int64_t>(span->length), std::memory_order_relaxed);
     if (!heap->frozen.load(std::memory_order_acquire)) {
@@ -278,9 +333,8 @@ bool Arena::Free(SegmentHeap* heap, uint8_t* p, size_t size, size_t alignment) {
       DecayLocked();
     }
     delete span;
+    CheckInvariantsLocked();
   }
-  (void)size;
-  (void)alignment;
   int64_t left = heap->live_allocations.fetch_sub(1, std::memory_order_acq_rel) - 1;
   return left == 0 && (heap->frozen.load(std::memory_order_acquire) || retired());
 }
@@ -292,6 +346,7 @@ void Arena::ReleaseSlabLocked(Shard& shard, Span* span) {
   for (size_t p = 0; p < span->length / kPageSize; ++p) heap->pages.Set(span->offset / kPageSize + p, nullptr);
   InsertFreeLocked(heap, span->offset, span->length, /*dirty=*/true);
   delete span;
+  CheckInvariantsLocked();
 }
 
 bool Arena::ResizeInPlace(SegmentHeap* heap, uint8_t* p, size_t old_size, size_t new_size,
@@ -328,6 +383,7 @@ bool Arena::ResizeInPlace(SegmentHeap* heap, uint8_t* p, size_t old_size, size_t
   span->length = need;
   heap->live_bytes.fetch_add(delta, std::memory_order_relaxed);
   NoteLive(delta);
+  CheckInvariantsLocked();
   if (new_size > old_size || need != new_size) std::memset(p + new_size, 0, need - new_size);
   return true;
 }
@@ -349,6 +405,7 @@ void Arena::ZeroUnusedSlotsLocked(Span* span) {
 }
 
 arrow::Status Arena::Freeze(SegmentHeap* heap, bool seal, bool keep_free) {
+  if (heap->inherited) return arrow::Status::Invalid("zerrow: a segment inherited through fork() cannot be frozen");
   auto shard_locks = LockAllShards();
   std::lock_guard lock(large_mu_);
   ARROW_RETURN_NOT_OK(FreezeLocked(heap, /*punch_free=*/seal || !keep_free));
@@ -380,19 +437,34 @@ arrow::Status Arena::FreezeLocked(SegmentHeap* heap, bool punch_free) {
     }
     EraseFreeLocked(heap, it);
   }
+  CheckInvariantsLocked();
   // A frozen file never changes size, so a consumer's mapping can never go past its end.
   return heap->segment->SealSize();
 }
 
-void Arena::AbandonForForkLocked() {
-  auto shard_locks = LockAllShards();
-  std::lock_guard lock(large_mu_);
+void Arena::LockForFork() {
+  for (auto& shard : shards_) shard.mu.lock();
+  large_mu_.lock();
+}
+
+void Arena::UnlockAfterFork() {
+  large_mu_.unlock();
+  for (int i = kShards; i-- > 0;) shards_[i].mu.unlock();
+}
+
+void Arena::DisownInheritedLocked() {
+  for (auto& shard : shards_)
+    for (auto& bin : shard.partial) {
+      for (Span* span : bin) span->in_partial_list = false;
+      bin.clear();
+    }
   for (SegmentHeap* heap : heaps_) {
-    // Free memory is free on both sides of the fork: punching it is safe, and
-    // leaves it as a later share of this heap expects.
-    (void)FreezeLocked(heap, /*punch_free=*/true);
-    heap->forked = true;
+    heap->inherited = true;
+    heap->frozen.store(true, std::memory_order_release);
+    // The free memory is the parent's to use: forget it without touching it.
+    while (!heap->free_extents.empty()) EraseFreeLocked(heap, heap->free_extents.begin());
   }
+  CheckInvariantsLocked();
 }
 
 void Arena::DecayLocked() {
@@ -430,6 +502,7 @@ void Arena::ReleaseRetained() {
   std::vector<std::pair<SegmentHeap*, size_t>> dirty;
   for (auto [len, heap, off] : dirty_index_) dirty.emplace_back(heap, off);
   for (auto [heap, off] : dirty) PunchLocked(heap, off);
+  CheckInvariantsLocked();
 }
 
 void Arena::NoteLive(int64_t delta) {
@@ -478,6 +551,7 @@ bool Arena::UnlinkEmptyHeapLocked(SegmentHeap* heap) {
     IndexOf(fe.dirty).erase(IndexKey{fe.length, heap, off});
     if (fe.dirty) retained_.fetch_sub(static_cast<int64_t>(fe.length), std::memory_order_relaxed);
   }
+  CheckInvariantsLocked();
   return true;
 }
 
@@ -495,7 +569,7 @@ bool Arena::DetachHeapLocked(SegmentHeap* heap) {
   auto shard_locks = LockAllShards();
   std::lock_guard lock(large_mu_);
   const bool frozen = heap->frozen.load(std::memory_order_acquire);
-  if (frozen ? (heap->sealed || heap->forked) : !retired()) return false;
+  if (frozen ? (heap->sealed || heap->inherited) : !retired()) return false;
   if (!UnlinkEmptyHeapLocked(heap)) return false;
   heap->arena = nullptr;
   return true;
@@ -511,7 +585,53 @@ void Arena::AdoptLocked(SegmentHeap* heap) {
   }
   heap->arena = this;
   heaps_.push_back(heap);
+  CheckInvariantsLocked();
 }
+
+#ifdef ZERROW_DEBUG_INVARIANTS
+namespace {
+[[noreturn]] void Broken(const char* invariant, const SegmentHeap* heap, size_t offset) {
+  std::fprintf(stderr, "zerrow: arena invariant broken: %s (heap %p, offset %zu)\n", invariant,
+               static_cast<const void*>(heap), offset);
+  std::abort();
+}
+}  // namespace
+
+void Arena::CheckInvariantsLocked() const {
+  int64_t dirty_bytes = 0;
+  size_t dirty_count = 0, clean_count = 0;
+  for (const SegmentHeap* h : heaps_) {
+    if (h->arena != this) Broken("heap of this arena points to another", h, 0);
+    const bool frozen = h->frozen.load(std::memory_order_acquire);
+    if ((h->sealed || h->inherited) && !frozen) Broken("sealed or inherited heap not frozen", h, 0);
+    if (frozen && !h->free_extents.empty()) Broken("frozen heap has free extents", h, 0);
+    if (h->live_allocations.load() < 0 || h->live_bytes.load() < 0) Broken("negative heap live counter", h, 0);
+    size_t end = 0;
+    const FreeExtent* prev = nullptr;
+    for (const auto& [off, fe] : h->free_extents) {
+      if (fe.length == 0 || off % kPageSize != 0 || fe.length % kPageSize != 0) Broken("extent not page-granular", h, off);
+      if (off < end) Broken("free extents overlap", h, off);
+      if (off + fe.length > h->segment->size()) Broken("free extent past the segment end", h, off);
+      if (prev != nullptr && off == end && prev->dirty == fe.dirty) Broken("adjacent extents of one kind unmerged", h, off);
+      if (fe.stale && !fe.dirty) Broken("stale extent not dirty", h, off);
+      if (!(fe.dirty ? dirty_index_ : clean_index_).count(IndexKey{fe.length, const_cast<SegmentHeap*>(h), off}))
+        Broken("free extent missing from its size index", h, off);
+      if (fe.dirty) {
+        dirty_bytes += static_cast<int64_t>(fe.length);
+        ++dirty_count;
+      } else {
+        ++clean_count;
+      }
+      end = off + fe.length;
+      prev = &fe;
+    }
+  }
+  if (dirty_count != dirty_index_.size() || clean_count != clean_index_.size())
+    Broken("size index holds extents no heap has", nullptr, 0);
+  if (retained_.load(std::memory_order_relaxed) != dirty_bytes) Broken("retained != dirty free bytes", nullptr, 0);
+  if (live_bytes_.load(std::memory_order_relaxed) < 0) Broken("negative live bytes", nullptr, 0);
+}
+#endif
 
 bool Arena::empty() {
   std::lock_guard lock(large_mu_);

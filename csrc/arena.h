@@ -16,6 +16,7 @@
 
 #include <arrow/status.h>
 
+#include "debug_memory_pool.h"
 #include "segment_heap.h"
 #include "size_classes.h"
 
@@ -51,8 +52,13 @@ class Arena {
 
   arrow::Status Allocate(size_t size, size_t alignment, uint8_t** out);
   // Frees p, which lies in `heap` (one of this arena's). Returns true when the
-  // heap can now be destroyed (nothing live, and frozen or retired).
-  bool Free(SegmentHeap* heap, uint8_t* p, size_t size, size_t alignment);
+  // heap can now be destroyed (nothing live, and frozen or retired). A pointer
+  // that is not the start of a live allocation is left alone (*bad says why);
+  // a size that does not match is freed all the same (*bad = kWrongSize,
+  // *actual = the allocation's bytes).
+  bool Free(SegmentHeap* heap, uint8_t* p, size_t size, size_t alignment, BadFree* bad, size_t* actual);
+  // What Free would say about p, without freeing it.
+  BadFree Check(SegmentHeap* heap, const uint8_t* p, size_t size, size_t alignment, size_t* actual);
   // Grows or shrinks a large allocation without moving it, when its segment allows.
   bool ResizeInPlace(SegmentHeap* heap, uint8_t* p, size_t old_size, size_t new_size,
                      size_t alignment);
@@ -64,9 +70,15 @@ class Arena {
   // so its free memory is always punched.
   arrow::Status Freeze(SegmentHeap* heap, bool seal, bool keep_free = false);
 
-  // The process has forked: every heap is frozen and marked forked (never
-  // reused). Registry mutex held.
-  void AbandonForForkLocked();
+  // fork(): the parent takes every lock of the arena before forking (so the
+  // child's copy of its state is consistent) and both sides release them.
+  void LockForFork();
+  void UnlockAfterFork();
+  // In the child, locks held (see LockForFork): every heap is the parent's
+  // (mapped copy-on-write, see Segment::RemapPrivateInChild), so none is
+  // allocated from, punched, sealed or lent again; each goes once its
+  // buffers here are freed.
+  void DisownInheritedLocked();
 
   // The arena's scope has ended: its heaps are destroyed as they empty.
   void Retire();
@@ -124,9 +136,33 @@ class Arena {
   void PunchLocked(SegmentHeap* heap, size_t offset);  // a dirty free extent becomes clean
   void PunchTailLocked(SegmentHeap* heap, size_t offset, size_t cut);  // only its last `cut` bytes
   void ReleaseSlabLocked(Shard& shard, Span* span);  // shard and large_mu_ held
+  // Is p the start of a live slot / large allocation of `size` bytes? Span's
+  // shard mutex / large_mu_ held.
+  static BadFree CheckSlotLocked(const Span* span, const uint8_t* p, size_t size, size_t alignment, size_t* actual);
+  static BadFree CheckLargeLocked(const Span* span, const uint8_t* p, size_t size, size_t alignment, size_t* actual);
   void DecayLocked();
   void ZeroUnusedSlotsLocked(Span* span);
 
+  // Checks the invariants below (aborts naming the broken one) after each
+  // transition, when built with ZERROW_DEBUG_INVARIANTS (meson
+  // -Ddebug_invariants=true, on in the sanitizer build); nothing otherwise.
+  // large_mu_ held.
+#ifdef ZERROW_DEBUG_INVARIANTS
+  void CheckInvariantsLocked() const;
+#else
+  void CheckInvariantsLocked() const {}
+#endif
+
+  // Invariants (large_mu_ held; checked by CheckInvariantsLocked):
+  //  heaps:    every h in heaps_ has h->arena == this; sealed and inherited
+  //            heaps are frozen; a frozen heap has no free extents.
+  //  extents:  within a heap, free extents are disjoint, lie inside the
+  //            segment, and two adjacent ones differ in dirtiness (equal ones
+  //            merge); stale implies dirty.
+  //  indexes:  dirty_index_ / clean_index_ hold exactly the (length, heap,
+  //            offset) of the dirty / clean free extents of heaps_.
+  //  retained: retained_ == sum of the lengths of dirty free extents of heaps_.
+  //  live:     live_bytes_ >= 0 and each heap's live_allocations, live_bytes >= 0.
   SegmentRegistry* const registry_;
   const ArenaOptions options_;
   SpareHeaps* const spares_;

@@ -76,6 +76,8 @@ arrow::Result<std::shared_ptr<Segment>> Segment::Create(size_t capacity) {
   seg->size_ = seg->map_len_ = capacity;
   seg->owned_ = true;
   madvise(m, capacity, MADV_HUGEPAGE);  // best effort: only matters with shmem THP on advise
+  // A fork must not write into our file: the child remaps it copy-on-write.
+  if (madvise(m, capacity, MADV_DONTFORK) != 0) return Errno("madvise(MADV_DONTFORK)");
   struct stat st;
   if (fstat(fd, &st) != 0) return Errno("fstat");
   seg->dev_ = st.st_dev;
@@ -157,8 +159,27 @@ arrow::Result<int> Segment::OpenReadOnly() const {
   return out;
 }
 
-void Segment::SetInheritedByFork(bool inherited) {
-  if (map_base_ != nullptr) madvise(map_base_, map_len_, inherited ? MADV_DOFORK : MADV_DONTFORK);
+arrow::Status Segment::RemapPrivateInChild() {
+  if (int ro = ro_fd_.exchange(-1); ro >= 0) close(ro);
+  int ro = Reopen(fd_, O_RDONLY);
+  // Without a new description the parent cannot see us, but we still read its
+  // pages copy-on-write.
+  const int from = ro >= 0 ? ro : fd_;
+  void* m = mmap(map_base_, map_len_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, from, 0);
+  int err = errno;
+  if (ro >= 0) close(ro);
+  if (m == MAP_FAILED) {
+    errno = err;
+    return Errno("remapping an inherited segment copy-on-write");
+  }
+  close(fd_);
+  fd_ = -1;
+  return arrow::Status::OK();
+}
+
+void Segment::ForgetInChild() {
+  map_base_ = nullptr;  // never inherited: nothing of ours is mapped there
+  if (int ro = ro_fd_.exchange(-1); ro >= 0) close(ro);
 }
 
 int64_t Segment::ResidentBytes() const {

@@ -27,7 +27,9 @@ enum class SegmentKind : uint8_t {
 class Segment {
  public:
   // Creates a memfd of `capacity` bytes (sparse: pages appear on first touch),
-  // maps it MAP_SHARED read-write at a 2 MiB-aligned address and advises huge pages.
+  // maps it MAP_SHARED read-write at a 2 MiB-aligned address and advises huge
+  // pages. The read-write mapping is not inherited by fork() (MADV_DONTFORK):
+  // a child gets a copy-on-write view instead, see RemapPrivateInChild.
   static arrow::Result<std::shared_ptr<Segment>> Create(size_t capacity);
 
   // Maps `fd` read-only. The segment keeps its own dup of `fd`.
@@ -61,9 +63,15 @@ class Segment {
   // A new fd (the caller closes it) on a read-only file description of this
   // segment's file: whoever holds it cannot map it writable.
   arrow::Result<int> OpenReadOnly() const;
-  // Whether a fork of this process maps the segment too (MADV_DOFORK /
-  // MADV_DONTFORK); a segment holding no buffers need not be.
-  void SetInheritedByFork(bool inherited);
+  // In a child just forked: maps the file again at the same address,
+  // MAP_PRIVATE (copy-on-write) with the parent's protection, through a new
+  // read-only description of the file, so the parent's lease check
+  // (SoleHolder) sees this child for as long as it maps the segment. The
+  // inherited descriptors are closed; this process must never change the file.
+  arrow::Status RemapPrivateInChild();
+  // In a child just forked: closes the inherited descriptors of a segment whose
+  // mapping was not inherited (MADV_DONTFORK), forgetting the mapping too.
+  void ForgetInChild();
   // Bytes of the file that are backed by memory right now.
   int64_t ResidentBytes() const;
   // The [offset, length) runs of the file that are backed by memory, holes
@@ -74,7 +82,9 @@ class Segment {
   // anywhere: no fd, mapping or fd in flight in another process, nor a
   // read-only reopen here (the cached one is closed first). The kernel
   // answers it: a write lease is granted only to a file's sole opener. A
-  // fork of this process shares our own description and is not seen.
+  // fork of this process shares our own description, which is not seen; but
+  // a child that maps the segment does so through a description of its own
+  // (RemapPrivateInChild), which is.
   bool SoleHolder();
   // Whether the kernel counts openers the way SoleHolder relies on (checked
   // once per process on a scratch memfd).

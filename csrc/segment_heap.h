@@ -42,10 +42,10 @@ class SegmentHeap {
   std::atomic<int64_t> live_bytes{0};         // bytes of live slots and extents
   std::atomic<bool> frozen{false};
   bool sealed = false;
-  // Mapped read-write by a fork of this process too: never allocated from or
-  // reused again, only destroyed once nothing in it is live (see ZerrowPool's
-  // fork handlers).
-  bool forked = false;
+  // In a forked child: the parent's heap, mapped copy-on-write here. Never
+  // allocated from, punched, sealed, lent or shared by reference; destroyed
+  // once nothing in it is live (see ZerrowPool::AfterFork).
+  bool inherited = false;
 };
 
 }  // namespace zerrow

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <new>
 #include <optional>
 #include <shared_mutex>
 #include <vector>
@@ -46,7 +47,17 @@ class SegmentRegistry {
       if (e.heap) f(e.heap);
   }
 
+  template <typename F>
+  void ForEachHeapLocked(F&& f) const {  // mutex() held
+    for (auto& [base, e] : entries_)
+      if (e.heap) f(e.heap);
+  }
+
   std::shared_mutex& mutex() const { return mu_; }
+  // In a forked child, instead of unlocking mutex() locked before fork():
+  // a write-locked rwlock remembers its owner's thread id, which the child's
+  // thread does not have.
+  void ResetMutexInChild() { new (&mu_) std::shared_mutex(); }
 
  private:
   struct Entry {

@@ -129,7 +129,10 @@ class Exporter {
     if (placements_.count(key)) return arrow::Status::OK();
     Placement p;
     auto r = SegmentRegistry::Global().Resolve(b.data());
-    if (r && r->offset + static_cast<uint64_t>(b.size()) <= r->segment->size()) {
+    if (r && r->heap && r->heap->inherited) {
+      // The parent's memory, copy-on-write here: our pages may differ from the file.
+      to_copy_.push_back(&b);
+    } else if (r && r->offset + static_cast<uint64_t>(b.size()) <= r->segment->size()) {
       p.segment = std::move(r->segment);
       p.offset = r->offset;
       p.heap = r->heap;
@@ -142,11 +145,11 @@ class Exporter {
   }
 
   // Foreign buffers go to the hook (the kernel module) first; whatever it
-  // declines is copied once, into a fresh memfd that holds nothing else.
+  // declines, and buffers in segments inherited through fork(), is copied
+  // once, into a fresh memfd that holds nothing else.
   arrow::Status PlaceForeign() {
-    if (foreign_.empty()) return arrow::Status::OK();
     std::vector<std::optional<ForeignPlacement>> placed(foreign_.size());
-    if (auto hook = GetForeignMemoryHook()) {
+    if (auto hook = foreign_.empty() ? nullptr : GetForeignMemoryHook()) {
       std::vector<ForeignRange> ranges;
       for (const arrow::Buffer* b : foreign_) ranges.push_back({b->data(), static_cast<size_t>(b->size())});
       ARROW_ASSIGN_OR_RAISE(placed, hook->Place(ranges, options_));
@@ -160,15 +163,18 @@ class Exporter {
         p.exposed = placed[i]->exposed_bytes;
         p.copied_bytes = placed[i]->copied_bytes;
       } else {
-        p.copied = true;
-        p.offset = RoundUp(copy_bytes_, kMinAlignment);
-        copy_bytes_ = p.offset + static_cast<uint64_t>(foreign_[i]->size());
-        copies_.push_back(foreign_[i]);
+        to_copy_.push_back(foreign_[i]);
       }
     }
-    if (copies_.empty()) return arrow::Status::OK();
+    if (to_copy_.empty()) return arrow::Status::OK();
+    for (const arrow::Buffer* b : to_copy_) {
+      Placement& p = placements_.at(BufferKey{b->data(), b->size()});
+      p.copied = true;
+      p.offset = RoundUp(copy_bytes_, kMinAlignment);
+      copy_bytes_ = p.offset + static_cast<uint64_t>(b->size());
+    }
     ARROW_ASSIGN_OR_RAISE(auto seg, Segment::Create(RoundUp(copy_bytes_, kPageSize)));
-    for (const arrow::Buffer* b : copies_) {
+    for (const arrow::Buffer* b : to_copy_) {
       Placement& p = placements_.at(BufferKey{b->data(), b->size()});
       std::memcpy(seg->base() + p.offset, b->data(), static_cast<size_t>(b->size()));
       p.segment = seg;
@@ -245,7 +251,7 @@ class Exporter {
   std::unordered_map<BufferKey, Placement, BufferKeyHash> placements_;
   std::unordered_map<const Segment*, SegmentHeap*> heaps_;  // own pool segments, to freeze
   std::vector<const arrow::Buffer*> foreign_;  // in no zerrow segment
-  std::vector<const arrow::Buffer*> copies_;
+  std::vector<const arrow::Buffer*> to_copy_;  // declined by the hook, or inherited through fork()
   uint64_t copy_bytes_ = 0;
 
   sipc::RawDescriptor desc_;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <shared_mutex>
@@ -50,21 +51,56 @@ ZerrowPool::ZerrowPool() : registry_(SegmentRegistry::Global()) {
   spare_budget_ = EnvBytes("ZERROW_SPARE_BYTES", -1);
   default_arena_ = std::make_unique<Arena>(&registry_, options_, static_cast<SpareHeaps*>(this));
   current_.store(default_arena_.get());
-  pthread_atfork(nullptr, [] { Instance()->AfterFork(false); }, [] { Instance()->AfterFork(true); });
+  pthread_atfork([] { Instance()->BeforeFork(); }, [] { Instance()->AfterFork(false); },
+                 [] { Instance()->AfterFork(true); });
+}
+
+std::vector<Arena*> ZerrowPool::AllArenasLocked() const {
+  std::vector<Arena*> arenas{default_arena_.get()};
+  for (auto& a : scope_arenas_) arenas.push_back(a.get());
+  return arenas;
+}
+
+void ZerrowPool::BeforeFork() {
+  // Every lock, in the documented order, so that no other thread is midway
+  // through changing what the child copies.
+  scope_mu_.lock();
+  registry_.mutex().lock();
+  spare_mu_.lock();
+  for (Arena* arena : AllArenasLocked()) arena->LockForFork();
 }
 
 void ZerrowPool::AfterFork(bool child) {
-  std::vector<Arena*> arenas{default_arena_.get()};
-  {
-    std::lock_guard lock(scope_mu_);
-    for (auto& a : scope_arenas_) arenas.push_back(a.get());
+  const std::vector<Arena*> arenas = AllArenasLocked();
+  if (child) {
+    registry_.ForEachHeapLocked([](SegmentHeap* heap) {
+      if (heap->arena == nullptr || heap->inherited) return;  // spares and lent: below; or already private
+      if (!heap->sealed) {
+        auto st = heap->segment->RemapPrivateInChild();
+        if (!st.ok()) std::fprintf(stderr, "zerrow: after fork(): %s\n", st.ToString().c_str());
+      }
+    });
+    for (Arena* arena : arenas) arena->DisownInheritedLocked();
+    // Spare and lent heaps hold no buffers and were not mapped into the child.
+    for (SegmentHeap* heap : spares_) {
+      heap->segment->ForgetInChild();
+      DestroyDetachedLocked(heap);
+    }
+    for (SegmentHeap* heap : lent_) {
+      heap->segment->ForgetInChild();
+      DestroyDetachedLocked(heap);
+    }
+    spares_.clear();
+    lent_.clear();
   }
-  std::unique_lock lock(registry_.mutex());
-  for (Arena* arena : arenas) arena->AbandonForForkLocked();
-  if (child) {  // their mappings were not inherited: only the fds are closed
-    DestroySparesLocked();
-    DestroyLentLocked();
+  for (Arena* arena : arenas) arena->UnlockAfterFork();
+  spare_mu_.unlock();
+  if (child) {
+    registry_.ResetMutexInChild();
+  } else {
+    registry_.mutex().unlock();
   }
+  scope_mu_.unlock();
 }
 
 void ZerrowPool::NoteAllocated(int64_t size) {
@@ -97,22 +133,28 @@ arrow::Status ZerrowPool::AllocateRaw(int64_t size, int64_t alignment, uint8_t**
 }
 
 void ZerrowPool::Free(uint8_t* buffer, int64_t size, int64_t alignment) {
-  FreeRaw(buffer, size, alignment);
-  bytes_allocated_.fetch_sub(size, std::memory_order_relaxed);
+  if (FreeRaw(buffer, size, alignment, "Free")) bytes_allocated_.fetch_sub(size, std::memory_order_relaxed);
 }
 
-void ZerrowPool::FreeRaw(uint8_t* buffer, int64_t size, int64_t alignment) {
-  if (buffer == zero_size_area || buffer == nullptr) return;
+bool ZerrowPool::FreeRaw(uint8_t* buffer, int64_t size, int64_t alignment, const char* call) {
+  if (buffer == zero_size_area || buffer == nullptr) return true;
   const void* base = nullptr;
   bool collect = false;
+  BadFree bad = BadFree::kNone;
+  size_t actual = 0;
   {
     std::shared_lock lock(registry_.mutex());
     SegmentHeap* heap = registry_.FindHeapLocked(buffer);
-    if (heap == nullptr) return;  // not ours; nothing safe to do
-    base = heap->segment->base();
-    collect = heap->arena->Free(heap, buffer, static_cast<size_t>(size), static_cast<size_t>(alignment));
+    if (heap == nullptr) {
+      bad = BadFree::kNotOurs;  // nothing safe to do
+    } else {
+      base = heap->segment->base();
+      collect = heap->arena->Free(heap, buffer, static_cast<size_t>(size), static_cast<size_t>(alignment), &bad, &actual);
+    }
   }
+  ReportBadFree(bad, call, buffer, size, alignment, actual);
   if (collect) Collect(base);
+  return bad == BadFree::kNone || bad == BadFree::kWrongSize;
 }
 
 arrow::Status ZerrowPool::Reallocate(int64_t old_size, int64_t new_size, int64_t alignment,
@@ -132,7 +174,7 @@ arrow::Status ZerrowPool::Reallocate(int64_t old_size, int64_t new_size, int64_t
 arrow::Status ZerrowPool::ReallocateRaw(int64_t old_size, int64_t new_size, int64_t alignment, uint8_t** ptr) {
   if (*ptr == zero_size_area) return AllocateRaw(new_size, alignment, ptr);
   if (new_size == 0) {
-    FreeRaw(*ptr, old_size, alignment);
+    FreeRaw(*ptr, old_size, alignment, "Reallocate");
     *ptr = zero_size_area;
     return arrow::Status::OK();
   }
@@ -140,7 +182,17 @@ arrow::Status ZerrowPool::ReallocateRaw(int64_t old_size, int64_t new_size, int6
   {
     std::shared_lock lock(registry_.mutex());
     SegmentHeap* heap = registry_.FindHeapLocked(*ptr);
-    if (heap == nullptr) return arrow::Status::Invalid("zerrow: reallocating memory the pool does not own");
+    if (heap == nullptr) {
+      ReportBadFree(BadFree::kNotOurs, "Reallocate", *ptr, old_size, alignment);
+      return arrow::Status::Invalid("zerrow: reallocating memory the pool does not own");
+    }
+    if (DebugMemoryPool()) {
+      size_t actual = 0;
+      BadFree bad = heap->arena->Check(heap, *ptr, static_cast<size_t>(old_size), static_cast<size_t>(alignment), &actual);
+      ReportBadFree(bad, "Reallocate", *ptr, old_size, alignment, actual);
+      if (bad == BadFree::kNotLive || bad == BadFree::kInterior)
+        return arrow::Status::Invalid("zerrow: reallocating memory that is not a live allocation of the pool");
+    }
     if (!heap->frozen.load(std::memory_order_acquire)) {
       auto o = static_cast<size_t>(old_size), n = static_cast<size_t>(new_size);
       if (o <= kMaxSmall && n <= kMaxSmall && alignment <= static_cast<int64_t>(kMinAlignment)) {
@@ -157,7 +209,7 @@ arrow::Status ZerrowPool::ReallocateRaw(int64_t old_size, int64_t new_size, int6
   uint8_t* fresh;
   ARROW_RETURN_NOT_OK(AllocateRaw(new_size, alignment, &fresh));
   std::memcpy(fresh, *ptr, static_cast<size_t>(std::min(old_size, new_size)));
-  FreeRaw(*ptr, old_size, alignment);
+  FreeRaw(*ptr, old_size, alignment, "Reallocate");
   realloc_copied_.fetch_add(1, std::memory_order_relaxed);
   *ptr = fresh;
   return arrow::Status::OK();
@@ -237,8 +289,6 @@ SegmentHeap* ZerrowPool::TakeWarm(size_t need) {
 SegmentHeap* ZerrowPool::TakeSpareLocked(std::vector<SegmentHeap*>::iterator it) {
   SegmentHeap* heap = *it;
   spares_.erase(it);
-  spare_resident_ -= heap->segment->ResidentBytes();
-  heap->segment->SetInheritedByFork(true);  // buffers will live here again
   return heap;
 }
 
@@ -249,18 +299,21 @@ bool ZerrowPool::KeepSpareLocked(SegmentHeap* heap) {
   // including that of outputs whose readers have since let go.
   const int64_t budget = spare_budget_ >= 0 ? spare_budget_ : std::max(int64_t{1} << 30, 2 * max_memory_.load());
   int64_t resident = heap->segment->ResidentBytes();
-  if (resident == 0 || spare_resident_ + resident > budget) return false;
-  heap->segment->SetInheritedByFork(false);
+  if (resident == 0 || SpareResidentLocked() + resident > budget) return false;
   spares_.push_back(heap);
-  spare_resident_ += resident;
   return true;
+}
+
+int64_t ZerrowPool::SpareResidentLocked() const {
+  int64_t resident = 0;
+  for (SegmentHeap* heap : spares_) resident += heap->segment->ResidentBytes();
+  return resident;
 }
 
 void ZerrowPool::DestroySparesLocked() {
   std::lock_guard lock(spare_mu_);
   for (SegmentHeap* heap : spares_) DestroyDetachedLocked(heap);
   spares_.clear();
-  spare_resident_ = 0;
 }
 
 void ZerrowPool::DestroyDetachedLocked(SegmentHeap* heap) {
@@ -273,7 +326,6 @@ void ZerrowPool::LendLocked(SegmentHeap* heap) {
     DestroyDetachedLocked(heap);
     return;
   }
-  heap->segment->SetInheritedByFork(false);
   {
     std::lock_guard lock(spare_mu_);
     lent_.push_back(heap);
@@ -314,10 +366,10 @@ void ZerrowPool::ReleaseUnused() {
     DestroySparesLocked();
     DestroyLentLocked();
   }
-  std::vector<Arena*> arenas{default_arena_.get()};
+  std::vector<Arena*> arenas;
   {
     std::lock_guard lock(scope_mu_);
-    for (auto& a : scope_arenas_) arenas.push_back(a.get());
+    arenas = AllArenasLocked();
   }
   for (Arena* arena : arenas) {
     arena->ReleaseRetained();
@@ -374,6 +426,7 @@ PoolStats ZerrowPool::Stats() const {
   s.realloc_in_place = realloc_in_place_.load();
   s.realloc_copied = realloc_copied_.load();
   registry_.ForEachHeap([&](SegmentHeap* h) {
+    if (h->inherited) return;  // the parent's, in a forked child
     s.bytes_resident += h->segment->ResidentBytes();
     if (h->arena == nullptr) {
       ++(h->frozen.load() ? s.lent_segments : s.spare_segments);
@@ -390,7 +443,7 @@ PoolStats ZerrowPool::Stats() const {
   }
   {
     std::lock_guard lock(spare_mu_);
-    s.bytes_retained += spare_resident_;  // empty segments of finished scopes, kept for the next
+    s.bytes_retained += SpareResidentLocked();  // empty segments of finished scopes, kept for the next
     s.segments_reclaimed = reclaimed_;
   }
   return s;

@@ -60,16 +60,17 @@ class ZerrowPool final : public arrow::MemoryPool, private SpareHeaps {
 
   PoolStats Stats() const;
 
-  // fork(): a child maps the heaps in use read-write (its copies of our
-  // buffers lie there) and shares our open file descriptions, so neither side
-  // may hand out memory from them again, nor reclaim them (the kernel's
-  // holder check cannot see the child). Spare and lent heaps hold no buffers
-  // and are not mapped into children (MADV_DONTFORK): the parent keeps them,
-  // the child forgets them.
+  // fork(): the parent holds every pool lock across fork(). The child remaps
+  // the heaps in use copy-on-write (their read-write mappings are not
+  // inherited, see Segment::Create) and disowns them (see
+  // Arena::DisownInheritedLocked); spare and lent heaps, never mapped into
+  // children, it forgets. The parent keeps everything as it was.
+  void BeforeFork();
   void AfterFork(bool child);
 
  private:
   ZerrowPool();
+  std::vector<Arena*> AllArenasLocked() const;  // scope_mu_ held
   void Collect(const void* segment_base, bool only_collectable = true);
   SegmentHeap* TakeCold(size_t capacity) override;
   SegmentHeap* TakeWarm(size_t need) override;
@@ -78,6 +79,10 @@ class ZerrowPool final : public arrow::MemoryPool, private SpareHeaps {
   // registry mutex held exclusively. False: destroy it instead.
   bool KeepSpareLocked(SegmentHeap* heap);
   void DestroySparesLocked();
+  // Memory backing the spares right now, asked of the kernel each time: it
+  // can change while they wait (huge-page collapse, reads of untouched
+  // pages), so a running sum kept by hand drifts (issue 9). spare_mu_ held.
+  int64_t SpareResidentLocked() const;
   // Lent heaps: frozen (shared) heaps with nothing live here any more. Their
   // pages are what readers in other processes still map, so they cost nothing
   // extra; once the kernel says no one else holds the file (Segment::SoleHolder)
@@ -92,7 +97,9 @@ class ZerrowPool final : public arrow::MemoryPool, private SpareHeaps {
   void NoteAllocated(int64_t size);  // stats of one allocation of `size` bytes
   // The work of Allocate / Free / Reallocate, without the stats.
   arrow::Status AllocateRaw(int64_t size, int64_t alignment, uint8_t** out);
-  void FreeRaw(uint8_t* buffer, int64_t size, int64_t alignment);
+  // False if nothing was freed (see ZERROW_DEBUG_MEMORY_POOL); `call` names the
+  // entry point in reports.
+  bool FreeRaw(uint8_t* buffer, int64_t size, int64_t alignment, const char* call);
   arrow::Status ReallocateRaw(int64_t old_size, int64_t new_size, int64_t alignment, uint8_t** ptr);
 
   SegmentRegistry& registry_;
@@ -111,7 +118,6 @@ class ZerrowPool final : public arrow::MemoryPool, private SpareHeaps {
   std::vector<SegmentHeap*> lent_;  // oldest first
   std::atomic<int64_t> last_warm_reclaim_ns_{0};
   int64_t reclaimed_ = 0;
-  int64_t spare_resident_ = 0;
   int64_t spare_budget_ = -1;  // ZERROW_SPARE_BYTES; -1: max(1 GiB, 2 * max_memory())
 
   std::atomic<int64_t> bytes_allocated_{0}, max_memory_{0}, total_bytes_allocated_{0},

@@ -205,33 +205,3 @@ def test_spare_budget_reads_size_suffixes():
     assert tight["segments_reclaimed"] >= 1 and roomy["segments_reclaimed"] >= 1, (tight, roomy)
     assert tight["faults"] > 3000, tight   # 16 MB of fresh pages
     assert roomy["faults"] < 1500, roomy
-
-
-def test_fork_parent_and_child_never_carve_the_same_memory():
-    # Before the fork the pool holds a spare segment and a live table; after it,
-    # parent and child both allocate and write. Had they carved the same free
-    # memory (both own a copy of the pool's state, and the segment is shared),
-    # one would see the other's values.
-    r = run(r"""
-    N = 1_000_000
-    t0 = made(N, 0)
-    tmp = made(N, 1); del tmp                      # its segment becomes a spare
-    r_fd, w_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        u = made(N, 5)
-        os.read(r_fd, 1)                           # the parent has written v
-        ok = pc.all(pc.equal(u["x"], pc.add(SOURCES[N], 5))).as_py()
-        ok = ok and pc.all(pc.equal(t0["x"], SOURCES[N])).as_py()
-        os._exit(0 if ok else 1)
-    v = made(N, 9)
-    os.write(w_fd, b"x")
-    _, status = os.waitpid(pid, 0)
-    out = {"child_ok": os.waitstatus_to_exitcode(status) == 0,
-           "parent_ok": pc.all(pc.equal(v["x"], pc.add(SOURCES[N], 9))).as_py()}
-    # a table from before the fork can still be shared (unsealed: the child mapped it writable)
-    sh = z.share(t0, seal=False)
-    out["shared_back"] = z.attach(sh.descriptor, sh.fds).equals(t0)
-    print(json.dumps(out))
-    """)
-    assert r == {"child_ok": True, "parent_ok": True, "shared_back": True}, r

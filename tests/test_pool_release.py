@@ -181,3 +181,29 @@ def test_decay_punches_only_the_excess():
     """
     retained = int(run_python(code, env={**os.environ, "ZERROW_RETAIN_BYTES": str(300 * MiB)}))
     assert retained >= 200 * MiB
+
+
+def test_retained_stays_exact_when_a_spare_segment_grows():
+    # Issue 9: a spare segment's resident memory can grow while it waits (the
+    # kernel collapsing it into huge pages; here, a read of its untouched pages,
+    # which allocates shmem pages). bytes_retained once subtracted the grown size
+    # when the spare was taken, having added the smaller one, and went negative.
+    code = """
+    import ctypes, json, numpy as np, pyarrow as pa, zerrow_pool as z
+    with z.scope():
+        b = pa.allocate_buffer(1 << 20, memory_pool=z.pool())
+        np.frombuffer(b, dtype=np.uint8)[:] = 1
+        addr = b.address
+    del b                                          # its segment becomes a spare
+    ctypes.string_at(addr + (1 << 20), 16 << 20)   # the spare's resident memory grows
+    spare = z.stats()
+    with z.scope():
+        c = pa.allocate_buffer(100, memory_pool=z.pool())   # takes the spare
+    taken = z.stats()
+    print(json.dumps([spare, taken]))
+    """
+    import json
+    spare, taken = json.loads(run_python(code))
+    assert spare["spare_segments"] == 1 and taken["spare_segments"] == 0, (spare, taken)
+    assert spare["bytes_retained"] >= 17 * MiB, spare      # the spare's resident memory, all free
+    assert 0 <= taken["bytes_retained"] <= taken["bytes_resident"], taken

@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -204,8 +205,50 @@ static void TestThreads(ZerrowPool* pool) {
   CHECK(bad.load() == 0);
 }
 
-int main() {
+// `pool_test bad-free KIND`: one invalid Free or Reallocate (what
+// ZERROW_DEBUG_MEMORY_POOL reports), then checks that the pool was not
+// corrupted by it: "survived" on stdout if so.
+static int BadFree(ZerrowPool* pool, const std::string& kind) {
+  uint8_t* keep = Alloc(pool, 100);
+  if (kind == "not-ours") {
+    std::vector<uint8_t> heap_memory(100);
+    pool->Free(heap_memory.data(), 100, 64);
+  } else if (kind == "double-small" || kind == "double-large") {
+    const int64_t size = kind == "double-small" ? 100 : 100000;
+    uint8_t* p = Alloc(pool, size);
+    pool->Free(p, size, 64);
+    pool->Free(p, size, 64);
+    // Freed twice, it must not be handed out twice.
+    uint8_t* a = Alloc(pool, size);
+    uint8_t* b = Alloc(pool, size);
+    CHECK(a != b);
+    pool->Free(a, size, 64);
+    pool->Free(b, size, 64);
+  } else if (kind == "interior") {
+    pool->Free(keep + 8, 100, 64);
+    uint8_t* other = Alloc(pool, 100);
+    CHECK(other != keep);
+    pool->Free(other, 100, 64);
+  } else if (kind == "wrong-size") {
+    uint8_t* p = Alloc(pool, 100000);
+    pool->Free(p, 5000, 64);
+  } else if (kind == "realloc-freed") {
+    uint8_t* p = Alloc(pool, 100000);
+    pool->Free(p, 100000, 64);
+    // Refused when reported; otherwise a copy of whatever the pages hold.
+    if (pool->Reallocate(100000, 200000, 64, &p).ok()) pool->Free(p, 200000, 64);
+  } else {
+    std::fprintf(stderr, "unknown kind %s\n", kind.c_str());
+    return 2;
+  }
+  pool->Free(keep, 100, 64);
+  std::printf("%s\n", failures ? "corrupted" : "survived");
+  return failures ? 1 : 0;
+}
+
+int main(int argc, char** argv) {
   ZerrowPool* pool = ZerrowPool::Instance();
+  if (argc == 3 && std::string(argv[1]) == "bad-free") return BadFree(pool, argv[2]);
   TestAlignmentAndZeroSize(pool);
   TestStats(pool);
   TestRealloc(pool);
