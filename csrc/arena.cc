@@ -6,6 +6,7 @@
 #include <functional>
 #include <thread>
 
+#include "populate.h"
 #include "segment_registry.h"
 
 namespace zerrow {
@@ -212,6 +213,7 @@ arrow::Status Arena::AllocateLarge(size_t size, size_t alignment, uint8_t** out)
   const size_t need = RoundUp(std::max<size_t>(size, 1) + extra, kPageSize);
   // Resident memory first: ours, then a warm spare's; only then fresh pages.
   Fit fit = Fit::kWarm;
+  bool fresh = false;
   for (;;) {
     {
       std::lock_guard lock(large_mu_);
@@ -235,7 +237,8 @@ arrow::Status Arena::AllocateLarge(size_t size, size_t alignment, uint8_t** out)
           std::memset(p + size, 0, static_cast<size_t>(start + need - p) - size);
         }
         *out = p;
-        return arrow::Status::OK();
+        fresh = !dirty;
+        break;
       }
     }
     if (fit == Fit::kWarm) {
@@ -244,6 +247,10 @@ arrow::Status Arena::AllocateLarge(size_t size, size_t alignment, uint8_t** out)
     }
     ARROW_RETURN_NOT_OK(AddHeap(need));
   }
+  // Fresh pages would fault in one by one as the caller writes them; one
+  // populate call maps them all (outside the lock: it takes a while).
+  if (fresh) PopulateFresh(*out, size);
+  return arrow::Status::OK();
 }
 
 bool Arena::Free(SegmentHeap* heap, uint8_t* p, size_t size, size_t alignment) {
