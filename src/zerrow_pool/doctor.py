@@ -191,8 +191,8 @@ def _map_anon(n):
     return raw, p
 
 
-def write_fresh(kind: str, n: int) -> float:
-    """Seconds to write every byte of n fresh bytes got in the way `kind` names:
+def write_fresh(kind: str, n: int) -> tuple[float, float]:
+    """(wall, CPU) seconds to write every byte of n fresh bytes got in the way `kind` names:
 
     memfd (faulted in page by page), memfd_populate (MADV_POPULATE_WRITE first),
     memfd_fallocate (fallocate first), memfd_hugetlb (MFD_HUGETLB: needs free
@@ -208,13 +208,13 @@ def write_fresh(kind: str, n: int) -> float:
             _libc.madvise(p, n, MADV_HUGEPAGE)
         if kind == "warm":
             _libc.memset(p, 0, n)
-        t0 = time.thread_time()
+        w0, c0 = time.perf_counter(), time.thread_time()
         if kind == "memfd_populate" and _libc.madvise(p, n, MADV_POPULATE_WRITE) != 0:
             raise OSError(ctypes.get_errno(), "MADV_POPULATE_WRITE")
         if kind == "memfd_fallocate":
             os.posix_fallocate(fd, 0, n)
         _libc.memset(p, 1, n)
-        return time.thread_time() - t0
+        return time.perf_counter() - w0, time.thread_time() - c0
     finally:
         if raw is not None:
             _libc.munmap(raw, n + HUGE_2M)
@@ -224,9 +224,9 @@ def write_fresh(kind: str, n: int) -> float:
 
 
 def seconds_per_gib(kind: str, n: int, repeat: int) -> float:
-    """The fastest of `repeat` runs of write_fresh(kind, n), scaled to one GiB
-    (the least disturbed by other processes)."""
-    return min(write_fresh(kind, n) for _ in range(repeat)) * (1 << 30) / n
+    """The least CPU time of `repeat` runs of write_fresh(kind, n), scaled to one
+    GiB (CPU time, and the least of it, are the least disturbed by other processes)."""
+    return min(write_fresh(kind, n)[1] for _ in range(repeat)) * (1 << 30) / n
 
 
 def measure(n=128 << 20, repeat=3) -> dict:
