@@ -43,9 +43,9 @@ Arena::~Arena() {
   }
 }
 
-arrow::Status Arena::Allocate(size_t size, size_t alignment, uint8_t** out) {
+arrow::Status Arena::Allocate(size_t size, size_t alignment, uint8_t** out, bool populate) {
   if (size <= kMaxSmall && alignment <= kMinAlignment) return AllocateSmall(size, out);
-  return AllocateLarge(size, alignment, out);
+  return AllocateLarge(size, alignment, out, populate);
 }
 
 arrow::Status Arena::AddHeap(size_t at_least) {
@@ -208,7 +208,7 @@ arrow::Status Arena::AllocateSmall(size_t size, uint8_t** out) {
   }
 }
 
-arrow::Status Arena::AllocateLarge(size_t size, size_t alignment, uint8_t** out) {
+arrow::Status Arena::AllocateLarge(size_t size, size_t alignment, uint8_t** out, bool populate) {
   const size_t extra = alignment > kPageSize ? alignment : 0;
   const size_t need = RoundUp(std::max<size_t>(size, 1) + extra, kPageSize);
   // Resident memory first: ours, then a warm spare's; only then fresh pages.
@@ -249,7 +249,7 @@ arrow::Status Arena::AllocateLarge(size_t size, size_t alignment, uint8_t** out)
   }
   // Fresh pages would fault in one by one as the caller writes them; one
   // populate call maps them all (outside the lock: it takes a while).
-  if (fresh) PopulateFresh(*out, size);
+  if (fresh && populate) PopulateFresh(*out, size);
   return arrow::Status::OK();
 }
 

@@ -49,7 +49,10 @@ class Arena {
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
 
-  arrow::Status Allocate(size_t size, size_t alignment, uint8_t** out);
+  // `populate`: a large allocation from fresh pages is populated in bulk (see
+  // populate.h); false for the growth of a reallocated buffer, which Arrow's
+  // builders grow geometrically and write only in part.
+  arrow::Status Allocate(size_t size, size_t alignment, uint8_t** out, bool populate = true);
   // Frees p, which lies in `heap` (one of this arena's). Returns true when the
   // heap can now be destroyed (nothing live, and frozen or retired).
   bool Free(SegmentHeap* heap, uint8_t* p, size_t size, size_t alignment);
@@ -103,7 +106,7 @@ class Arena {
   // extents, extents out of the index); false if it is not ours or not empty.
   bool UnlinkEmptyHeapLocked(SegmentHeap* heap);  // all shards and large_mu_ held
   arrow::Status AllocateSmall(size_t size, uint8_t** out);
-  arrow::Status AllocateLarge(size_t size, size_t alignment, uint8_t** out);
+  arrow::Status AllocateLarge(size_t size, size_t alignment, uint8_t** out, bool populate);
   arrow::Status FreezeLocked(SegmentHeap* heap, bool punch_free);  // shards and large_mu_ held
   arrow::Status AddHeap(size_t at_least);  // a cold spare or a new segment; no lock held
   bool AdoptWarmSpare(size_t need);         // no lock held

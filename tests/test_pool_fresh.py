@@ -67,3 +67,26 @@ def test_population_stops_at_the_cap():
     out = _fresh_allocation(200 * MiB, ZERROW_POPULATE_MAX="32M")
     assert 32 * MiB <= out["grown"] < 40 * MiB, out
     assert out["zeros"] and out["written"]
+
+
+def test_reallocation_growth_is_left_to_fault_in():
+    # Arrow's builders grow by reallocating to twice the size and write only
+    # part of the last step: a grown copy is not populated.
+    code = """
+import json
+import pyarrow as pa
+import zerrow_pool
+from conftest import rss_shmem
+
+pool = zerrow_pool.pool()
+buf = pa.allocate_buffer(2 << 20, memory_pool=pool, resizable=True)
+fence = pa.allocate_buffer(1 << 20, memory_pool=pool)  # no room to grow in place
+copied = zerrow_pool.stats()["realloc_copied"]
+before = rss_shmem()
+buf.resize(64 << 20)
+print(json.dumps({"grown": rss_shmem() - before, "copies": zerrow_pool.stats()["realloc_copied"] - copied}))
+"""
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = json.loads(run_python(code, env=env))
+    assert out["copies"] == 1, out
+    assert out["grown"] < 8 * MiB, out
