@@ -44,6 +44,8 @@ def test_doctor_json_matches_the_kernel():
     assert d["hugetlb"]["free_pages"] == free
     with open("/proc/sys/fs/leases-enable") as f:
         assert d["write_leases"]["enabled"] == (f.read().strip() != "0")
+    major, minor = (int(x) for x in re.match(r"(\d+)\.(\d+)", os.uname().release).groups())
+    assert d["populate_write"] == ((major, minor) >= (5, 14))
     assert d["cost_s_per_gib"] == {}
     assert isinstance(d["advice"], list)
 

@@ -99,6 +99,20 @@ def memfd_ok() -> bool:
         return False
 
 
+def populate_write() -> bool:
+    """Whether the kernel has MADV_POPULATE_WRITE (Linux >= 5.14), with which the
+    pool maps a large fresh allocation in one call instead of a fault per page."""
+    try:
+        fd, p = _map_memfd(1 << 16)
+    except OSError:
+        return False
+    try:
+        return _libc.madvise(p, 1 << 16, MADV_POPULATE_WRITE) == 0
+    finally:
+        _libc.munmap(p, 1 << 16)
+        os.close(fd)
+
+
 def write_leases() -> dict:
     """Whether the kernel grants a write lease on a memfd only to its sole opener:
     what lets the pool reuse a shared segment once its readers are gone."""
@@ -245,7 +259,8 @@ def measure(n=128 << 20, repeat=3) -> dict:
 # ---------------------------------------------------------------- report
 
 def diagnose(measured: bool = True) -> dict:
-    return {"kernel": os.uname().release, "memfd": memfd_ok(), "write_leases": write_leases(),
+    return {"kernel": os.uname().release, "memfd": memfd_ok(), "populate_write": populate_write(),
+            "write_leases": write_leases(),
             "shmem_thp": shmem_thp(), "hugetlb": hugetlb(), "kernel_module": kernel_module(),
             "memory_cgroup": memory_cgroup(), "preload": preload(),
             "cost_s_per_gib": measure() if measured else {}}
@@ -257,6 +272,9 @@ def advice(d: dict) -> list[str]:
     cost = d["cost_s_per_gib"]
     if not d["memfd"]:
         tips.append("memfd_create fails here: zerrow's pool cannot work (Linux >= 3.17 without a seccomp ban needed)")
+    if d["memfd"] and not d["populate_write"]:
+        tips.append("this kernel lacks MADV_POPULATE_WRITE (Linux >= 5.14): large fresh allocations fault in "
+                    "page by page instead of being populated in one call")
     if not d["shmem_thp"]["memfd_huge_sizes"]:
         effect = ""
         if cost.get("memfd") and cost.get("anon_thp"):
@@ -287,6 +305,7 @@ def _fmt(d: dict) -> str:
     lines = [
         f"kernel                  {d['kernel']}",
         f"memfd                   {'yes' if d['memfd'] else 'NO'}",
+        f"bulk population         {'yes (MADV_POPULATE_WRITE)' if d['populate_write'] else 'no'}",
         f"write leases (reclaim)  {'granted' if d['write_leases']['granted'] else 'not granted'}"
         f"{'' if d['write_leases']['enabled'] else ' (leases-enable=0)'}",
         f"shmem_enabled           {thp['shmem_enabled']}",
