@@ -114,14 +114,17 @@ class Arena {
   // Which free extents an allocation may be carved from, in order of preference.
   enum class Fit {
     kWarm,   // large, first try: resident ones only
-    kAny,    // large, nothing warm left: resident, then fresh
-    kSlab,   // slabs: resident ones no larger than kSlabWarmMax (they would
-             // split a run a large allocation could use), then fresh, then any
+    kAny,    // slabs, and large when nothing warm is left: resident, then fresh
   };
   // Carves `need` bytes from the best-fitting free extent allowed by `fit`
   // (zeroing them if stale); *dirty: the bytes may hold earlier contents of
   // this scope.
   bool TakeExtentLocked(size_t need, Fit fit, SegmentHeap** heap, size_t* offset, bool* dirty);
+  // A large allocation that fits in no resident extent alone: the longest
+  // resident run followed by enough fresh pages (a slab carved from the head of
+  // a run then costs a large allocation only the slab's pages). *warm: the
+  // resident bytes at its start.
+  bool TakeWarmHeadLocked(size_t need, SegmentHeap** heap, size_t* offset, size_t* warm);
   void InsertFreeLocked(SegmentHeap* heap, size_t offset, size_t length, bool dirty, bool stale = false);
   void EraseFreeLocked(SegmentHeap* heap, std::map<size_t, FreeExtent>::iterator it);
   void PunchLocked(SegmentHeap* heap, size_t offset);  // a dirty free extent becomes clean

@@ -92,10 +92,6 @@ print(json.dumps({"grown": rss_shmem() - before, "copies": zerrow_pool.stats()["
     assert out["grown"] < 8 * MiB, out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "slabs take fresh pages rather than split a resident run longer than 2 MiB (kept for large "
-    "allocations: letting slabs split it breaks test_pool_reclaim's warm reuse); a warm loop of "
-    "small batches then faults in ~29 MiB per round (bench/RESULTS.md, Fresh memory)"))
 def test_small_allocations_reuse_resident_memory_before_fresh_pages():
     # A long resident free run (a freed 32 MiB buffer) serves later small
     # allocations: a warm loop of small batches must not fault in fresh pages
