@@ -17,11 +17,18 @@ changing load falls on every pool alike.
 
 import json
 import os
+import resource
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from conftest import OPS, load_input, prepare, proc_figures, select_pool, timed  # noqa: E402
+
+
+def cpu_seconds():
+    """User + system CPU time of this process: steadier than wall time on a busy machine."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def cold(op):
@@ -30,9 +37,11 @@ def cold(op):
     pool = select_pool()
     before = proc_figures()
     n0 = pool.num_allocations()
+    cpu0 = cpu_seconds()
     seconds = timed(OPS[op], table, paths)
+    cpu = cpu_seconds() - cpu0
     after = proc_figures()
-    out = {"op": op, "pool": pool.backend_name, "seconds": seconds, "before": before, "after": after,
+    out = {"op": op, "pool": pool.backend_name, "seconds": seconds, "cpu_seconds": cpu, "before": before, "after": after,
            "pool_max_memory": pool.max_memory(), "pool_allocations": pool.num_allocations() - n0}
     if pool.backend_name == "zerrow":
         import zerrow_pool
@@ -54,10 +63,12 @@ def serve():
     print(json.dumps({"ready": pool.backend_name}), flush=True)
     for line in sys.stdin:
         op = line.strip()
-        f0 = proc_figures()["minflt"]
+        f0, cpu0 = proc_figures()["minflt"], cpu_seconds()
         seconds = timed(ops[op])
+        cpu = cpu_seconds() - cpu0
         fig = proc_figures()
-        print(json.dumps({"op": op, "seconds": seconds, "minflt": fig["minflt"] - f0, "VmHWM": fig["VmHWM"]}), flush=True)
+        print(json.dumps({"op": op, "seconds": seconds, "cpu_seconds": cpu, "minflt": fig["minflt"] - f0,
+                          "VmHWM": fig["VmHWM"]}), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 #include <functional>
 #include <thread>
 
+#include "populate.h"
 #include "segment_registry.h"
 
 namespace zerrow {
@@ -15,7 +16,7 @@ namespace {
 
 constexpr size_t kHugeAlign = size_t{2} << 20;
 constexpr int64_t kMinRetain = int64_t{256} << 20;
-constexpr size_t kSlabWarmMax = size_t{2} << 20;
+constexpr int kWarmHeadTries = 8;  // longest resident runs tried as the head of a large allocation
 
 int MyShard(int shards) {
   static std::atomic<int> next{0};
@@ -44,9 +45,9 @@ Arena::~Arena() {
   }
 }
 
-arrow::Status Arena::Allocate(size_t size, size_t alignment, uint8_t** out) {
+arrow::Status Arena::Allocate(size_t size, size_t alignment, uint8_t** out, bool populate) {
   if (size <= kMaxSmall && alignment <= kMinAlignment) return AllocateSmall(size, out);
-  return AllocateLarge(size, alignment, out);
+  return AllocateLarge(size, alignment, out, populate);
 }
 
 arrow::Status Arena::AddHeap(size_t at_least) {
@@ -84,7 +85,7 @@ bool Arena::TakeExtentLocked(size_t need, Fit fit, SegmentHeap** heap, size_t* o
   auto fresh = clean_index_.lower_bound(key);
   const bool has_warm = warm != dirty_index_.end(), has_fresh = fresh != clean_index_.end();
   IndexKey chosen;
-  if (has_warm && (fit != Fit::kSlab || std::get<0>(*warm) <= kSlabWarmMax || !has_fresh)) {
+  if (has_warm) {
     chosen = *warm;
   } else if (has_fresh && fit != Fit::kWarm) {
     chosen = *fresh;
@@ -101,6 +102,28 @@ bool Arena::TakeExtentLocked(size_t need, Fit fit, SegmentHeap** heap, size_t* o
   *offset = off;
   *dirty = was_dirty;
   return true;
+}
+
+bool Arena::TakeWarmHeadLocked(size_t need, SegmentHeap** heap, size_t* offset, size_t* warm) {
+  int tries = 0;
+  for (auto it = dirty_index_.rbegin(); it != dirty_index_.rend() && tries < kWarmHeadTries; ++it, ++tries) {
+    auto [len, h, off] = *it;
+    // Dirty neighbours merge, so a free extent right after a dirty one is clean.
+    auto next = h->free_extents.find(off + len);
+    if (next == h->free_extents.end() || len + next->second.length < need) continue;
+    const size_t total = len + next->second.length;
+    auto ext = h->free_extents.find(off);
+    const bool stale = ext->second.stale;
+    EraseFreeLocked(h, next);
+    EraseFreeLocked(h, ext);  // `it` is invalid from here on
+    if (total > need) InsertFreeLocked(h, off + need, total - need, /*dirty=*/false);
+    if (stale) std::memset(h->segment->base() + off, 0, len);
+    *heap = h;
+    *offset = off;
+    *warm = len;
+    return true;
+  }
+  return false;
 }
 
 void Arena::InsertFreeLocked(SegmentHeap* heap, size_t offset, size_t length, bool dirty, bool stale) {
@@ -168,7 +191,7 @@ arrow::Status Arena::AllocateSmall(size_t size, uint8_t** out) {
         SegmentHeap* heap;
         size_t off;
         bool dirty;
-        if (TakeExtentLocked(SlabBytes(cls), Fit::kSlab, &heap, &off, &dirty)) {
+        if (TakeExtentLocked(SlabBytes(cls), Fit::kAny, &heap, &off, &dirty)) {
           span = new Span();
           span->heap = heap;
           span->offset = off;
@@ -213,18 +236,26 @@ arrow::Status Arena::AllocateSmall(size_t size, uint8_t** out) {
   }
 }
 
-arrow::Status Arena::AllocateLarge(size_t size, size_t alignment, uint8_t** out) {
+arrow::Status Arena::AllocateLarge(size_t size, size_t alignment, uint8_t** out, bool populate) {
   const size_t extra = alignment > kPageSize ? alignment : 0;
   const size_t need = RoundUp(std::max<size_t>(size, 1) + extra, kPageSize);
-  // Resident memory first: ours, then a warm spare's; only then fresh pages.
+  // Resident memory first: ours, then a warm spare's, then a resident run
+  // continued by fresh pages; only then fresh pages alone.
   Fit fit = Fit::kWarm;
+  uint8_t* fresh_from = nullptr;  // where the never-touched pages of the allocation begin
   for (;;) {
     {
       std::lock_guard lock(large_mu_);
       SegmentHeap* heap;
-      size_t off;
-      bool dirty;
-      if (TakeExtentLocked(need, fit, &heap, &off, &dirty)) {
+      size_t off, warm = 0;
+      bool dirty = false;
+      bool got = TakeExtentLocked(need, Fit::kWarm, &heap, &off, &dirty);
+      if (!got && fit == Fit::kAny) {
+        // A resident run continued by fresh pages, before fresh pages alone.
+        got = dirty = TakeWarmHeadLocked(need, &heap, &off, &warm);
+        if (!got) got = TakeExtentLocked(need, Fit::kAny, &heap, &off, &dirty);
+      }
+      if (got) {
         auto* span = new Span();
         span->heap = heap;
         span->offset = off;
@@ -243,7 +274,8 @@ arrow::Status Arena::AllocateLarge(size_t size, size_t alignment, uint8_t** out)
           std::memset(p + size, 0, static_cast<size_t>(start + need - p) - size);
         }
         *out = p;
-        return arrow::Status::OK();
+        fresh_from = start + (!dirty ? 0 : warm != 0 ? warm : need);
+        break;
       }
     }
     if (fit == Fit::kWarm) {
@@ -252,6 +284,13 @@ arrow::Status Arena::AllocateLarge(size_t size, size_t alignment, uint8_t** out)
     }
     ARROW_RETURN_NOT_OK(AddHeap(need));
   }
+  // Fresh pages would fault in one by one as the caller writes them; one
+  // populate call maps them all (outside the lock: it takes a while).
+  if (populate && *out + size > fresh_from) {
+    uint8_t* from = std::max(fresh_from, *out);
+    PopulateFresh(from, static_cast<size_t>(*out + size - from));
+  }
+  return arrow::Status::OK();
 }
 
 BadFree Arena::CheckSlotLocked(const Span* span, const uint8_t* p, size_t size, size_t alignment, size_t* actual) {

@@ -50,7 +50,10 @@ class Arena {
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
 
-  arrow::Status Allocate(size_t size, size_t alignment, uint8_t** out);
+  // `populate`: a large allocation from fresh pages is populated in bulk (see
+  // populate.h); false for the growth of a reallocated buffer, which Arrow's
+  // builders grow geometrically and write only in part.
+  arrow::Status Allocate(size_t size, size_t alignment, uint8_t** out, bool populate = true);
   // Frees p, which lies in `heap` (one of this arena's). Returns true when the
   // heap can now be destroyed (nothing live, and frozen or retired). A pointer
   // that is not the start of a live allocation is left alone (*bad says why);
@@ -115,7 +118,7 @@ class Arena {
   // extents, extents out of the index); false if it is not ours or not empty.
   bool UnlinkEmptyHeapLocked(SegmentHeap* heap);  // all shards and large_mu_ held
   arrow::Status AllocateSmall(size_t size, uint8_t** out);
-  arrow::Status AllocateLarge(size_t size, size_t alignment, uint8_t** out);
+  arrow::Status AllocateLarge(size_t size, size_t alignment, uint8_t** out, bool populate);
   arrow::Status FreezeLocked(SegmentHeap* heap, bool punch_free);  // shards and large_mu_ held
   arrow::Status AddHeap(size_t at_least);  // a cold spare or a new segment; no lock held
   bool AdoptWarmSpare(size_t need);         // no lock held
@@ -123,14 +126,17 @@ class Arena {
   // Which free extents an allocation may be carved from, in order of preference.
   enum class Fit {
     kWarm,   // large, first try: resident ones only
-    kAny,    // large, nothing warm left: resident, then fresh
-    kSlab,   // slabs: resident ones no larger than kSlabWarmMax (they would
-             // split a run a large allocation could use), then fresh, then any
+    kAny,    // slabs, and large when nothing warm is left: resident, then fresh
   };
   // Carves `need` bytes from the best-fitting free extent allowed by `fit`
   // (zeroing them if stale); *dirty: the bytes may hold earlier contents of
   // this scope.
   bool TakeExtentLocked(size_t need, Fit fit, SegmentHeap** heap, size_t* offset, bool* dirty);
+  // A large allocation that fits in no resident extent alone: the longest
+  // resident run followed by enough fresh pages (a slab carved from the head of
+  // a run then costs a large allocation only the slab's pages). *warm: the
+  // resident bytes at its start.
+  bool TakeWarmHeadLocked(size_t need, SegmentHeap** heap, size_t* offset, size_t* warm);
   void InsertFreeLocked(SegmentHeap* heap, size_t offset, size_t length, bool dirty, bool stale = false);
   void EraseFreeLocked(SegmentHeap* heap, std::map<size_t, FreeExtent>::iterator it);
   void PunchLocked(SegmentHeap* heap, size_t offset);  // a dirty free extent becomes clean

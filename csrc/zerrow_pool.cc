@@ -118,7 +118,7 @@ arrow::Status ZerrowPool::Allocate(int64_t size, int64_t alignment, uint8_t** ou
   return arrow::Status::OK();
 }
 
-arrow::Status ZerrowPool::AllocateRaw(int64_t size, int64_t alignment, uint8_t** out) {
+arrow::Status ZerrowPool::AllocateRaw(int64_t size, int64_t alignment, uint8_t** out, bool populate) {
   if (size < 0) return arrow::Status::Invalid("zerrow: negative allocation size ", size);
   if (alignment <= 0 || (alignment & (alignment - 1)) != 0)
     return arrow::Status::Invalid("zerrow: alignment ", alignment, " is not a power of two");
@@ -127,7 +127,7 @@ arrow::Status ZerrowPool::AllocateRaw(int64_t size, int64_t alignment, uint8_t**
     return arrow::Status::OK();
   }
   Arena* arena = current_.load(std::memory_order_acquire);
-  auto st = arena->Allocate(static_cast<size_t>(size), static_cast<size_t>(alignment), out);
+  auto st = arena->Allocate(static_cast<size_t>(size), static_cast<size_t>(alignment), out, populate);
   if (!st.ok()) return arrow::Status::OutOfMemory("zerrow: allocating ", size, " bytes: ", st.message());
   return arrow::Status::OK();
 }
@@ -172,7 +172,7 @@ arrow::Status ZerrowPool::Reallocate(int64_t old_size, int64_t new_size, int64_t
 }
 
 arrow::Status ZerrowPool::ReallocateRaw(int64_t old_size, int64_t new_size, int64_t alignment, uint8_t** ptr) {
-  if (*ptr == zero_size_area) return AllocateRaw(new_size, alignment, ptr);
+  if (*ptr == zero_size_area) return AllocateRaw(new_size, alignment, ptr, /*populate=*/false);
   if (new_size == 0) {
     FreeRaw(*ptr, old_size, alignment, "Reallocate");
     *ptr = zero_size_area;
@@ -207,7 +207,7 @@ arrow::Status ZerrowPool::ReallocateRaw(int64_t old_size, int64_t new_size, int6
     return arrow::Status::OK();
   }
   uint8_t* fresh;
-  ARROW_RETURN_NOT_OK(AllocateRaw(new_size, alignment, &fresh));
+  ARROW_RETURN_NOT_OK(AllocateRaw(new_size, alignment, &fresh, /*populate=*/new_size <= old_size));
   std::memcpy(fresh, *ptr, static_cast<size_t>(std::min(old_size, new_size)));
   FreeRaw(*ptr, old_size, alignment, "Reallocate");
   realloc_copied_.fetch_add(1, std::memory_order_relaxed);

@@ -96,7 +96,7 @@ class ZerrowPool final : public arrow::MemoryPool, private SpareHeaps {
   void NoteIfDead(Arena* arena);
   void NoteAllocated(int64_t size);  // stats of one allocation of `size` bytes
   // The work of Allocate / Free / Reallocate, without the stats.
-  arrow::Status AllocateRaw(int64_t size, int64_t alignment, uint8_t** out);
+  arrow::Status AllocateRaw(int64_t size, int64_t alignment, uint8_t** out, bool populate = true);
   // False if nothing was freed (see ZERROW_DEBUG_MEMORY_POOL); `call` names the
   // entry point in reports.
   bool FreeRaw(uint8_t* buffer, int64_t size, int64_t alignment, const char* call);

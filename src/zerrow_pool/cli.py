@@ -5,6 +5,7 @@
                            [--output NODE=PATH ...] [--show NODE ...]
     zerrow service status|stop
     zerrow demo [--rows N] [--workers N] [--pipeline movement|zones|both]
+    zerrow doctor [--json] [--no-measure]
 
 ``cmd_run`` is built from reusable steps (``validate_run_args``,
 ``_runtime_options``, ``requested_outputs``, ``deliver_outputs``), shared by
@@ -479,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--pipeline", choices=["movement", "zones", "both"], default="both")
     d.add_argument("-q", "--quiet", action="store_true", help="no live progress")
     d.set_defaults(fn=cmd_demo)
+    from . import doctor
+
+    doctor.add_arguments(sub.add_parser("doctor", help="what this machine gives zerrow, and which setting would make it faster"))
     return p
 
 
