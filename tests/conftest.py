@@ -101,3 +101,21 @@ def private_zerrow_service():
         else:
             os.environ["ZERROW_SERVICE_DIR"] = saved
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# Lower layers first: a failure there explains failures in the layers built on them.
+LAYERS = ("test_install", "test_pool_", "test_share_", "test_pipeline_")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Quick tests first, layer by layer, then ``slow`` ones, then ``vm`` ones, so that a first
+    failure shows within minutes instead of after compiles and kernel boots; file order is kept
+    otherwise."""
+    def layer(item):
+        name = item.path.name
+        return next((i for i, prefix in enumerate(LAYERS) if name.startswith(prefix)), len(LAYERS))
+
+    def group(item):
+        return 2 if item.get_closest_marker("vm") else 1 if item.get_closest_marker("slow") else 0
+
+    items.sort(key=lambda item: (group(item), layer(item)))

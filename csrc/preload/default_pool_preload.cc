@@ -19,8 +19,13 @@ std::atomic<arrow::MemoryPool*> g_pool{nullptr};
 
 using DefaultPoolFn = arrow::MemoryPool* (*)();
 
+// The soname of the libarrow this build is tied to (libarrow.so.2600 for pyarrow 26.0), from meson.
+#ifndef ZERROW_LIBARROW_SONAME
+#error "meson.build defines ZERROW_LIBARROW_SONAME"
+#endif
+
 DefaultPoolFn RealDefaultPool() {
-  void* lib = dlopen("libarrow.so.2600", RTLD_NOW | RTLD_NOLOAD);
+  void* lib = dlopen(ZERROW_LIBARROW_SONAME, RTLD_NOW | RTLD_NOLOAD);
   if (lib == nullptr) return nullptr;
   auto fn = reinterpret_cast<DefaultPoolFn>(dlsym(lib, "_ZN5arrow19default_memory_poolEv"));
   dlclose(lib);  // RTLD_NOLOAD took a reference; the library stays loaded by pyarrow

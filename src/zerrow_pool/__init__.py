@@ -5,6 +5,17 @@ memory; ``scope()`` makes it the default around a block of code, in segments
 of its own; ``owns()`` tells whether an object lies entirely in zerrow memory.
 """
 
+from ._pyarrow_check import check_pyarrow as _check_pyarrow, mismatch_message as _mismatch_message
+
+_check_pyarrow()
+try:
+    from . import _core
+except ImportError as e:  # a libarrow the check could not foresee (a pyarrow moved or half-installed)
+    if "libarrow" not in str(e):
+        raise
+    import pyarrow
+    raise ImportError(f"{_mismatch_message(pyarrow.__version__)}\n({e})") from e
+
 from ._core import owns as _owns, pool, preload_active, release_unused as _release_unused, stats as _stats
 from ._preload import preload_env, preload_path
 from ._scope import scope
