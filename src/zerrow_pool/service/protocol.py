@@ -40,18 +40,12 @@ class Reply(str, enum.Enum):
 
 def identity() -> dict:
     """What must match between a client and the service it uses."""
-    from importlib import metadata
+    from .. import _build_info, _core
 
-    from .. import _core
-
-    try:
-        version = metadata.version("zerrow-pool")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
     st = os.stat(_core.__file__)
     build = hashlib.sha1(f"{_core.__file__}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
     # sys.prefix, not sys.executable: a venv's python and python3 are one interpreter
-    return {"version": version, "build": build, "python": sys.prefix}
+    return {"version": _build_info.ZERROW_VERSION, "build": build, "python": sys.prefix}
 
 
 def mismatch(mine: dict, theirs: dict) -> str | None:
