@@ -491,16 +491,21 @@ void Arena::UnlockAfterFork() {
   for (int i = kShards; i-- > 0;) shards_[i].mu.unlock();
 }
 
-void Arena::DisownInheritedLocked() {
+void Arena::FreezeForForkLocked(bool child) {
+  // Both sides stop allocating from the heaps in use at fork(): in the child they
+  // are the parent's, mapped copy-on-write; in the parent, the child reads the pages
+  // it has not written from the same files, so what the parent frees there must be
+  // neither reused nor punched while the child maps them. The free memory is
+  // forgotten, untouched. In the parent an emptied heap is then lent, and comes
+  // back once the lease probe finds no other holder: the child gone.
   for (auto& shard : shards_)
     for (auto& bin : shard.partial) {
       for (Span* span : bin) span->in_partial_list = false;
       bin.clear();
     }
   for (SegmentHeap* heap : heaps_) {
-    heap->inherited = true;
+    if (child) heap->inherited = true;
     heap->frozen.store(true, std::memory_order_release);
-    // The free memory is the parent's to use: forget it without touching it.
     while (!heap->free_extents.empty()) EraseFreeLocked(heap, heap->free_extents.begin());
   }
   CheckInvariantsLocked();

@@ -77,11 +77,14 @@ class Arena {
   // child's copy of its state is consistent) and both sides release them.
   void LockForFork();
   void UnlockAfterFork();
-  // In the child, locks held (see LockForFork): every heap is the parent's
-  // (mapped copy-on-write, see Segment::RemapPrivateInChild), so none is
-  // allocated from, punched, sealed or lent again; each goes once its
-  // buffers here are freed.
-  void DisownInheritedLocked();
+  // After fork(), on both sides, locks held (see LockForFork): no heap in use
+  // is allocated from again and its free memory is forgotten untouched. In the
+  // child every heap is the parent's (mapped copy-on-write, see
+  // Segment::RemapPrivateInChild): never punched, sealed or lent, it goes once
+  // its buffers here are freed. In the parent, the child still reads the pages
+  // it has not written from these files: an emptied heap is lent, and comes
+  // back once no other process holds the file.
+  void FreezeForForkLocked(bool child);
 
   // The arena's scope has ended: its heaps are destroyed as they empty.
   void Retire();

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <csignal>
 #include <cstring>
+#include <utility>
 
 namespace zerrow {
 namespace {
@@ -159,11 +160,20 @@ arrow::Result<int> Segment::OpenReadOnly() const {
   return out;
 }
 
+void Segment::OpenForkDescription() {
+  if (fork_fd_ < 0) fork_fd_ = Reopen(fd_, O_RDONLY);
+}
+
+void Segment::CloseForkDescription() {
+  if (fork_fd_ >= 0) close(fork_fd_);
+  fork_fd_ = -1;
+}
+
 arrow::Status Segment::RemapPrivateInChild() {
   if (int ro = ro_fd_.exchange(-1); ro >= 0) close(ro);
-  int ro = Reopen(fd_, O_RDONLY);
-  // Without a new description the parent cannot see us, but we still read its
-  // pages copy-on-write.
+  int ro = std::exchange(fork_fd_, -1);
+  // Without a description of our own the parent cannot see us, but we still
+  // read its pages copy-on-write.
   const int from = ro >= 0 ? ro : fd_;
   void* m = mmap(map_base_, map_len_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, from, 0);
   int err = errno;

@@ -63,11 +63,18 @@ class Segment {
   // A new fd (the caller closes it) on a read-only file description of this
   // segment's file: whoever holds it cannot map it writable.
   arrow::Result<int> OpenReadOnly() const;
+  // Just before fork(), in the parent: opens the read-only description of the
+  // file that the child will map (RemapPrivateInChild). Made before the fork,
+  // so there is no moment after it when the child holds no description of its
+  // own and the parent's lease check (SoleHolder) could miss it. The parent
+  // closes its copy right after the fork (CloseForkDescription).
+  void OpenForkDescription();
+  void CloseForkDescription();
   // In a child just forked: maps the file again at the same address,
-  // MAP_PRIVATE (copy-on-write) with the parent's protection, through a new
-  // read-only description of the file, so the parent's lease check
-  // (SoleHolder) sees this child for as long as it maps the segment. The
-  // inherited descriptors are closed; this process must never change the file.
+  // MAP_PRIVATE (copy-on-write) with the parent's protection, through the
+  // description opened before the fork, so the parent's lease check sees this
+  // child for as long as it maps the segment. The inherited descriptors are
+  // closed; this process must never change the file.
   arrow::Status RemapPrivateInChild();
   // In a child just forked: closes the inherited descriptors of a segment whose
   // mapping was not inherited (MADV_DONTFORK), forgetting the mapping too.
@@ -98,6 +105,7 @@ class Segment {
   uint8_t* map_base_ = nullptr;
   int fd_ = -1;
   mutable std::atomic<int> ro_fd_{-1};  // read-only reopen of fd_, made on first use
+  int fork_fd_ = -1;  // the description a child about to be forked maps (-1 otherwise)
   bool owned_ = false;
   SegmentKind kind_ = SegmentKind::kMemfd;
   uint64_t dev_ = 0, ino_ = 0;

@@ -68,6 +68,9 @@ void ZerrowPool::BeforeFork() {
   registry_.mutex().lock();
   spare_mu_.lock();
   for (Arena* arena : AllArenasLocked()) arena->LockForFork();
+  registry_.ForEachHeapLocked([](SegmentHeap* heap) {
+    if (heap->arena != nullptr && !heap->inherited && !heap->sealed) heap->segment->OpenForkDescription();
+  });
 }
 
 void ZerrowPool::AfterFork(bool child) {
@@ -80,7 +83,6 @@ void ZerrowPool::AfterFork(bool child) {
         if (!st.ok()) std::fprintf(stderr, "zerrow: after fork(): %s\n", st.ToString().c_str());
       }
     });
-    for (Arena* arena : arenas) arena->DisownInheritedLocked();
     // Spare and lent heaps hold no buffers and were not mapped into the child.
     for (SegmentHeap* heap : spares_) {
       heap->segment->ForgetInChild();
@@ -93,7 +95,13 @@ void ZerrowPool::AfterFork(bool child) {
     spares_.clear();
     lent_.clear();
   }
-  for (Arena* arena : arenas) arena->UnlockAfterFork();
+  if (!child) {  // the child holds its own copy of each, for as long as it maps the heap
+    registry_.ForEachHeapLocked([](SegmentHeap* heap) { heap->segment->CloseForkDescription(); });
+  }
+  for (Arena* arena : arenas) {
+    arena->FreezeForForkLocked(child);
+    arena->UnlockAfterFork();
+  }
   spare_mu_.unlock();
   if (child) {
     registry_.ResetMutexInChild();

@@ -62,9 +62,10 @@ class ZerrowPool final : public arrow::MemoryPool, private SpareHeaps {
 
   // fork(): the parent holds every pool lock across fork(). The child remaps
   // the heaps in use copy-on-write (their read-write mappings are not
-  // inherited, see Segment::Create) and disowns them (see
-  // Arena::DisownInheritedLocked); spare and lent heaps, never mapped into
-  // children, it forgets. The parent keeps everything as it was.
+  // inherited, see Segment::Create); spare and lent heaps, never mapped into
+  // children, it forgets. Both sides freeze the heaps in use (see
+  // Arena::FreezeForForkLocked): the parent's come back, lent, once the child
+  // no longer maps them.
   void BeforeFork();
   void AfterFork(bool child);
 
