@@ -30,7 +30,6 @@ from .transports import get_transport
 from .wire import PeerClosed, close_fds, raise_fd_limit
 from .workers import WorkerPool
 
-BATCH_ROWS = 1 << 20
 
 
 class RunCancelled(RuntimeError):
