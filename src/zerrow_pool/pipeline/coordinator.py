@@ -31,7 +31,6 @@ from .wire import PeerClosed, close_fds, raise_fd_limit
 from .workers import WorkerPool
 
 
-
 class RunCancelled(RuntimeError):
     """``Runtime.cancel()`` was called while a run was in progress."""
 
