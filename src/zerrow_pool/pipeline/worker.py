@@ -125,6 +125,13 @@ def _nonempty(col: pa.ChunkedArray) -> pa.ChunkedArray:
     return col if col.num_chunks else pa.chunked_array([pa.array([], col.type)], col.type)
 
 
+def _compact(table: pa.Table) -> pa.Table:
+    """``table`` copied into new buffers of the current pool, one chunk per column."""
+    return pa.Table.from_arrays([pa.concat_arrays(col.chunks) if col.num_chunks else
+                                 pa.array([], col.type) for col in table.columns],
+                                schema=table.schema)
+
+
 def run_task(transport, task, fds, on_exceed=None):
     """Execute one task; returns (reply, fds to send, callbacks after sending)."""
     t0 = time.perf_counter()
@@ -150,7 +157,17 @@ def run_task(transport, task, fds, on_exceed=None):
         t2 = time.perf_counter()
         keep_free = task.get("keep_free", False)  # the coordinator's call
         if task["op"] == Op.DECODE:
-            results = [transport.publish(_nonempty(col), task["out_dir"], keep_free) for col in out.columns]
+            # Cache entries outlive the task, and a shared segment is never
+            # allocated from again: published from the decode's own segments,
+            # they would take the decode's temporaries (decompressed pages,
+            # the unfiltered batch) with them, punched, and every decode would
+            # fault all of that in afresh. So the result is copied compactly
+            # into segments of their own (one memcpy of the output), and the
+            # decode's segments come back to this worker warm, as spares.
+            with transport.scope():
+                out = _compact(out)
+                results = [transport.publish(_nonempty(col), task["out_dir"], keep_free)
+                           for col in out.columns]
             spec = {"k": "columns", "parts": [r[0] for r in results], "rows": out.num_rows}
             out_fds, dones = [], []
             for s, f, d in results:
