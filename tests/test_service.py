@@ -235,3 +235,14 @@ def test_two_clients_at_once(pipeline_file, svc_dir, tmp_path):
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert ServiceClient(svc_dir).status()["runs_served"] == 2
+
+
+def test_mistaken_paths_start_no_service(tmp_path, svc_dir):
+    """A path that is no pipeline file is refused before a service is started for it."""
+    for path in (tmp_path, tmp_path / "missing.py", tmp_path / "data.parquet"):
+        if path.name == "data.parquet":
+            path.write_bytes(b"PAR1")
+        r = zerrow("run", str(path), svc_dir=svc_dir)
+        assert r.returncode == 2 and str(path) in r.stderr and "Traceback" not in r.stderr
+    assert ServiceClient(svc_dir).status() is None
+    assert not os.path.exists(os.path.join(svc_dir, "service.sock"))

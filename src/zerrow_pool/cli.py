@@ -104,7 +104,12 @@ def validate_run_args(args, pipeline=None) -> str | None:
         What is wrong, phrased for the user, or None if everything is usable.
     """
     from .pipeline import budget
+    from .pipeline.dag import PipelineDefinitionError, check_pipeline_path
 
+    try:  # here, so that a mistyped path starts no service
+        check_pipeline_path(args.pipeline)
+    except (FileNotFoundError, PipelineDefinitionError) as e:
+        return str(e)
     if args.workers is not None and args.workers < 1:
         return f"--workers must be at least 1, not {args.workers}"
     if args.memory_budget is not None:

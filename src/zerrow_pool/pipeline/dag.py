@@ -266,6 +266,23 @@ def _toposort(by_name: dict) -> list:
     return order
 
 
+def check_pipeline_path(path: str) -> str:
+    """The absolute path of a pipeline file, checked before anything loads it.
+
+    Raises FileNotFoundError or PipelineDefinitionError naming the problem."""
+    path = os.path.abspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"pipeline file {path} does not exist")
+    if os.path.isdir(path):
+        raise PipelineDefinitionError(
+            f"{path} is a directory; give the Python file that defines the pipeline's nodes")
+    if not path.endswith(".py"):
+        hint = (" (to read Parquet data, write a pipeline file with zp.parquet(name, path))"
+                if path.endswith((".parquet", ".pq")) else "")
+        raise PipelineDefinitionError(f"{path} is not a Python file (.py){hint}")
+    return path
+
+
 def load_pipeline_file(path: str) -> Pipeline:
     """Import ``path`` as a module and build its Pipeline (used by the CLI).
 
@@ -279,16 +296,7 @@ def load_pipeline_file(path: str) -> Pipeline:
     """
     import importlib.util
 
-    path = os.path.abspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"pipeline file {path} does not exist")
-    if os.path.isdir(path):
-        raise PipelineDefinitionError(
-            f"{path} is a directory; give the Python file that defines the pipeline's nodes")
-    if not path.endswith(".py"):
-        hint = (" (to read Parquet data, write a pipeline file with zp.parquet(name, path))"
-                if path.endswith((".parquet", ".pq")) else "")
-        raise PipelineDefinitionError(f"{path} is not a Python file (.py){hint}")
+    path = check_pipeline_path(path)
     stem = os.path.splitext(os.path.basename(path))[0]
     modname = "_zerrow_pipeline_" + stem
     spec = importlib.util.spec_from_file_location(modname, path)
