@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <shared_mutex>
+#include <utility>
 
 #include <pthread.h>
 
@@ -423,6 +424,22 @@ arrow::Status ZerrowPool::PopScope(uint64_t token) {
 
 arrow::Status ZerrowPool::Freeze(SegmentHeap* heap, bool seal, bool keep_free) {
   return heap->arena->Freeze(heap, seal, keep_free);
+}
+
+void ZerrowPool::PrintStats() {
+  const PoolStats s = Stats();
+  const std::pair<const char*, int64_t> rows[] = {
+      {"bytes_allocated", s.bytes_allocated},       {"max_memory", s.max_memory},
+      {"total_bytes_allocated", s.total_bytes_allocated}, {"num_allocations", s.num_allocations},
+      {"realloc_in_place", s.realloc_in_place},     {"realloc_copied", s.realloc_copied},
+      {"segments", s.segments},                     {"frozen_segments", s.frozen_segments},
+      {"spare_segments", s.spare_segments},         {"lent_segments", s.lent_segments},
+      {"segments_reclaimed", s.segments_reclaimed}, {"bytes_resident", s.bytes_resident},
+      {"bytes_retained", s.bytes_retained},         {"scopes_open", s.scopes_open},
+  };
+  std::fprintf(stderr, "zerrow pool:\n");
+  for (const auto& [name, value] : rows) std::fprintf(stderr, "  %-22s %lld\n", name, static_cast<long long>(value));
+  std::fflush(stderr);
 }
 
 PoolStats ZerrowPool::Stats() const {

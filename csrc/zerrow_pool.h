@@ -48,6 +48,8 @@ class ZerrowPool final : public arrow::MemoryPool, private SpareHeaps {
   int64_t total_bytes_allocated() const override { return total_bytes_allocated_.load(); }
   int64_t num_allocations() const override { return num_allocations_.load(); }
   std::string backend_name() const override { return "zerrow"; }
+  // Writes Stats() to stderr, one counter a line (Arrow's PrintStats convention).
+  void PrintStats() override;
 
   // Scopes: while open, all allocations from any thread go to a fresh arena
   // whose segments hold nothing else. Scopes nest; the innermost receives.

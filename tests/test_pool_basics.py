@@ -234,3 +234,23 @@ def test_huge_allocation_beyond_segment_capacity():
 def test_out_of_memory_is_an_error_not_a_crash():
     with pytest.raises(MemoryError):
         pa.allocate_buffer(1 << 62, memory_pool=POOL)
+
+
+def test_stats_is_typed_and_a_mapping(capfd):
+    """stats() has attributes, is still the dict it used to be, and print_stats() prints it."""
+    import zerrow_pool
+
+    buf = pa.allocate_buffer(1 << 20, memory_pool=zerrow_pool.pool())
+    s = zerrow_pool.stats()
+    assert isinstance(s, zerrow_pool.PoolStats)
+    assert s.bytes_allocated == s["bytes_allocated"] >= 1 << 20
+    assert dict(s)["segments"] == s.segments and "cow_bytes_copied" in s
+    import json
+    assert json.loads(json.dumps(s)) == dict(s)
+    with pytest.raises(KeyError):
+        s["no_such_counter"]
+    zerrow_pool.print_stats()
+    zerrow_pool.pool().print_stats()
+    err = capfd.readouterr().err
+    assert err.count("zerrow pool:") == 2 and "bytes_allocated" in err and "segments_reclaimed" in err
+    del buf

@@ -19,11 +19,12 @@ except ImportError as e:  # a libarrow the check could not foresee (a pyarrow mo
 from ._core import owns as _owns, pool, preload_active, release_unused as _release_unused, stats as _stats
 from ._preload import preload_env, preload_path
 from ._scope import scope
+from ._pool_stats import PoolStats
 from ._sharing import Channel, Share, ShareError, attach, recv, recv_share, send, share
 from ._core import kernel_module_available as _kernel_module_available, cow_bytes_copied as _cow_bytes_copied
 
 __all__ = [
-    "pool", "scope", "owns", "stats", "release_unused", "preload_path", "preload_env", "preload_active",
+    "pool", "scope", "owns", "stats", "print_stats", "PoolStats", "release_unused", "preload_path", "preload_env", "preload_active",
     "share", "attach", "send", "recv", "recv_share", "Share", "ShareError", "Channel",
     "kernel_module_available",
 ]
@@ -52,7 +53,7 @@ def owns(obj) -> bool:
     return _owns(obj)
 
 
-def stats() -> dict:
+def stats() -> PoolStats:
     """The pool's counters.
 
     bytes_allocated, max_memory, total_bytes_allocated and num_allocations as
@@ -68,10 +69,19 @@ def stats() -> dict:
     them now and bytes_retained the part of it that is free and kept for reuse;
     cow_bytes_copied counts bytes this process copied because it wrote to
     memory it had de-anonymized with the kernel module.
+
+    Returns
+    -------
+    PoolStats
+        The counters as attributes; also the dict of the same names it always was.
     """
-    s = _stats()
-    s["cow_bytes_copied"] = _cow_bytes_copied()
-    return s
+    return PoolStats(**_stats(), cow_bytes_copied=_cow_bytes_copied())
+
+
+def print_stats() -> None:
+    """Write the pool's counters to stderr (what ``pool().print_stats()`` does too)."""
+    pool().print_stats()
+
 
 
 def release_unused() -> None:
