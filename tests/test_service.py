@@ -138,10 +138,11 @@ def test_status_and_stop(pipeline_file, svc_dir, tmp_path):
 
 def test_idle_exit(pipeline_file, svc_dir, tmp_path):
     pipeline, data = pipeline_file
-    run_json(pipeline, data, svc_dir, tmp_path, env={"ZERROW_SERVICE_IDLE": "1"})
+    # long enough that the status call below comes well within it, even on a busy machine
+    run_json(pipeline, data, svc_dir, tmp_path, env={"ZERROW_SERVICE_IDLE": "5"})
     status = ServiceClient(svc_dir).status()
     pids = [status["pid"]] + status["runtimes"][0]["worker_pids"]
-    assert status["idle_s"] == 1
+    assert status["idle_s"] == 5
     assert all(wait_gone(p, timeout=30) for p in pids)
     assert not os.path.exists(os.path.join(svc_dir, "service.sock"))
 
