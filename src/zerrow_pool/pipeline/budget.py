@@ -193,5 +193,7 @@ class ResourceManager:
                 f"hold this run: {fmt_bytes(used)} is pinned by running nodes and their inputs and "
                 f"{fmt_bytes(need)} more is needed, after evicting the decode cache and spilling "
                 f"every cold intermediate. Raise --memory-budget to at least "
-                f"{fmt_bytes((used + need) / (1 + self.tolerance))}, or use fewer workers so "
-                "fewer intermediates are pinned at once.")
+                f"{fmt_bytes((used + need) / (1 + self.tolerance))} to get past this node (nodes "
+                "after it may need more: a run without a budget reports what the whole run "
+                "pinned, as 'pinned by runs'), or use fewer workers so fewer intermediates are "
+                "pinned at once.")
