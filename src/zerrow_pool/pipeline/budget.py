@@ -122,23 +122,31 @@ class ResourceManager:
         """Bytes held, each segment counted once. ``pinned_only``: leave out cached
         decodes that no live intermediate reads (kept only for later runs, and the
         first thing a budget evicts); a source's payload counts the entries it reads."""
-        seen: dict = {}
+        total, pinned = self._usages()
+        return pinned if pinned_only else total
+
+    def _usages(self) -> tuple[int, int]:
+        """(everything held, what is pinned), from one fstat pass over the payloads."""
+        held: dict = {}
+        pinned: dict = {}
         for key, p in list(self.live.items()):
             if p.closed:
                 self.untrack(p)
                 continue
-            if not (pinned_only and key in self.cached):
-                seen.update(p.memory())
-        return sum(seen.values())
+            memory = p.memory()
+            held.update(memory)
+            if key not in self.cached:
+                pinned.update(memory)
+        return sum(held.values()), sum(pinned.values())
 
     def reset_peaks(self) -> None:
-        self.peak = self.peak_with_workers = self.usage()
-        self.peak_pinned = self.usage(pinned_only=True)
+        self.peak, self.peak_pinned = self._usages()
+        self.peak_with_workers = self.peak
 
     def _observe(self) -> int:
-        u = self.usage()
+        u, pinned = self._usages()
         self.peak = max(self.peak, u)
-        self.peak_pinned = max(self.peak_pinned, self.usage(pinned_only=True))
+        self.peak_pinned = max(self.peak_pinned, pinned)
         self.timeline.append((time.monotonic(), u))
         return u
 

@@ -24,14 +24,14 @@ import os
 import sys
 
 
-class Op(str, enum.Enum):
+class Op(enum.StrEnum):
     HELLO = "hello"
     STATUS = "status"
     STOP = "stop"
     RUN = "run"
 
 
-class Reply(str, enum.Enum):
+class Reply(enum.StrEnum):
     EVENT = "event"        # a progress event of the run
     WAITING = "waiting"    # another run holds the service; this one is queued
     RESULT = "result"      # the run finished (ok or failed): report and outputs
