@@ -45,20 +45,32 @@ def user_dir(base: str, prefix: str = "zerrow") -> str:
     if not os.path.isdir(base):
         raise FileNotFoundError(f"{base} is not a directory (set {COPY_DIR_ENV} or "
                                 f"{SPILL_DIR_ENV} to an existing one)")
+    return private_dir(os.path.join(base, f"{prefix}-{os.getuid()}"), tighten=True)
+
+
+def private_dir(path: str, *, tighten: bool) -> str:
+    """``path`` created 0700, or checked to be a real directory (never a symlink
+    someone planted) of this user that nobody else can enter; returns it.
+
+    An existing directory of ours that others can enter is made private with
+    ``tighten``, refused without (where something planted in it could be
+    trusted, such as a socket). Raises PermissionError naming the problem."""
     uid = os.getuid()
-    path = os.path.join(base, f"{prefix}-{uid}")
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
         pass
-    st = os.lstat(path)  # never follow a link someone else planted
+    st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise PermissionError(f"{path} exists but is not a directory (a symlink?); zerrow keeps "
                               "its files there only in a private directory: remove it")
     if st.st_uid != uid:
         raise PermissionError(f"{path} belongs to uid {st.st_uid}, not to you (uid {uid}); "
-                              "remove it or point the base elsewhere")
+                              "remove it or point zerrow elsewhere")
     if stat.S_IMODE(st.st_mode) & 0o077:
+        if not tighten:
+            raise PermissionError(f"{path} is open to other users (mode "
+                                  f"{stat.filemode(st.st_mode)}): remove it")
         os.chmod(path, 0o700, follow_symlinks=False)
     return path
 

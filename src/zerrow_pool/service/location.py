@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import stat
 
+from ..pipeline.rundirs import private_dir
+
 
 class ServiceDirError(RuntimeError):
     """The service directory exists but is not private to this user."""
@@ -36,20 +38,12 @@ def _owned_private(path: str) -> bool:
 
 def ensure_private_dir(path: str) -> str:
     """Create ``path`` (mode 0700) or check that the existing one is private; returns it."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        os.mkdir(path, 0o700)
-    if not _owned_private(path):
-        st = os.lstat(path)
-        raise ServiceDirError(
-            f"{path} is not a private directory of this user (mode {stat.filemode(st.st_mode)}, "
-            f"owner uid {st.st_uid}): remove it, set ZERROW_SERVICE_DIR to another directory, "
-            f"or run with --no-service")
-    return path
+        return private_dir(path, tighten=False)
+    except PermissionError as e:
+        raise ServiceDirError(f"{e}, set ZERROW_SERVICE_DIR to another directory, or run with "
+                              "--no-service") from None
 
 
 def socket_path(directory: str) -> str:
