@@ -133,6 +133,16 @@ def test_run_writes_and_shows_outputs(tmp_path, where):
     assert lines[at + 1].split() == ["n", "sq"] and lines[at + 5].split() == ["2", "4"]
 
 
+def test_failed_run_says_outputs_were_not_delivered(tmp_path):
+    f = tmp_path / "fails.py"
+    f.write_text(SMALL + "\n\n@zp.node\ndef broken(squares):\n    raise ValueError('no')\n")
+    out = tmp_path / "sq.parquet"
+    r = _zerrow("run", str(f), "--transport", "copy", "--workers", "1", "-q",
+                "--output", f"squares={out}", "--show", "numbers")
+    assert r.returncode == 1 and not out.exists()
+    assert "the run failed, so --output/--show delivered nothing (squares, numbers)" in r.stderr
+
+
 def test_run_help_explains_pipelines_outputs_and_sizes():
     r = _zerrow("run", "whatever.py", "--help")
     assert r.returncode == 0

@@ -169,11 +169,14 @@ def deliver_outputs(args, result, stream=None) -> str | None:
     Returns
     -------
     str or None
-        An error message if a file could not be written, else None.
+        An error message if a file could not be written, or the run failed
+        and so delivered nothing that was asked for; else None.
     """
     stream = stream or sys.stdout
-    if not result.ok:
-        return None  # the report already says what failed; nothing to deliver
+    if not result.ok:  # the report says what failed; say what was not delivered
+        wanted = requested_outputs(args)
+        return (f"the run failed, so --output/--show delivered nothing ({', '.join(wanted)})"
+                if wanted else None)
     for node, path in _output_targets(args):
         table = result.outputs[node]
         try:
