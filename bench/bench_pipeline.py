@@ -37,9 +37,11 @@ from zerrow_pool.pipeline.demos import taxi_movement, taxi_scan, taxi_zones
 ROWS = int(os.environ.get("ZERROW_BENCH_ROWS", demo_data.DEFAULT_ROWS))
 ROUNDS = int(os.environ.get("ZERROW_BENCH_ROUNDS", "3"))
 WORKERS = int(os.environ.get("ZERROW_BENCH_WORKERS", "2"))
+ISOLATION = os.environ.get("ZERROW_BENCH_ISOLATION", "process")  # or "none": sandbox off
 OUT = os.environ.get("ZERROW_BENCH_OUT", os.path.join(".benchmarks", "pipeline_results.json"))
 
-RESULTS: dict = {"rows": ROWS, "workers": WORKERS, "rounds": ROUNDS, "scenarios": {}}
+RESULTS: dict = {"rows": ROWS, "workers": WORKERS, "rounds": ROUNDS, "isolation": ISOLATION,
+                 "scenarios": {}}
 
 needs_zerrow = pytest.mark.skipif(not zp.zerrow_available(),
                                   reason="zerrow sharing API not built")
@@ -69,7 +71,8 @@ def _summary(reports, seconds, cpu):
 
 def _mode_kwargs(mode):
     transport = "copy" if mode == "copy" else "zerrow"
-    return {"transport": transport, "cache": mode != "zerrow-nocache", "workers": WORKERS}
+    return {"transport": transport, "cache": mode != "zerrow-nocache", "workers": WORKERS,
+            "isolation": ISOLATION}
 
 
 def _measure(benchmark, scenario, mode, run_once, rt):

@@ -91,24 +91,30 @@ def test_raise_fails_node_and_skips_downstream(rt, data):
     assert "node boom failed" in rep.format()
 
 
-def test_sigkill_worker_replaced_and_no_leak(rt, data):
+@pytest.mark.parametrize("isolation", ["process", "none"])
+@pytest.mark.parametrize("transport", zerrow_params())
+def test_sigkill_invocation_and_no_leak(transport, isolation, data):
+    """A node that dies by SIGKILL fails alone; with isolation "process" only
+    its invocation died (the zygote stays), with "none" the worker is replaced."""
     p = zp.Pipeline("kill", [zp.parquet("src", data), grow, sigkill, after_kill])
-    rt.run(zp.Pipeline("warm", [zp.parquet("src", data), grow]))  # warm imports/caches
-    shm0, fds0 = shmem_bytes(), open_fds()
-    pids = {w.pid for w in rt.pool.workers}
-    res = rt.run(p, raise_on_error=False)
-    rep = res.report
-    assert rep.status == "failed"
-    assert "SIGKILL" in rep.node("sigkill").error
-    assert rep.node("after_kill").status == "skipped"
-    assert rep.workers_replaced == 1
-    assert len({w.pid for w in rt.pool.workers} - pids) == 1
-    # the replacement works
-    ok = rt.run(zp.Pipeline("after", [zp.parquet("src", data), grow]))
-    assert ok["grow"].num_rows == 20_000
-    del ok
-    assert open_fds() <= fds0
-    _assert_shmem_back(shm0)
+    with zp.Runtime(workers=2, transport=transport, isolation=isolation) as rt:
+        rt.run(zp.Pipeline("warm", [zp.parquet("src", data), grow]))  # warm imports/caches
+        shm0, fds0 = shmem_bytes(), open_fds()
+        pids = {w.pid for w in rt.pool.workers}
+        res = rt.run(p, raise_on_error=False)
+        rep = res.report
+        assert rep.status == "failed"
+        assert "SIGKILL" in rep.node("sigkill").error
+        assert rep.node("after_kill").status == "skipped"
+        replaced = 0 if isolation == "process" else 1
+        assert rep.workers_replaced == replaced
+        assert len({w.pid for w in rt.pool.workers} - pids) == replaced
+        # the next run works
+        ok = rt.run(zp.Pipeline("after", [zp.parquet("src", data), grow]))
+        assert ok["grow"].num_rows == 20_000
+        del ok
+        assert open_fds() <= fds0
+        _assert_shmem_back(shm0)
 
 
 def _assert_shmem_back(shm0, slack=4 << 20):

@@ -1,7 +1,8 @@
 """The ``zerrow`` command.
 
-    zerrow run PIPELINE.py [--workers N] [--memory-budget SIZE]
+    zerrow run PIPELINE.py [--workers N] [--memory-budget SIZE] [--node-memory-limit SIZE]
                            [--transport zerrow|copy] [--no-cache] [--json FILE] [--no-service]
+                           [--isolation process|none]
                            [--output NODE=PATH ...] [--show NODE ...]
     zerrow service status|stop
     zerrow demo [--rows N] [--workers N] [--pipeline movement|zones|both]
@@ -117,6 +118,11 @@ def validate_run_args(args, pipeline=None) -> str | None:
             budget.parse_budget(args.memory_budget, budget.MIN_BUDGET)
         except ValueError as e:
             return f"--memory-budget: {e}"
+    if args.node_memory_limit is not None:
+        try:
+            budget.parse_size(args.node_memory_limit)
+        except ValueError as e:
+            return f"--node-memory-limit: {e}"
     if args.show_rows < 1:
         return f"--show-rows must be at least 1, not {args.show_rows}"
     if args.json:
@@ -146,7 +152,8 @@ def validate_run_args(args, pipeline=None) -> str | None:
 def _runtime_options(args) -> dict:
     """``Runtime(**options)`` for validated ``zerrow run`` arguments (picklable: no callbacks)."""
     return dict(workers=args.workers, transport=args.transport, memory_budget=args.memory_budget,
-                cache=not args.no_cache, strict_budget=args.strict_budget)
+                cache=not args.no_cache, strict_budget=args.strict_budget,
+                isolation=args.isolation, node_memory_limit=args.node_memory_limit)
 
 
 def requested_outputs(args) -> list:
@@ -457,6 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-cache", action="store_true", help="disable the Parquet decode cache")
     r.add_argument("--strict-budget", action="store_true",
                    help="also stop a node whose worker allocates more than its share of the budget")
+    r.add_argument("--node-memory-limit", default=None, metavar="SIZE",
+                   help="the most memory one node may hold, e.g. 1G (a node's own "
+                        "@node(memory_limit=) wins); enforced by a memory cgroup where possible")
+    r.add_argument("--isolation", choices=["process", "none"], default="process",
+                   help="process (default): each pipeline's nodes run in sandboxes of their own, "
+                        "forked from a warm zygote; none: warm workers run every node (for "
+                        "measuring; see docs/SANDBOX.md)")
     r.add_argument("--output", action="append", metavar="NODE=PATH",
                    help="write NODE's result to PATH: Parquet (.parquet/.pq) or Arrow IPC "
                         "(.arrow/.feather/.ipc); repeatable")

@@ -15,6 +15,7 @@ import shutil
 import socket
 import threading
 import time
+import warnings
 import weakref
 from collections import deque
 
@@ -24,6 +25,7 @@ from .dag import Pipeline, Source
 from .decode_cache import DecodeCache
 from .payloads import ColumnsPayload, open_input
 from .report import EdgeRecord, NodeFailed, NodeRecord, RunReport, RunResult
+from .sandbox import Isolation, make_undumpable, parse_isolation
 from .spill import Spiller
 from .states import FINISHED, Event, Op, Status
 from .transports import get_transport
@@ -68,6 +70,7 @@ class SourceAssembly:
 class RunState:
     def __init__(self, pipeline: Pipeline, outputs, report: RunReport):
         self.p = pipeline
+        self.sandbox = pipeline.code_identity  # see zygote.py
         self.report = report
         self.rec = {s.name: NodeRecord(s.name, s.kind) for s in pipeline.order}
         report.nodes = list(self.rec.values())
@@ -96,8 +99,16 @@ class Runtime:
     def __init__(self, workers: int | None = None, transport: str = "zerrow", *,
                  memory_budget=None, cache: bool = True, spill_dir: str | None = None,
                  preload: bool = True, on_event=None, tolerance: float = 0.10,
-                 strict_budget: bool = False, cache_bytes=None):
+                 strict_budget: bool = False, cache_bytes=None, isolation: str = "process",
+                 node_memory_limit=None):
         raise_fd_limit()
+        self.isolation = parse_isolation(isolation)
+        self.node_memory_limit = (None if node_memory_limit is None
+                                  else parse_size(node_memory_limit))
+        # Nodes must not read this process's descriptors (the decode cache,
+        # every intermediate) through /proc, nor its memory: see sandbox.py.
+        make_undumpable()
+        self._warned_no_cgroup = False
         self.transport = get_transport(transport, preload=preload)
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}")
@@ -132,7 +143,7 @@ class Runtime:
         # own when this process goes: their sockets close).
         self._finalizer = weakref.finalize(self, _remove_dirs, self.out_dir, self.spiller)
         try:
-            self.pool = WorkerPool(self.n_workers, self.transport)
+            self.pool = WorkerPool(self.n_workers, self.transport, self.isolation)
         except BaseException:
             self._finalizer()
             raise
@@ -360,7 +371,7 @@ class Runtime:
             st.payloads[name] = new
             st.rec[name].spilled = True
             st.report.spills += 1
-            st.report.spilled_bytes += os.path.getsize(new.path)
+            st.report.spilled_bytes += new.size
             self._emit(Event.SPILL, st, name, bytes=new.nbytes)
         return replace
 
@@ -384,7 +395,8 @@ class Runtime:
             step = st.p.by_name[task.name]
             ups = [st.payloads[u] for u in step.inputs]
             task.pinned = ups
-            msg.update(fn=step.ref, inputs=[p.encode(fds) for p in ups], inputs_as=step.inputs_as)
+            msg.update(fn=step.ref, inputs=[p.encode(fds) for p in ups], inputs_as=step.inputs_as,
+                       memory_limit=self._memory_limit(w, step), sandbox=st.sandbox)
             for u, p in zip(step.inputs, ups):
                 zc = 0 if p.spilled else min(p.nbytes, p.stats.get("zero_copy", 0))
                 st.edges[(u, task.name)] = EdgeRecord(u, task.name, p.nbytes, zc,
@@ -418,6 +430,17 @@ class Runtime:
             if task.op != Op.DECODE:
                 rec.attempts -= 1
             self.queue.appendleft(task)
+
+    def _memory_limit(self, w, step):
+        limit = step.memory_limit if step.memory_limit is not None else self.node_memory_limit
+        if limit and not self._warned_no_cgroup and (
+                self.isolation != Isolation.PROCESS or w.cgroup_error):
+            self._warned_no_cgroup = True
+            why = (w.cgroup_error if self.isolation == Isolation.PROCESS
+                   else 'isolation "none" runs many nodes in one process')
+            warnings.warn(f"zerrow: node memory limits are enforced by zerrow's pool, not by the "
+                          f"kernel: {why}", RuntimeWarning, stacklevel=1)
+        return limit
 
     # --------------------------------------------------------------- replies
     def _on_reply(self, w) -> None:

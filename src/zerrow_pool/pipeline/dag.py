@@ -29,6 +29,7 @@ import sys
 from dataclasses import dataclass, field
 
 from . import frames
+from .budget import parse_size
 
 
 class PipelineDefinitionError(ValueError):
@@ -54,7 +55,7 @@ class Node:
     kind = "node"
 
     def __init__(self, fn, *, name: str | None = None, retries: int = 0, inputs=None,
-                 inputs_as=None):
+                 inputs_as=None, memory_limit=None):
         if not callable(fn):
             raise TypeError(f"@node expects a function, got {fn!r}")
         self.fn = fn
@@ -62,6 +63,10 @@ class Node:
         self.retries = int(retries)
         if self.retries < 0:
             raise ValueError("retries must be >= 0")
+        try:
+            self.memory_limit = None if memory_limit is None else parse_size(memory_limit)
+        except ValueError as e:
+            raise PipelineDefinitionError(f"node {self.name!r}: memory_limit: {e}") from None
         sig = inspect.signature(fn)
         try:
             frames.check_return_annotation(sig.return_annotation, self.name)
@@ -114,7 +119,8 @@ def _source_file(fn) -> str | None:
     return os.path.abspath(f) if f else None
 
 
-def node(fn=None, *, name: str | None = None, retries: int = 0, inputs=None, inputs_as=None):
+def node(fn=None, *, name: str | None = None, retries: int = 0, inputs=None, inputs_as=None,
+         memory_limit=None):
     """Mark a function as a pipeline node.
 
     Use as ``@node`` or ``@node(retries=2, name="x", inputs={"param": "upstream"})``.
@@ -138,6 +144,13 @@ def node(fn=None, *, name: str | None = None, retries: int = 0, inputs=None, inp
         ``pyarrow.Table``. Polars frames are built zero-copy where Polars
         allows; pandas frames have Arrow-backed columns (``pd.ArrowDtype``),
         which wrap the Arrow memory instead of copying it.
+    memory_limit : int or str, optional
+        The most memory one invocation of the node may hold, e.g. ``"1G"``
+        (default: the runtime's ``node_memory_limit``, else none). The kernel
+        enforces it with a memory cgroup per invocation where the machine
+        allows one (else zerrow's pool does); a node over its limit fails
+        with a message naming it, and the run's other nodes carry on. Its
+        zero-copy inputs are not charged to it. See docs/SANDBOX.md.
 
     Returns
     -------
@@ -149,7 +162,8 @@ def node(fn=None, *, name: str | None = None, retries: int = 0, inputs=None, inp
         the node with a message naming the type returned.
     """
     def wrap(f):
-        return Node(f, name=name, retries=retries, inputs=inputs, inputs_as=inputs_as)
+        return Node(f, name=name, retries=retries, inputs=inputs, inputs_as=inputs_as,
+                    memory_limit=memory_limit)
 
     return wrap(fn) if fn is not None else wrap
 
@@ -221,6 +235,14 @@ class Pipeline:
         for s in self.order:
             for up in dict.fromkeys(s.inputs):
                 self.consumers[up].append(s.name)
+
+    @property
+    def code_identity(self) -> str:
+        """The pipeline's name and the functions it runs: its sandboxes run
+        nothing else (see zygote.py)."""
+        refs = sorted({(s.ref.module, s.ref.file or "", s.ref.qualname)
+                       for s in self.steps if isinstance(s, Node)})
+        return repr((self.name, refs))
 
     @property
     def sinks(self) -> list[str]:

@@ -2,8 +2,8 @@
 
 Coordinator side: a *payload* is the handle of one node output (or one cached
 decode).  It never maps data: a ``SharePayload`` is a zerrow descriptor plus
-read-only fds, a ``FilePayload`` is an Arrow IPC file (in /dev/shm for the
-copy transport, on local disk once spilled).  ``memory()`` tells how many bytes
+read-only fds, a ``FilePayload`` is an Arrow IPC file (without a name, in /dev/shm
+for the copy transport, on local disk once spilled).  ``memory()`` tells how many bytes
 of RAM the payload keeps alive, keyed by the segment/file identity so that
 memory shared by several payloads (resharing) is counted once.
 
@@ -81,35 +81,37 @@ class SharePayload(Payload):
 
 
 class FilePayload(Payload):
-    """An Arrow IPC file, read by workers with ``pyarrow.memory_map``."""
+    """An Arrow IPC file without a name (see ``rundirs.anonymous_file``), held
+    as a read-only descriptor and memory-mapped by the workers it is sent to."""
 
     kind = "file"
 
-    def __init__(self, path: str, rows: int, nbytes: int, stats=None, *, spilled=False):
+    def __init__(self, fd: int, rows: int, nbytes: int, stats=None, *, spilled=False):
         super().__init__(rows, nbytes, stats)
-        self.path = path
+        self.fd = fd
         self.spilled = spilled
         self._memory = None
+
+    @property
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
 
     def memory(self) -> dict:
         if self.closed or self.spilled:
             return {}  # spilled files live on disk; only page cache backs them
         if self._memory is None:
-            st = os.stat(self.path)
-            self._memory = {(st.st_dev, st.st_ino): st.st_blocks * 512}
+            self._memory = dict([_fd_memory(self.fd)])
         return self._memory
 
     def encode(self, fds: list) -> dict:
         if self.closed:
             raise RuntimeError("payload already released")
-        return {"k": "file", "path": self.path}
+        fds.append(self.fd)
+        return {"k": "file", "fds": (len(fds) - 1, 1)}
 
     def close(self) -> None:
         if not self.closed:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            close_fds([self.fd])
         super().close()
 
 
@@ -161,7 +163,7 @@ def open_input(spec: dict, fds: list):
     """Rebuild a Table from an encoded payload (runs in a worker)."""
     k = spec["k"]
     if k == "file":
-        with pa.memory_map(spec["path"], "r") as src:
+        with pa.memory_map(f"/proc/self/fd/{fds[spec['fds'][0]]}", "r") as src:
             return pa.ipc.open_file(src).read_all()
     if k == "share":
         return _attach(spec, fds)

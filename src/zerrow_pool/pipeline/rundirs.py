@@ -17,6 +17,7 @@ spills.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -107,3 +108,24 @@ def sweep(parent: str) -> list[str]:
         shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
         removed.append(name)
     return removed
+
+
+def anonymous_file(directory: str) -> int:
+    """A new read-write file in ``directory`` that has no name (``O_TMPFILE``):
+    no other process can find it by listing or guessing a path; it is reached
+    only through the descriptors its holders pass on, and vanishes with the
+    last of them. Filesystems without O_TMPFILE get a file unlinked at once."""
+    try:
+        return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+    fd, path = tempfile.mkstemp(dir=directory)
+    os.unlink(path)
+    return fd
+
+
+def reopen_read_only(fd: int) -> int:
+    """A read-only descriptor of the file open as ``fd`` (a reader can then
+    not write what the producer published)."""
+    return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)

@@ -1,6 +1,7 @@
 """Spilling cold intermediates to local disk as Arrow IPC files.
 
-A spilled intermediate becomes a ``FilePayload`` on disk; its consumers
+A spilled intermediate becomes a ``FilePayload`` on disk (a file without a
+name, see ``rundirs.anonymous_file``); its consumers
 memory-map it back on use (page cache, not shared memory), so spilling frees
 exactly the shared memory the payload held.  Files go to a private run
 directory under ``spill_dir`` (default ``$ZERROW_SPILL_DIR``, else the system
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 
 import pyarrow as pa
 
@@ -44,20 +44,24 @@ class Spiller:
         """Write ``payload`` to disk and release its memory; returns the disk payload."""
         if self.dir is None:
             self.dir = rundirs.make_run_dir(self.base, PREFIX)
-        path = os.path.join(self.dir, f"{uuid.uuid4().hex}.arrow")
-        if isinstance(payload, FilePayload):
-            shutil.move(payload.path, path)
-        else:
-            fds: list = []
-            table = open_input(payload.encode(fds), fds)
-            with pa.OSFile(path, "wb") as sink:
-                with pa.ipc.new_file(sink, table.schema) as writer:
-                    writer.write_table(table)
-            del table
-        stats = dict(payload.stats)
-        out = FilePayload(path, payload.rows, payload.nbytes, stats, spilled=True)
+        fd = rundirs.anonymous_file(self.dir)
+        try:
+            if isinstance(payload, FilePayload):
+                with os.fdopen(os.dup(payload.fd), "rb") as src, os.fdopen(os.dup(fd), "wb") as dst:
+                    shutil.copyfileobj(src, dst, 8 << 20)
+            else:
+                fds: list = []
+                table = open_input(payload.encode(fds), fds)
+                with pa.OSFile(f"/proc/self/fd/{fd}", "wb") as sink:
+                    with pa.ipc.new_file(sink, table.schema) as writer:
+                        writer.write_table(table)
+                del table
+            ro = rundirs.reopen_read_only(fd)
+        finally:
+            os.close(fd)
+        out = FilePayload(ro, payload.rows, payload.nbytes, dict(payload.stats), spilled=True)
         payload.close()
-        self.bytes_spilled += os.path.getsize(path)
+        self.bytes_spilled += out.size
         self.count += 1
         return out
 

@@ -5,9 +5,10 @@ segments and shared as a descriptor + read-only memfds (zero-copy; buffers
 that came from inputs are re-referenced, not copied).
 
 ``copy``: the baseline that pipelines use today.  The output is written as an
-uncompressed Arrow IPC file into a private run directory under /dev/shm (or
-``$ZERROW_COPY_DIR``) and consumers read it with ``pyarrow.memory_map`` (one
-copy per edge producer, no decode cache).
+uncompressed Arrow IPC file without a name (O_TMPFILE) in a private run
+directory under /dev/shm (or ``$ZERROW_COPY_DIR``), passed on as a read-only
+descriptor, and consumers read it with ``pyarrow.memory_map`` (one copy per
+edge producer, no decode cache).
 
 Both expose the same worker-side calls (``scope``, ``publish``) and the same
 coordinator-side call (``payload``), so the runtime is transport-agnostic.
@@ -17,11 +18,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import uuid
 
 import pyarrow as pa
 
-from . import zerrow_api
+from . import rundirs, zerrow_api
 from .budget import fmt_bytes
 from .payloads import FilePayload, SharePayload
 from .rundirs import COPY_DIR_ENV
@@ -59,7 +59,7 @@ class Transport:
     def payload(self, spec: dict, fds: list):
         """Coordinator side: wrap a worker's published result."""
         if spec["k"] == "file":
-            return FilePayload(spec["path"], spec["rows"], spec["nbytes"], spec["stats"])
+            return FilePayload(fds[0], spec["rows"], spec["nbytes"], spec["stats"])
         if spec["k"] == "share":
             return SharePayload(spec["desc"], fds, spec["rows"], spec["nbytes"], spec["stats"])
         raise ValueError(f"unknown result kind {spec['k']!r}")
@@ -78,22 +78,22 @@ class CopyTransport(Transport):
     def publish(self, obj, out_dir, keep_free=False):
         if not isinstance(obj, pa.Table):
             raise TypeError("the copy transport publishes tables only")
-        path = os.path.join(out_dir, f"{uuid.uuid4().hex}.arrow")
+        fd = rundirs.anonymous_file(out_dir)
         try:
-            with pa.OSFile(path, "wb") as sink:
+            with pa.OSFile(f"/proc/self/fd/{fd}", "wb") as sink:
                 with pa.ipc.new_file(sink, obj.schema) as writer:
                     writer.write_table(obj)
                 written = sink.tell()
+            ro = rundirs.reopen_read_only(fd)
         except OSError as e:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
             if e.errno != errno.ENOSPC and "No space left" not in str(e):
                 raise
             raise _no_room(out_dir, obj.nbytes) from None
+        finally:
+            os.close(fd)
         stats = {"zero_copy": 0, "copied": obj.nbytes, "exposed": written}
-        spec = {"k": "file", "path": path, "rows": obj.num_rows, "nbytes": obj.nbytes,
-                "stats": stats}
-        return spec, [], lambda: None
+        spec = {"k": "file", "rows": obj.num_rows, "nbytes": obj.nbytes, "stats": stats}
+        return spec, [ro], lambda: os.close(ro)
 
 
 def _no_room(out_dir: str, nbytes: int) -> CopyDirFull:

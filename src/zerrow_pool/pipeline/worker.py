@@ -1,8 +1,10 @@
 """Worker process: a warm Python + pyarrow that runs tasks until told to stop.
 
-Started once by the coordinator (``python -m zerrow_pool.pipeline.worker FD``
-with the zerrow preload library in LD_PRELOAD) and reused for every node of
-every run.  Each task arrives as one message on the worker's socket, with the
+Started once by the coordinator (``python -m zerrow_pool.pipeline.worker FD
+TRANSPORT ISOLATION``, with the zerrow preload library in LD_PRELOAD). With
+isolation "none" it runs every task itself, reused for every node of every
+run; with "process" it is a zygote (``zygote.py``) that forks a fresh
+process per task, which runs it with ``execute`` below.  Each task arrives as one message on the worker's socket, with the
 read-only fds of exactly the inputs it needs; the reply carries the published
 output (descriptor + fds, or an IPC file path) or the traceback.
 
@@ -137,7 +139,8 @@ def run_task(transport, task, fds, on_exceed=None):
     t0 = time.perf_counter()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     timing = {}
-    with transport.scope(), PeakSampler(task.get("mem_cap"), on_exceed) as peak:
+    cap = memory_cap(task)
+    with transport.scope(), PeakSampler(cap and cap[0], on_exceed) as peak:
         if task["op"] == Op.NODE:
             kinds = task.get("inputs_as") or ["arrow"] * len(task["inputs"])
             inputs = [convert_input(open_input(spec, fds), kind)
@@ -206,30 +209,68 @@ def _preload_active() -> bool:
         return False
 
 
+def memory_cap(task):
+    """(bytes, why) this task may allocate in the pool before it is stopped, or None.
+
+    ``mem_cap`` is the task's share of a strict budget; ``memory_limit`` a
+    node's own limit, checked here only when no cgroup enforces it."""
+    caps = []
+    if task.get("mem_cap"):
+        caps.append((task["mem_cap"], "budget"))
+    if task.get("memory_limit") and not task.get("limit_by_kernel"):
+        caps.append((task["memory_limit"], "limit"))
+    return min(caps) if caps else None
+
+
 def _over_cap(sock, task, peak) -> None:
     """The task outgrew its memory allowance: report it, then end this process
     (the only way to stop a C++ kernel mid-flight; the coordinator replaces us)."""
     from .budget import fmt_bytes
 
-    msg = (f"BudgetExceeded: {task['name']!r} allocated {fmt_bytes(peak)} in its worker, more "
-           f"than its allowance of {fmt_bytes(task['mem_cap'])} (its share of the memory budget "
-           "left when it started); raise --memory-budget or use fewer workers")
+    cap, why = memory_cap(task)
+    if why == "limit":
+        msg = (f"MemoryLimitExceeded: {task['name']!r} allocated {fmt_bytes(peak)}, more than its "
+               f"memory limit of {fmt_bytes(cap)} (enforced by zerrow's pool: no memory cgroup "
+               "here); raise the node's memory_limit or --node-memory-limit")
+        kind = "MemoryLimitExceeded"
+    else:
+        msg = (f"BudgetExceeded: {task['name']!r} allocated {fmt_bytes(peak)} in its worker, more "
+               f"than its allowance of {fmt_bytes(cap)} (its share of the memory budget "
+               "left when it started); raise --memory-budget or use fewer workers")
+        kind = "BudgetExceeded"
     with _SEND_LOCK:
         try:
-            send_msg(sock, {"ok": False, "error": msg, "error_type": "BudgetExceeded",
-                            "exiting": True})
+            send_msg(sock, {"ok": False, "error": msg, "error_type": kind, "exiting": True})
         finally:
             os._exit(3)
 
 
-def serve(sock: socket.socket, transport_name: str) -> None:
-    # Ctrl-C reaches the whole process group: the coordinator decides what
-    # stops; a worker exits when its socket closes.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise_fd_limit()
-    transport = get_transport(transport_name)
-    send_msg(sock, {"ready": os.getpid(), "preload_active": _preload_active()})
-    while True:
+def execute(sock, transport, task, fds):
+    """Run one task and describe its outcome: (reply, fds to send, callbacks
+    to run once sent). Closes ``fds``. Over its memory cap, the task reports
+    on ``sock`` and this process ends."""
+    try:
+        return run_task(transport, task, fds, lambda peak: _over_cap(sock, task, peak))
+    except BaseException as e:  # noqa: BLE001 - report everything to the coordinator
+        return {"ok": False, "error": _describe_error(e), "error_type": type(e).__name__}, [], []
+    finally:
+        close_fds(fds)
+
+
+def reply(sock, msg, out_fds, dones) -> None:
+    try:
+        with _SEND_LOCK:
+            send_msg(sock, msg, out_fds)
+    finally:
+        for d in dones:
+            d()
+
+
+def serve_tasks(sock: socket.socket, transport, max_tasks: int | None = None) -> None:
+    """Run the tasks that arrive on ``sock`` one after another, until told to
+    stop, the peer goes away, or ``max_tasks`` have run."""
+    done = 0
+    while max_tasks is None or done < max_tasks:
         try:
             task, fds = recv_msg(sock)
         except (ConnectionError, OSError):
@@ -237,20 +278,19 @@ def serve(sock: socket.socket, transport_name: str) -> None:
         if task.get("op") == Op.STOP:
             close_fds(fds)
             return
-        try:
-            reply, out_fds, dones = run_task(transport, task, fds,
-                                             lambda peak, t=task: _over_cap(sock, t, peak))
-        except BaseException as e:  # noqa: BLE001 - report everything to the coordinator
-            reply, out_fds, dones = {"ok": False, "error": _describe_error(e),
-                                     "error_type": type(e).__name__}, [], []
-        finally:
-            close_fds(fds)
-        try:
-            with _SEND_LOCK:
-                send_msg(sock, reply, out_fds)
-        finally:
-            for d in dones:
-                d()
+        reply(sock, *execute(sock, transport, task, fds))
+        done += 1
+
+
+def serve(sock: socket.socket, transport_name: str) -> None:
+    """Isolation "none": run every task in this process."""
+    # Ctrl-C reaches the whole process group: the coordinator decides what
+    # stops; a worker exits when its socket closes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise_fd_limit()
+    transport = get_transport(transport_name)
+    send_msg(sock, {"ready": os.getpid(), "preload_active": _preload_active()})
+    serve_tasks(sock, transport)
 
 
 PR_SET_PDEATHSIG = 1
@@ -294,12 +334,18 @@ def _watch_peer(fd: int) -> None:
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    fd, transport_name = int(argv[0]), argv[1]
+    fd, transport_name, isolation = int(argv[0]), argv[1], argv[2]
     sock = socket.socket(fileno=fd)
-    if len(argv) > 2:
-        die_with_parent(int(argv[2]), sock, argv[3] == "1")
+    from . import sandbox, zygote
+
+    sandbox.make_undumpable()
+    if len(argv) > 3:
+        die_with_parent(int(argv[3]), sock, argv[4] == "1")
     try:
-        serve(sock, transport_name)
+        if isolation == sandbox.Isolation.PROCESS:
+            zygote.serve(sock, transport_name)
+        else:
+            serve(sock, transport_name)
     finally:
         sock.close()
     # Told to stop (or the coordinator is gone): nothing here is worth an orderly

@@ -2,7 +2,8 @@
 
 Workers are started once (a fresh interpreter each, like multiprocessing's
 spawn, with the zerrow preload library in LD_PRELOAD) and reused for every
-node of every run.  A worker that dies is reaped and replaced.  A worker dies
+node of every run: with isolation "process" (the default) each is a zygote
+that forks a fresh sandboxed process per task (``zygote.py``).  A worker that dies is reaped and replaced.  A worker dies
 with its coordinator, however the coordinator ends (see
 ``worker.die_with_parent``); closing the pool stops idle workers politely and
 kills busy ones at once (their task is abandoned).
@@ -35,7 +36,7 @@ def _package_root() -> str:
 class Worker:
     """One worker process and the coordinator's end of its socket."""
 
-    def __init__(self, wid: int, transport):
+    def __init__(self, wid: int, transport, isolation):
         self.id = wid
         self.task = None
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -49,7 +50,7 @@ class Worker:
         # PR_SET_PDEATHSIG fires when the *thread* that started us exits: ask
         # for it only from the main thread, which lives as long as the process.
         pdeathsig = "1" if threading.current_thread() is threading.main_thread() else "0"
-        cmd = [sys.executable, "-c", boot, str(child.fileno()), transport.name,
+        cmd = [sys.executable, "-c", boot, str(child.fileno()), transport.name, str(isolation),
                str(os.getpid()), pdeathsig]
         try:
             self.proc = subprocess.Popen(cmd, pass_fds=[child.fileno()], env=env,
@@ -73,6 +74,7 @@ class Worker:
         if "ready" not in msg:
             raise WorkerStartError(f"worker {self.id} sent {msg!r} instead of ready")
         self.preload_active = msg.get("preload_active", False)
+        self.cgroup_error = msg.get("cgroup_error")  # zygotes: why no cgroup can be made
 
     def send(self, task, fds=()) -> None:
         send_msg(self.sock, task, fds)
@@ -127,10 +129,10 @@ def describe_exit(code) -> str:
 
 
 class WorkerPool:
-    def __init__(self, n: int, transport):
+    def __init__(self, n: int, transport, isolation):
         if n < 1:
             raise ValueError("need at least one worker")
-        self.transport = transport
+        self.transport, self.isolation = transport, isolation
         self._next = 0
         self.replaced = 0
         started: list[Worker] = []
@@ -146,7 +148,7 @@ class WorkerPool:
         self.workers: list[Worker] = started
 
     def _spawn(self) -> Worker:
-        w = Worker(self._next, self.transport)
+        w = Worker(self._next, self.transport, self.isolation)
         self._next += 1
         return w
 

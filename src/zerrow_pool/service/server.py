@@ -46,6 +46,8 @@ class RuntimeKey:
     memory_budget: object
     cache: bool
     strict_budget: bool
+    isolation: str
+    node_memory_limit: object
     cwd: str
     env: tuple
 
@@ -54,6 +56,7 @@ class RuntimeKey:
         rt = req["runtime"]
         return cls(rt.get("transport", "zerrow"), rt.get("workers"), rt.get("memory_budget"),
                    bool(rt.get("cache", True)), bool(rt.get("strict_budget", False)),
+                   rt.get("isolation", "process"), rt.get("node_memory_limit"),
                    req["cwd"], tuple(sorted(req["env"].items())))
 
 
