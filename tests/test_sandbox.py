@@ -229,3 +229,37 @@ def test_bad_isolation_and_limit_are_refused():
         zp.Runtime(workers=1, isolation="vm")
     with pytest.raises(zp.PipelineDefinitionError, match="memory_limit"):
         zp.node(memory_limit="lots")(lambda: None)
+
+
+def test_shared_segments_show_no_stale_bytes():
+    """A reader maps whole segments: the parts its buffers do not cover must
+    not hold what the producer freed before (from a spare or a reclaimed segment)."""
+    import mmap
+
+    secret = b"ZSECRET-" + b"5" * 32
+
+    def visible(share):
+        for fd in share.fds:
+            with mmap.mmap(fd, os.fstat(fd).st_size, prot=mmap.PROT_READ) as m:
+                if m.find(secret) >= 0:
+                    return True
+        return False
+
+    for keep_free in (False, True):
+        with zerrow_pool.scope():  # freed before the share: a spare
+            arr = pa.array([secret] * 400_000, pa.binary())
+            del arr
+        with zerrow_pool.scope():
+            share = zerrow_pool.share(pa.array(range(1000)), seal=False, keep_free=keep_free)
+        assert not visible(share)
+        share.close()
+        with zerrow_pool.scope():  # shared, then let go by its reader: lent, reclaimed
+            arr = pa.array([secret] * 400_000, pa.binary())
+            first = zerrow_pool.share(arr, seal=False, keep_free=keep_free)
+        assert visible(first)  # the scan sees what is there
+        del arr
+        first.close()
+        with zerrow_pool.scope():
+            share = zerrow_pool.share(pa.array(range(1000)), seal=False, keep_free=keep_free)
+        assert not visible(share)
+        share.close()
