@@ -342,3 +342,32 @@ def test_workers_started_from_a_thread_die_with_the_process(tmp_path):
     proc.kill()
     proc.wait()
     assert _wait_gone(workers) == []
+
+
+LIMITED = '''
+import pyarrow as pa
+from zerrow_pool import pipeline as zp
+
+@zp.node
+def hog():
+    blob = b"x" * (512 << 20)
+    return pa.table({"n": [len(blob)]})
+
+@zp.node
+def small():
+    return pa.table({"n": [1]})
+'''
+
+
+def test_run_node_memory_limit_and_isolation_flags(tmp_path):
+    f = tmp_path / "limited.py"
+    f.write_text(LIMITED)
+    r = _zerrow("run", str(f), "--node-memory-limit", "lots", "-q")
+    assert r.returncode == 2 and "--node-memory-limit: cannot parse size 'lots'" in r.stderr
+    r = _zerrow("run", str(f), "--isolation", "vm", "-q")
+    assert r.returncode == 2 and "invalid choice: 'vm'" in r.stderr
+    r = _zerrow("run", str(f), "--node-memory-limit", "64M", "--workers", "1", "-q")
+    assert r.returncode == 1, r.stderr + r.stdout
+    assert "MemoryLimitExceeded" in r.stdout and "'hog'" in r.stdout, r.stdout
+    r = _zerrow("run", str(f), "--isolation", "none", "--workers", "1", "-q", "--show", "small")
+    assert r.returncode == 0, r.stderr + r.stdout
