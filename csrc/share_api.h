@@ -10,12 +10,13 @@
 #include "share_export.h"
 #include "share_import.h"
 #include "shared_object.h"
+#include "zerrow_pool.h"
 
 namespace zerrow::api {
 
 inline arrow::Status Share(const SharedObject& object, bool seal, bool strict_exposure, bool keep_free,
                            ShareResult* out) {
-  ARROW_ASSIGN_OR_RAISE(*out, zerrow::Share(object, ShareOptions{seal, strict_exposure, keep_free}));
+  ARROW_ASSIGN_OR_RAISE(*out, zerrow::Share(*ZerrowPool::Instance(), object, ShareOptions{seal, strict_exposure, keep_free}));
   return arrow::Status::OK();
 }
 
@@ -29,7 +30,7 @@ struct Attached {
 
 inline arrow::Status Attach(const std::string& descriptor, const std::vector<int>& fds, bool validate_full,
                             Attached* out) {
-  ARROW_ASSIGN_OR_RAISE(auto object, zerrow::Attach(descriptor, fds, AttachOptions{validate_full}));
+  ARROW_ASSIGN_OR_RAISE(auto object, zerrow::Attach(*ZerrowPool::Instance(), descriptor, fds, AttachOptions{validate_full}));
   out->kind = static_cast<int>(object.kind);
   switch (object.kind) {
     case sipc::ObjectKind::kTable: {

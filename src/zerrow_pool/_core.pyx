@@ -27,9 +27,13 @@ cdef extern from "zerrow_pool.h" namespace "zerrow" nogil:
         int64_t lent_segments, segments_reclaimed
         int64_t bytes_resident, bytes_retained, scopes_open
 
+    cdef cppclass SegmentRegistry:
+        pass
+
     cdef cppclass ZerrowPool(CMemoryPool):
         @staticmethod
         ZerrowPool* Instance()
+        SegmentRegistry& registry()
         uint64_t PushScope()
         CStatus PopScope(uint64_t token)
         PoolStats Stats()
@@ -37,8 +41,8 @@ cdef extern from "zerrow_pool.h" namespace "zerrow" nogil:
 
 
 cdef extern from "buffer_walk.h" namespace "zerrow" nogil:
-    cbool AllInZerrowMemory(const vector[shared_ptr[CArray]]& arrays)
-    cbool InZerrowMemory(const CBuffer& buffer)
+    cbool AllInZerrowMemory(const SegmentRegistry& registry, const vector[shared_ptr[CArray]]& arrays)
+    cbool InZerrowMemory(const SegmentRegistry& registry, const CBuffer& buffer)
 
 
 cdef extern from * nogil:
@@ -147,8 +151,8 @@ def owns(obj):
     cdef shared_ptr[CBuffer] buf
     if isinstance(obj, pa.Buffer):
         buf = pyarrow_unwrap_buffer(obj)
-        return InZerrowMemory(deref(buf))
-    return AllInZerrowMemory(arrays_of(obj))
+        return InZerrowMemory(ZerrowPool.Instance().registry(), deref(buf))
+    return AllInZerrowMemory(ZerrowPool.Instance().registry(), arrays_of(obj))
 
 
 include "_share.pxi"
