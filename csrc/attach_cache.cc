@@ -12,6 +12,8 @@
 #include <string>
 #include <tuple>
 
+#include <arrow/util/io_util.h>
+
 #include "../kmod/include/uapi/zerrow_kmod.h"
 #include "segment_registry.h"
 
@@ -58,7 +60,9 @@ arrow::Status CheckFd(int fd, SegmentKind kind, const struct stat& st, bool immu
 
 arrow::Result<std::shared_ptr<Segment>> AttachSegment(SegmentRegistry& registry, int fd, SegmentKind kind, uint64_t min_size, bool immutable) {
   struct stat st;
-  if (fstat(fd, &st) != 0) return arrow::Status::Invalid("zerrow: fd ", fd, " is not open: ", std::strerror(errno));
+  if (fstat(fd, &st) != 0)
+    return arrow::internal::StatusFromErrno(errno, arrow::StatusCode::Invalid, "zerrow: fd ", fd, " is not open: ",
+                                            std::strerror(errno));
   ARROW_RETURN_NOT_OK(CheckFd(fd, kind, st, immutable));
   auto size = static_cast<uint64_t>(st.st_size);
   if (size < min_size)

@@ -11,11 +11,11 @@ bool InZerrowMemory(const SegmentRegistry& registry, const arrow::Buffer& buffer
   return r.has_value() && r->offset + static_cast<size_t>(buffer.size()) <= r->segment->size();
 }
 
-bool AllInZerrowMemory(const SegmentRegistry& registry, const std::vector<std::shared_ptr<arrow::Array>>& arrays) {
+bool AllInZerrowMemory(const SegmentRegistry& registry, const SharedObject& object) {
   bool all = true;
-  for (const auto& a : arrays) {
-    VisitBuffers(*a->data(), [&](const std::shared_ptr<arrow::Buffer>& b) { all = all && InZerrowMemory(registry, *b); });
-  }
+  for (const auto& column : object.columns)
+    for (const auto& chunk : column)
+      VisitBuffers(*chunk, [&](const std::shared_ptr<arrow::Buffer>& b) { all = all && InZerrowMemory(registry, *b); });
   return all;
 }
 

@@ -8,6 +8,8 @@
 #include <arrow/array/data.h>
 #include <arrow/buffer.h>
 
+#include "shared_object.h"
+
 namespace zerrow {
 
 class SegmentRegistry;
@@ -25,7 +27,7 @@ void VisitBuffers(const arrow::ArrayData& data, F&& f) {
 
 // True when every non-empty buffer lies in zerrow memory known to `registry`
 // (its pool's segments, or a segment attached from another process).
-bool AllInZerrowMemory(const SegmentRegistry& registry, const std::vector<std::shared_ptr<arrow::Array>>& arrays);
+bool AllInZerrowMemory(const SegmentRegistry& registry, const SharedObject& object);
 bool InZerrowMemory(const SegmentRegistry& registry, const arrow::Buffer& buffer);
 
 }  // namespace zerrow
