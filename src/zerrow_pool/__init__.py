@@ -20,12 +20,12 @@ from ._core import owns as _owns, pool, preload_active, release_unused as _relea
 from ._preload import preload_env, preload_path
 from ._scope import scope
 from ._pool_stats import PoolStats
-from ._sharing import Channel, Share, ShareError, attach, recv, recv_share, send, share
+from ._sharing import Channel, Share, ShareCounters, ShareError, attach, recv, recv_share, send, share
 from ._core import kernel_module_available as _kernel_module_available, cow_bytes_copied as _cow_bytes_copied
 
 __all__ = [
     "pool", "scope", "owns", "stats", "print_stats", "PoolStats", "release_unused", "preload_path", "preload_env", "preload_active",
-    "share", "attach", "send", "recv", "recv_share", "Share", "ShareError", "Channel",
+    "share", "attach", "send", "recv", "recv_share", "Share", "ShareCounters", "ShareError", "Channel",
     "kernel_module_available",
 ]
 

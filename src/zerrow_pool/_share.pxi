@@ -223,7 +223,7 @@ def share_raw(obj, cbool seal, cbool strict_exposure=False, cbool keep_free=Fals
     check_share(result.status())
     cdef ShareResult r = GetResultValue(move(result))
     counters = {
-        "nbytes": r.nbytes, "nbuffers": r.nbuffers, "bytes_shared_zero_copy": r.bytes_zero_copy,
+        "nbytes": r.nbytes, "nbuffers": r.nbuffers, "bytes_zero_copy": r.bytes_zero_copy,
         "bytes_copied": r.bytes_copied, "bytes_exposed": r.bytes_exposed,
     }
     return bytes(r.descriptor), list(r.fds), counters

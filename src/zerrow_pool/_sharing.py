@@ -1,31 +1,73 @@
 """Handing Arrow objects to other processes without copying: share, attach, send, recv."""
 
+from __future__ import annotations
+
 import os
 import socket
+from dataclasses import dataclass
 
 from . import _core
 
 ShareError = _core.ShareError
 
 
+@dataclass(frozen=True, slots=True)
+class ShareCounters:
+    """What a share references, and how its buffers got there (what :func:`send` returns).
+
+    The names are the C++ layer's (``ShareResult``) and the pipeline report's.
+
+    Attributes
+    ----------
+    nbytes, nbuffers : int
+        Bytes and buffers the descriptor references.
+    bytes_zero_copy : int or None
+        Bytes referenced in place: in this process's pool, in segments attached
+        from another process, or placed by the kernel module.
+    bytes_copied : int or None
+        Bytes copied once into a fresh segment (memory zerrow could not place).
+    bytes_exposed : int or None
+        Other live bytes a consumer could read in the shared segments, alignment
+        padding included.
+
+    The last three are None for a share received with :func:`recv_share`:
+    only its producer knows them.
+    """
+
+    nbytes: int
+    nbuffers: int
+    bytes_zero_copy: int | None = None
+    bytes_copied: int | None = None
+    bytes_exposed: int | None = None
+
+
 class Share:
     """An object described for another process: a descriptor plus read-only fds.
 
-    ``descriptor`` (bytes) gives the object's layout and, for every buffer, a
-    (segment, offset, length) reference; ``fds`` are the segments' files, opened
-    read-only, owned by this Share and closed by :meth:`close` (or on garbage
-    collection). Counters, for shares made here: ``nbytes`` and ``nbuffers``
-    referenced, ``bytes_shared_zero_copy`` (buffers referenced in place),
-    ``bytes_copied`` (foreign buffers copied once into a fresh segment) and
-    ``bytes_exposed`` (other live bytes a consumer could read in the shared
-    segments, alignment padding included). A share received with
-    :func:`recv_share` knows only nbytes and nbuffers; the others are None.
+    Parameters
+    ----------
+    descriptor : bytes
+        The object's layout and, for every buffer, a (segment, offset, length)
+        reference (format: docs/SHARED_IPC.md).
+    fds : list of int
+        The segments' files, opened read-only. The Share owns them: :meth:`close`
+        (or garbage collection) closes them.
+    nbytes, nbuffers, bytes_zero_copy, bytes_copied, bytes_exposed : int, optional
+        The counters (see :class:`ShareCounters`); nbytes and nbuffers are read
+        from the descriptor when not given.
+
+    Attributes
+    ----------
+    descriptor, fds
+        As given.
+    nbytes, nbuffers, bytes_zero_copy, bytes_copied, bytes_exposed
+        The counters, also as one object: :attr:`counters`.
     """
 
-    __slots__ = ("descriptor", "fds", "nbytes", "nbuffers", "bytes_shared_zero_copy", "bytes_copied",
+    __slots__ = ("descriptor", "fds", "nbytes", "nbuffers", "bytes_zero_copy", "bytes_copied",
                  "bytes_exposed", "_closed", "__weakref__")
 
-    def __init__(self, descriptor, fds, nbytes=None, nbuffers=None, bytes_shared_zero_copy=None,
+    def __init__(self, descriptor, fds, nbytes=None, nbuffers=None, bytes_zero_copy=None,
                  bytes_copied=None, bytes_exposed=None):
         self.descriptor = bytes(descriptor)
         self.fds = list(fds)
@@ -34,12 +76,24 @@ class Share:
             nbytes, nbuffers = _core.describe_raw(self.descriptor)
         self.nbytes = nbytes
         self.nbuffers = nbuffers
-        self.bytes_shared_zero_copy = bytes_shared_zero_copy
+        self.bytes_zero_copy = bytes_zero_copy
         self.bytes_copied = bytes_copied
         self.bytes_exposed = bytes_exposed
 
     @property
+    def counters(self) -> ShareCounters:
+        """The share's counters, as one immutable object."""
+        return ShareCounters(self.nbytes, self.nbuffers, self.bytes_zero_copy, self.bytes_copied,
+                             self.bytes_exposed)
+
+    @property
+    def bytes_shared_zero_copy(self):
+        """Former name of :attr:`bytes_zero_copy`, kept for compatibility."""
+        return self.bytes_zero_copy
+
+    @property
     def closed(self) -> bool:
+        """True once :meth:`close` ran: the fds are gone."""
         return self._closed
 
     def attach(self, *, validate_full=False):
@@ -69,7 +123,7 @@ class Share:
 
     def __repr__(self):
         return (f"Share(nbytes={self.nbytes}, nbuffers={self.nbuffers}, segments={len(self.fds)}, "
-                f"zero_copy={self.bytes_shared_zero_copy}, copied={self.bytes_copied}, "
+                f"zero_copy={self.bytes_zero_copy}, copied={self.bytes_copied}, "
                 f"exposed={self.bytes_exposed}{', closed' if self.closed else ''})")
 
 
@@ -125,21 +179,21 @@ def _timeout_ms(sock) -> int:
     return -1 if timeout is None else int(timeout * 1000)
 
 
-def send(sock, obj, *, seal=True, keep_free=False) -> Share:
+def send(sock, obj, *, seal=True, keep_free=False) -> ShareCounters:
     """Send an object (or a :class:`Share`) over an AF_UNIX socket; returns the share's counters.
 
     Fds travel as SCM_RIGHTS, split across messages when there are more than
     the kernel allows in one. Sending an object shares it first and closes
-    this side's fds once sent.
+    this side's fds once sent; a :class:`Share` stays open.
     """
     if isinstance(obj, Share):
         if obj.closed:
             raise ShareError("share is closed")
         _core.send_raw(_fileno(sock), obj.descriptor, obj.fds, _timeout_ms(sock))
-        return obj
+        return obj.counters
     with share(obj, seal=seal, keep_free=keep_free) as s:
         _core.send_raw(_fileno(sock), s.descriptor, s.fds, _timeout_ms(sock))
-    return s
+    return s.counters
 
 
 def recv_share(sock) -> Share:
@@ -194,7 +248,7 @@ class Channel:
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         return cls(a), cls(b)
 
-    def send(self, obj, *, seal=True, keep_free=False) -> Share:
+    def send(self, obj, *, seal=True, keep_free=False) -> ShareCounters:
         """Share ``obj`` and send it; see :func:`send`.
 
         Parameters
@@ -207,8 +261,8 @@ class Channel:
 
         Returns
         -------
-        Share
-            The (closed) share, for its counters: ``bytes_copied`` etc.
+        ShareCounters
+            What was sent, and how: ``bytes_zero_copy``, ``bytes_copied`` etc.
         """
         return send(self.sock, obj, seal=seal, keep_free=keep_free)
 
