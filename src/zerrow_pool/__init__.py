@@ -31,30 +31,49 @@ __all__ = [
 
 
 def kernel_module_available() -> bool:
-    """True when the zerrow kernel module is loaded (``/dev/zerrow`` answers).
+    """Whether the zerrow kernel module is loaded (``/dev/zerrow`` answers).
 
     Then :func:`share` pins buffers that zerrow did not allocate (numpy, Polars,
     DuckDB...) into a de-anonymized file instead of copying them, and remaps
     this process's view of them read-only; a later write here gets a private
-    copy of the touched 2 MiB chunk (``stats()["cow_bytes_copied"]``). Set
+    copy of the touched 2 MiB chunk (``stats().cow_bytes_copied``). Set
     ``ZERROW_KMOD=0`` to copy instead.
+
+    Returns
+    -------
+    bool
+        True when shares place foreign memory through the module.
     """
     return _kernel_module_available()
 
 
 def owns(obj) -> bool:
-    """True when every buffer of ``obj`` lies in zerrow memory.
+    """Whether every buffer of ``obj`` lies in zerrow memory (so sharing it copies nothing).
 
-    ``obj`` is a ``pa.Buffer``, ``Array``, ``ChunkedArray``, ``RecordBatch`` or
-    ``Table``; children and dictionaries are included. Zerrow memory is this
-    process's pool and segments attached from other processes. Empty buffers
-    hold no bytes and count as owned.
+    Zerrow memory is this process's pool and segments attached from other
+    processes. Children and dictionaries are included; empty buffers hold no
+    bytes and count as owned.
+
+    Parameters
+    ----------
+    obj : pyarrow.Buffer, Array, ChunkedArray, RecordBatch or Table
+        What to look at.
+
+    Returns
+    -------
+    bool
+        True when every non-empty buffer lies in zerrow memory.
+
+    Raises
+    ------
+    TypeError
+        ``obj`` is none of the types above.
     """
     return _owns(obj)
 
 
 def stats() -> PoolStats:
-    """The pool's counters.
+    """The pool's counters, a snapshot.
 
     bytes_allocated, max_memory, total_bytes_allocated and num_allocations as
     in any Arrow pool; realloc_in_place / realloc_copied count reallocations
@@ -79,11 +98,20 @@ def stats() -> PoolStats:
 
 
 def print_stats() -> None:
-    """Write the pool's counters to stderr (what ``pool().print_stats()`` does too)."""
+    """Write the pool's counters to stderr, one a line.
+
+    What ``pool().print_stats()`` does too (Arrow's ``MemoryPool::PrintStats``);
+    :func:`stats` returns them as an object instead.
+    """
     pool().print_stats()
 
 
-
 def release_unused() -> None:
-    """Return free memory kept for reuse to the kernel and unmap empty segments."""
+    """Return free memory kept for reuse to the kernel and unmap empty segments.
+
+    Punches the resident free extents of every arena, returns empty slabs, and
+    unmaps spare and lent segments (lent ones stay readable by the processes
+    that map them). Buffers in use are not touched. Pyarrow's
+    ``pool().release_unused()`` does the same.
+    """
     _release_unused()

@@ -62,6 +62,7 @@ cdef extern from "share_import.h" namespace "zerrow" nogil:
 
 
 cdef extern from "fd_transport.h" namespace "zerrow" nogil:
+    size_t kMaxFdsPerMessage
     cdef cppclass Received:
         cstring descriptor
         vector[int] fds
@@ -88,6 +89,10 @@ cdef extern from "cow_guard.h" namespace "zerrow" nogil:
 
 
 SetForeignMemoryHook(MakeKernelModuleHook())
+
+#: Fds per socket message in a transport frame (the kernel's SCM_MAX_FD is 253); more ride on
+#: continuation messages (csrc/fd_transport.h, docs/SHARED_IPC.md).
+MAX_FDS_PER_MESSAGE = kMaxFdsPerMessage
 
 
 def kernel_module_available():
