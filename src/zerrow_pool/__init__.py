@@ -100,8 +100,11 @@ def stats() -> PoolStats:
 def print_stats() -> None:
     """Write the pool's counters to stderr, one a line.
 
-    What ``pool().print_stats()`` does too (Arrow's ``MemoryPool::PrintStats``);
-    :func:`stats` returns them as an object instead.
+    What ``pool().print_stats()`` does too (Arrow's ``MemoryPool::PrintStats``).
+
+    See Also
+    --------
+    stats : the same counters as an object.
     """
     pool().print_stats()
 
@@ -111,7 +114,10 @@ def release_unused() -> None:
 
     Punches the resident free extents of every arena, returns empty slabs, and
     unmaps spare and lent segments (lent ones stay readable by the processes
-    that map them). Buffers in use are not touched. Pyarrow's
-    ``pool().release_unused()`` does the same.
+    that map them). Buffers in use are not touched.
+
+    See Also
+    --------
+    pyarrow.MemoryPool.release_unused : the same, called on ``pool()``.
     """
     _release_unused()
