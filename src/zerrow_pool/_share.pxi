@@ -162,8 +162,11 @@ cdef int check_share(const CStatus& st) except -1 nogil:
         raise share_exception(st)
 
 
-cdef SharedObject shared_object_of(obj, str caller) except *:
-    """The one dispatch from pyarrow types to the C++ object the sharing layer walks."""
+cdef SharedObject shared_object_of(obj, str accepted) except *:
+    """The one dispatch from pyarrow types to the C++ object the sharing layer walks.
+
+    ``accepted`` starts the TypeError's message: "<caller> takes <types>".
+    """
     if isinstance(obj, pa.Table):
         return FromTable(pyarrow_unwrap_table(obj))
     if isinstance(obj, pa.RecordBatch):
@@ -172,7 +175,7 @@ cdef SharedObject shared_object_of(obj, str caller) except *:
         return FromChunkedArray(pyarrow_unwrap_chunked_array(obj))
     if isinstance(obj, pa.Array):
         return FromArray(pyarrow_unwrap_array(obj))
-    raise TypeError(f"{caller} takes a pyarrow Table, RecordBatch, Array or ChunkedArray, not {type(obj).__name__}")
+    raise TypeError(f"{accepted}, not {type(obj).__name__}")
 
 
 cdef object wrap_shared_object(const SharedObject& so):
@@ -205,7 +208,8 @@ def owns(obj):
     if isinstance(obj, pa.Buffer):
         buf = pyarrow_unwrap_buffer(obj)
         return InZerrowMemory(ZerrowPool.Instance().registry(), deref(buf))
-    return AllInZerrowMemory(ZerrowPool.Instance().registry(), shared_object_of(obj, "owns()"))
+    return AllInZerrowMemory(ZerrowPool.Instance().registry(), shared_object_of(
+        obj, "owns() takes a pyarrow Buffer, Table, RecordBatch, Array or ChunkedArray"))
 
 
 cdef vector[int] fd_vector(fds) except *:
@@ -217,7 +221,7 @@ cdef vector[int] fd_vector(fds) except *:
 
 def share_raw(obj, cbool seal, cbool strict_exposure=False, cbool keep_free=False):
     """Returns (descriptor, fds, counters dict); the caller owns the fds."""
-    cdef SharedObject so = shared_object_of(obj, "share()")
+    cdef SharedObject so = shared_object_of(obj, "share() takes a pyarrow Table, RecordBatch, Array or ChunkedArray")
     cdef ShareOptions options
     options.seal = seal
     options.strict_exposure = strict_exposure
