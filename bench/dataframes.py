@@ -146,7 +146,7 @@ def table(results, rows: int, input_bytes: int) -> str:
              "| worker pool peak |",
              "|---|---|---:|---:|---:|---:|"]
     for lib, what, r in results:
-        lines.append(f"| {lib} | {what} | {fmt(r.bytes)} | {fmt(r.zero_copy)} | {fmt(r.copied)} "
+        lines.append(f"| {lib} | {what} | {fmt(r.bytes)} | {fmt(r.bytes_zero_copy)} | {fmt(r.copied)} "
                      f"| {fmt(r.peak)} |")
     return "\n".join(lines)
 

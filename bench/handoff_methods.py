@@ -169,8 +169,7 @@ class Method:
             import zerrow_pool as z
 
             s = z.send(self.sock, table)
-            self.last = {"bytes_copied": s.bytes_copied, "nbytes": s.nbytes, "segments": len(s.descriptor) and
-                         None}
+            self.last = {"bytes_copied": s.bytes_copied, "nbytes": s.nbytes, "segments": None}
             return _ack(self.ctl_ours)
         if n == "ipc_stream":
             with pa.ipc.new_stream(self.wfile, table.schema) as w:

@@ -40,7 +40,7 @@ Arena::Arena(SegmentRegistry* registry, ArenaOptions options, SpareHeaps* spares
 Arena::~Arena() {
   for (SegmentHeap* heap : heaps_) {
     registry_->RemoveHeap(heap);
-    for (Span* s : heap->slabs) delete s;
+    for (Span* s : heap->slabs_) delete s;
     delete heap;
   }
 }
@@ -93,11 +93,11 @@ bool Arena::TakeExtentLocked(size_t need, Fit fit, SegmentHeap** heap, size_t* o
     return false;
   }
   auto [len, h, off] = chosen;
-  auto ext = h->free_extents.find(off);
+  auto ext = h->free_extents_.find(off);
   bool was_dirty = ext->second.dirty, stale = ext->second.stale;
   EraseFreeLocked(h, ext);
   if (len > need) InsertFreeLocked(h, off + need, len - need, was_dirty, stale);
-  if (stale) std::memset(h->segment->base() + off, 0, need);
+  if (stale) std::memset(h->segment_->base() + off, 0, need);
   *heap = h;
   *offset = off;
   *dirty = was_dirty;
@@ -109,15 +109,15 @@ bool Arena::TakeWarmHeadLocked(size_t need, SegmentHeap** heap, size_t* offset, 
   for (auto it = dirty_index_.rbegin(); it != dirty_index_.rend() && tries < kWarmHeadTries; ++it, ++tries) {
     auto [len, h, off] = *it;
     // Dirty neighbours merge, so a free extent right after a dirty one is clean.
-    auto next = h->free_extents.find(off + len);
-    if (next == h->free_extents.end() || len + next->second.length < need) continue;
+    auto next = h->free_extents_.find(off + len);
+    if (next == h->free_extents_.end() || len + next->second.length < need) continue;
     const size_t total = len + next->second.length;
-    auto ext = h->free_extents.find(off);
+    auto ext = h->free_extents_.find(off);
     const bool stale = ext->second.stale;
     EraseFreeLocked(h, next);
     EraseFreeLocked(h, ext);  // `it` is invalid from here on
     if (total > need) InsertFreeLocked(h, off + need, total - need, /*dirty=*/false);
-    if (stale) std::memset(h->segment->base() + off, 0, len);
+    if (stale) std::memset(h->segment_->base() + off, 0, len);
     *heap = h;
     *offset = off;
     *warm = len;
@@ -129,7 +129,7 @@ bool Arena::TakeWarmHeadLocked(size_t need, SegmentHeap** heap, size_t* offset, 
 void Arena::InsertFreeLocked(SegmentHeap* heap, size_t offset, size_t length, bool dirty, bool stale) {
   // Neighbours merge only when equally dirty: a freed extent must not make the
   // untouched rest of a segment count as resident, nor be punched with it.
-  auto& fm = heap->free_extents;
+  auto& fm = heap->free_extents_;
   auto next = fm.find(offset + length);
   if (next != fm.end() && next->second.dirty == dirty) {
     length += next->second.length;
@@ -152,18 +152,18 @@ void Arena::InsertFreeLocked(SegmentHeap* heap, size_t offset, size_t length, bo
 }
 
 void Arena::PunchLocked(SegmentHeap* heap, size_t offset) {
-  auto it = heap->free_extents.find(offset);
-  if (it == heap->free_extents.end() || !it->second.dirty) return;
+  auto it = heap->free_extents_.find(offset);
+  if (it == heap->free_extents_.end() || !it->second.dirty) return;
   PunchTailLocked(heap, offset, it->second.length);
 }
 
 void Arena::PunchTailLocked(SegmentHeap* heap, size_t offset, size_t cut) {
-  auto it = heap->free_extents.find(offset);
-  if (it == heap->free_extents.end() || !it->second.dirty) return;
+  auto it = heap->free_extents_.find(offset);
+  if (it == heap->free_extents_.end() || !it->second.dirty) return;
   const size_t length = it->second.length;
   const bool stale = it->second.stale;
   cut = std::min(cut, length);
-  if (!heap->segment->Punch(offset + length - cut, cut).ok()) return;
+  if (!heap->segment_->Punch(offset + length - cut, cut).ok()) return;
   EraseFreeLocked(heap, it);
   if (cut < length) InsertFreeLocked(heap, offset, length - cut, /*dirty=*/true, stale);
   InsertFreeLocked(heap, offset + length - cut, cut, /*dirty=*/false);
@@ -173,7 +173,7 @@ void Arena::EraseFreeLocked(SegmentHeap* heap, std::map<size_t, FreeExtent>::ite
   IndexOf(it->second.dirty).erase(IndexKey{it->second.length, heap, it->first});
   if (it->second.dirty)
     retained_.fetch_sub(static_cast<int64_t>(it->second.length), std::memory_order_relaxed);
-  heap->free_extents.erase(it);
+  heap->free_extents_.erase(it);
 }
 
 arrow::Status Arena::AllocateSmall(size_t size, uint8_t** out) {
@@ -200,8 +200,8 @@ arrow::Status Arena::AllocateSmall(size_t size, uint8_t** out) {
           span->shard = shard_index;
           span->slot_count = static_cast<uint32_t>(span->length / slot_size);
           span->live_slots.assign((span->slot_count + 63) / 64, 0);
-          for (size_t p = 0; p < span->length / kPageSize; ++p) heap->pages.Set(off / kPageSize + p, span);
-          heap->slabs.push_back(span);
+          for (size_t p = 0; p < span->length / kPageSize; ++p) heap->pages_.Set(off / kPageSize + p, span);
+          heap->slabs_.push_back(span);
           bin.push_back(span);
           span->in_partial_list = true;
           CheckInvariantsLocked();
@@ -221,10 +221,10 @@ arrow::Status Arena::AllocateSmall(size_t size, uint8_t** out) {
           span->in_partial_list = false;
         }
         SegmentHeap* heap = span->heap;
-        heap->live_allocations.fetch_add(1, std::memory_order_relaxed);
-        heap->live_bytes.fetch_add(static_cast<int64_t>(slot_size), std::memory_order_relaxed);
+        heap->live_allocations_.fetch_add(1, std::memory_order_relaxed);
+        heap->live_bytes_.fetch_add(static_cast<int64_t>(slot_size), std::memory_order_relaxed);
         NoteLive(static_cast<int64_t>(slot_size));
-        uint8_t* p = heap->segment->base() + span->offset + size_t{slot} * slot_size;
+        uint8_t* p = heap->segment_->base() + span->offset + size_t{slot} * slot_size;
         // The slot's tail may hold an earlier owner's bytes; a consumer of a
         // shared buffer must see zeros there.
         if (size < slot_size) std::memset(p + size, 0, slot_size - size);
@@ -260,13 +260,13 @@ arrow::Status Arena::AllocateLarge(size_t size, size_t alignment, uint8_t** out,
         span->heap = heap;
         span->offset = off;
         span->length = need;
-        uint8_t* start = heap->segment->base() + off;
+        uint8_t* start = heap->segment_->base() + off;
         uint8_t* p = extra ? reinterpret_cast<uint8_t*>(RoundUp(reinterpret_cast<uintptr_t>(start), alignment))
                            : start;
-        span->start = static_cast<size_t>(p - heap->segment->base());
-        heap->pages.Set(span->start / kPageSize, span);
-        heap->live_allocations.fetch_add(1, std::memory_order_relaxed);
-        heap->live_bytes.fetch_add(static_cast<int64_t>(need), std::memory_order_relaxed);
+        span->start = static_cast<size_t>(p - heap->segment_->base());
+        heap->pages_.Set(span->start / kPageSize, span);
+        heap->live_allocations_.fetch_add(1, std::memory_order_relaxed);
+        heap->live_bytes_.fetch_add(static_cast<int64_t>(need), std::memory_order_relaxed);
         NoteLive(static_cast<int64_t>(need));
         CheckInvariantsLocked();
         if (dirty) {
@@ -295,7 +295,7 @@ arrow::Status Arena::AllocateLarge(size_t size, size_t alignment, uint8_t** out,
 
 BadFree Arena::CheckSlotLocked(const Span* span, const uint8_t* p, size_t size, size_t alignment, size_t* actual) {
   const size_t slot_size = ClassSize(span->size_class);
-  const size_t rel = static_cast<size_t>(p - span->heap->segment->base()) - span->offset;
+  const size_t rel = static_cast<size_t>(p - span->heap->segment_->base()) - span->offset;
   if (rel % slot_size != 0) return BadFree::kInterior;
   const size_t slot = rel / slot_size;
   if (slot >= span->slot_count || !span->slot_live(static_cast<uint32_t>(slot))) return BadFree::kNotLive;
@@ -307,7 +307,7 @@ BadFree Arena::CheckSlotLocked(const Span* span, const uint8_t* p, size_t size, 
 }
 
 BadFree Arena::CheckLargeLocked(const Span* span, const uint8_t* p, size_t size, size_t alignment, size_t* actual) {
-  if (static_cast<size_t>(p - span->heap->segment->base()) != span->start) return BadFree::kInterior;
+  if (static_cast<size_t>(p - span->heap->segment_->base()) != span->start) return BadFree::kInterior;
   const size_t extra = alignment > kPageSize ? alignment : 0;
   const bool small = size <= kMaxSmall && alignment <= kMinAlignment;
   if (small || RoundUp(std::max<size_t>(size, 1) + extra, kPageSize) != span->length) {
@@ -340,13 +340,13 @@ bool Arena::Free(SegmentHeap* heap, uint8_t* p, size_t size, size_t alignment, B
     *bad = CheckSlotLocked(span, p, size, alignment, actual);
     if (*bad != BadFree::kNone && *bad != BadFree::kWrongSize) return false;  // a slot freed twice would be handed out twice
     const size_t slot_size = ClassSize(span->size_class);
-    auto slot = static_cast<uint32_t>((static_cast<size_t>(p - heap->segment->base()) - span->offset) / slot_size);
+    auto slot = static_cast<uint32_t>((static_cast<size_t>(p - heap->segment_->base()) - span->offset) / slot_size);
     span->set_slot_live(slot, false);
     span->free_slots.push_back(slot);
     --span->live;
-    heap->live_bytes.fetch_sub(static_cast<int64_t>(slot_size), std::memory_order_relaxed);
+    heap->live_bytes_.fetch_sub(static_cast<int64_t>(slot_size), std::memory_order_relaxed);
     live_bytes_.fetch_sub(static_cast<int64_t>(slot_size), std::memory_order_relaxed);
-    if (!heap->frozen.load(std::memory_order_acquire)) {
+    if (!heap->frozen_.load(std::memory_order_acquire)) {
       auto& bin = shard.partial[span->size_class];
       if (!span->in_partial_list) {
         bin.push_back(span);
@@ -364,25 +364,25 @@ bool Arena::Free(SegmentHeap* heap, uint8_t* p, size_t size, size_t alignment, B
     }
     *bad = CheckLargeLocked(span, p, size, alignment, actual);
     if (*bad == BadFree::kInterior) return false;
-    heap->pages.Set(span->start / kPageSize, nullptr);
-    heap->live_bytes.fetch_sub(static_cast<int64_t>(span->length), std::memory_order_relaxed);
+    heap->pages_.Set(span->start / kPageSize, nullptr);
+    heap->live_bytes_.fetch_sub(static_cast<int64_t>(span->length), std::memory_order_relaxed);
     live_bytes_.fetch_sub(static_cast<int64_t>(span->length), std::memory_order_relaxed);
-    if (!heap->frozen.load(std::memory_order_acquire)) {
+    if (!heap->frozen_.load(std::memory_order_acquire)) {
       InsertFreeLocked(heap, span->offset, span->length, /*dirty=*/true);
       DecayLocked();
     }
     delete span;
     CheckInvariantsLocked();
   }
-  int64_t left = heap->live_allocations.fetch_sub(1, std::memory_order_acq_rel) - 1;
-  return left == 0 && (heap->frozen.load(std::memory_order_acquire) || retired());
+  int64_t left = heap->live_allocations_.fetch_sub(1, std::memory_order_acq_rel) - 1;
+  return left == 0 && (heap->frozen_.load(std::memory_order_acquire) || retired());
 }
 
 void Arena::ReleaseSlabLocked(Shard& shard, Span* span) {
   SegmentHeap* heap = span->heap;
   RemoveFrom(shard.partial[span->size_class], span);
-  RemoveFrom(heap->slabs, span);
-  for (size_t p = 0; p < span->length / kPageSize; ++p) heap->pages.Set(span->offset / kPageSize + p, nullptr);
+  RemoveFrom(heap->slabs_, span);
+  for (size_t p = 0; p < span->length / kPageSize; ++p) heap->pages_.Set(span->offset / kPageSize + p, nullptr);
   InsertFreeLocked(heap, span->offset, span->length, /*dirty=*/true);
   delete span;
   CheckInvariantsLocked();
@@ -392,7 +392,7 @@ bool Arena::ResizeInPlace(SegmentHeap* heap, uint8_t* p, size_t old_size, size_t
                           size_t alignment) {
   if (alignment > kPageSize || new_size <= kMaxSmall) return false;
   std::lock_guard lock(large_mu_);
-  if (heap->frozen.load(std::memory_order_acquire)) return false;
+  if (heap->frozen_.load(std::memory_order_acquire)) return false;
   Span* span = heap->SpanAt(p);
   if (span == nullptr || span->is_slab()) return false;
   const size_t need = RoundUp(new_size, kPageSize);
@@ -403,24 +403,24 @@ bool Arena::ResizeInPlace(SegmentHeap* heap, uint8_t* p, size_t old_size, size_t
     // The free extents right after the span (dirty and clean ones alternate).
     const size_t grow = need - span->length;
     size_t end = span->offset + span->length, have = 0;
-    for (auto it = heap->free_extents.find(end); have < grow && it != heap->free_extents.end() && it->first == end + have;
-         it = heap->free_extents.find(end + have)) {
+    for (auto it = heap->free_extents_.find(end); have < grow && it != heap->free_extents_.end() && it->first == end + have;
+         it = heap->free_extents_.find(end + have)) {
       have += it->second.length;
     }
     if (have < grow) return false;
     size_t taken = 0;
     while (taken < grow) {
-      auto it = heap->free_extents.find(end + taken);
+      auto it = heap->free_extents_.find(end + taken);
       size_t len = it->second.length;
       bool dirty = it->second.dirty, stale = it->second.stale;
       EraseFreeLocked(heap, it);
       if (taken + len > grow) InsertFreeLocked(heap, end + grow, taken + len - grow, dirty, stale);
-      if (stale) std::memset(heap->segment->base() + end + taken, 0, std::min(len, grow - taken));
+      if (stale) std::memset(heap->segment_->base() + end + taken, 0, std::min(len, grow - taken));
       taken += len;
     }
   }
   span->length = need;
-  heap->live_bytes.fetch_add(delta, std::memory_order_relaxed);
+  heap->live_bytes_.fetch_add(delta, std::memory_order_relaxed);
   NoteLive(delta);
   CheckInvariantsLocked();
   if (new_size > old_size || need != new_size) std::memset(p + new_size, 0, need - new_size);
@@ -429,10 +429,10 @@ bool Arena::ResizeInPlace(SegmentHeap* heap, uint8_t* p, size_t old_size, size_t
 
 void Arena::ZeroUnusedSlotsLocked(Span* span) {
   SegmentHeap* heap = span->heap;
-  uint8_t* base = heap->segment->base() + span->offset;
+  uint8_t* base = heap->segment_->base() + span->offset;
   const size_t slot_size = ClassSize(span->size_class);
   if (span->live == 0) {
-    (void)heap->segment->Punch(span->offset, span->length);
+    (void)heap->segment_->Punch(span->offset, span->length);
     return;
   }
   for (uint32_t s : span->free_slots) std::memset(base + size_t{s} * slot_size, 0, slot_size);
@@ -440,45 +440,45 @@ void Arena::ZeroUnusedSlotsLocked(Span* span) {
   size_t unused = size_t{span->next_unused} * slot_size;
   size_t page_end = std::min(RoundUp(unused, kPageSize), span->length);
   std::memset(base + unused, 0, page_end - unused);
-  (void)heap->segment->Punch(span->offset + page_end, span->length - page_end);
+  (void)heap->segment_->Punch(span->offset + page_end, span->length - page_end);
 }
 
 arrow::Status Arena::Freeze(SegmentHeap* heap, bool seal, bool keep_free) {
-  if (heap->inherited) return arrow::Status::Invalid("zerrow: a segment inherited through fork() cannot be frozen");
+  if (heap->inherited_) return arrow::Status::Invalid("zerrow: a segment inherited through fork() cannot be frozen");
   auto shard_locks = LockAllShards();
   std::lock_guard lock(large_mu_);
   ARROW_RETURN_NOT_OK(FreezeLocked(heap, /*punch_free=*/seal || !keep_free));
-  if (seal && !heap->sealed) {
-    ARROW_RETURN_NOT_OK(heap->segment->SealWrites());
-    heap->sealed = true;
+  if (seal && !heap->sealed_) {
+    ARROW_RETURN_NOT_OK(heap->segment_->SealWrites());
+    heap->sealed_ = true;
   }
   return arrow::Status::OK();
 }
 
 arrow::Status Arena::FreezeLocked(SegmentHeap* heap, bool punch_free) {
-  if (heap->frozen.load(std::memory_order_acquire)) return arrow::Status::OK();
-  heap->frozen.store(true, std::memory_order_release);
-  for (Span* span : heap->slabs) {
+  if (heap->frozen_.load(std::memory_order_acquire)) return arrow::Status::OK();
+  heap->frozen_.store(true, std::memory_order_release);
+  for (Span* span : heap->slabs_) {
     if (span->in_partial_list) {
       RemoveFrom(shards_[span->shard].partial[span->size_class], span);
       span->in_partial_list = false;
     }
     ZeroUnusedSlotsLocked(span);
   }
-  while (!heap->free_extents.empty()) {
-    auto it = heap->free_extents.begin();
+  while (!heap->free_extents_.empty()) {
+    auto it = heap->free_extents_.begin();
     if (it->second.dirty) {
       if (punch_free) {
-        ARROW_RETURN_NOT_OK(heap->segment->Punch(it->first, it->second.length));
+        ARROW_RETURN_NOT_OK(heap->segment_->Punch(it->first, it->second.length));
       } else {
-        std::memset(heap->segment->base() + it->first, 0, it->second.length);
+        std::memset(heap->segment_->base() + it->first, 0, it->second.length);
       }
     }
     EraseFreeLocked(heap, it);
   }
   CheckInvariantsLocked();
   // A frozen file never changes size, so a consumer's mapping can never go past its end.
-  return heap->segment->SealSize();
+  return heap->segment_->SealSize();
 }
 
 void Arena::LockForFork() {
@@ -491,7 +491,7 @@ void Arena::UnlockAfterFork() {
   for (int i = kShards; i-- > 0;) shards_[i].mu.unlock();
 }
 
-void Arena::FreezeForForkLocked(bool child) {
+void Arena::FreezeAtFork(bool child) {
   // Both sides stop allocating from the heaps in use at fork(): in the child they
   // are the parent's, mapped copy-on-write; in the parent, the child reads the pages
   // it has not written from the same files, so what the parent frees there must be
@@ -504,9 +504,9 @@ void Arena::FreezeForForkLocked(bool child) {
       bin.clear();
     }
   for (SegmentHeap* heap : heaps_) {
-    if (child) heap->inherited = true;
-    heap->frozen.store(true, std::memory_order_release);
-    while (!heap->free_extents.empty()) EraseFreeLocked(heap, heap->free_extents.begin());
+    if (child) heap->inherited_ = true;
+    heap->frozen_.store(true, std::memory_order_release);
+    while (!heap->free_extents_.empty()) EraseFreeLocked(heap, heap->free_extents_.begin());
   }
   CheckInvariantsLocked();
 }
@@ -564,9 +564,9 @@ std::vector<const void*> Arena::EmptyHeapBases(bool only_collectable) {
   std::lock_guard lock(large_mu_);
   std::vector<const void*> out;
   for (SegmentHeap* h : heaps_) {
-    if (h->live_allocations.load(std::memory_order_acquire) != 0) continue;
-    if (only_collectable && !(h->frozen.load() || retired())) continue;
-    out.push_back(h->segment->base());
+    if (h->live_allocations_.load(std::memory_order_acquire) != 0) continue;
+    if (only_collectable && !(h->frozen_.load() || retired())) continue;
+    out.push_back(h->segment_->base());
   }
   return out;
 }
@@ -579,19 +579,19 @@ std::array<std::unique_lock<std::mutex>, Arena::kShards> Arena::LockAllShards() 
 
 bool Arena::UnlinkEmptyHeapLocked(SegmentHeap* heap) {
   auto it = std::find(heaps_.begin(), heaps_.end(), heap);
-  if (it == heaps_.end() || heap->live_allocations.load(std::memory_order_acquire) != 0) return false;
+  if (it == heaps_.end() || heap->live_allocations_.load(std::memory_order_acquire) != 0) return false;
   heaps_.erase(it);
   // Every slab is empty: its pages become a dirty free extent again.
   std::vector<Span*> slabs;
-  slabs.swap(heap->slabs);
+  slabs.swap(heap->slabs_);
   for (Span* s : slabs) {
     if (s->in_partial_list) RemoveFrom(shards_[s->shard].partial[s->size_class], s);
-    for (size_t p = 0; p < s->length / kPageSize; ++p) heap->pages.Set(s->offset / kPageSize + p, nullptr);
+    for (size_t p = 0; p < s->length / kPageSize; ++p) heap->pages_.Set(s->offset / kPageSize + p, nullptr);
     InsertFreeLocked(heap, s->offset, s->length, /*dirty=*/true);
     delete s;
   }
   // The extent map stays with the heap (it says which parts are dirty).
-  for (auto& [off, fe] : heap->free_extents) {
+  for (auto& [off, fe] : heap->free_extents_) {
     IndexOf(fe.dirty).erase(IndexKey{fe.length, heap, off});
     if (fe.dirty) retained_.fetch_sub(static_cast<int64_t>(fe.length), std::memory_order_relaxed);
   }
@@ -599,35 +599,35 @@ bool Arena::UnlinkEmptyHeapLocked(SegmentHeap* heap) {
   return true;
 }
 
-bool Arena::DestroyHeapLocked(SegmentHeap* heap, bool only_collectable) {
+bool Arena::DestroyHeapRegistryLocked(SegmentHeap* heap, bool only_collectable) {
   auto shard_locks = LockAllShards();
   std::lock_guard lock(large_mu_);
-  if (only_collectable && !(heap->frozen.load() || retired())) return false;
+  if (only_collectable && !(heap->frozen_.load() || retired())) return false;
   if (!UnlinkEmptyHeapLocked(heap)) return false;
   registry_->RemoveHeapLocked(heap);
   delete heap;
   return true;
 }
 
-bool Arena::DetachHeapLocked(SegmentHeap* heap) {
+bool Arena::DetachHeapRegistryLocked(SegmentHeap* heap) {
   auto shard_locks = LockAllShards();
   std::lock_guard lock(large_mu_);
-  const bool frozen = heap->frozen.load(std::memory_order_acquire);
-  if (frozen ? (heap->sealed || heap->inherited) : !retired()) return false;
+  const bool frozen = heap->frozen_.load(std::memory_order_acquire);
+  if (frozen ? (heap->sealed_ || heap->inherited_) : !retired()) return false;
   if (!UnlinkEmptyHeapLocked(heap)) return false;
-  heap->arena = nullptr;
+  heap->arena_ = nullptr;
   return true;
 }
 
 void Arena::AdoptLocked(SegmentHeap* heap) {
   // What the previous scope left must not reach this one's consumers: its
   // bytes are zeroed as they are handed out (cheaper than faulting fresh pages).
-  for (auto& [off, fe] : heap->free_extents) {
+  for (auto& [off, fe] : heap->free_extents_) {
     fe.stale = fe.dirty;
     IndexOf(fe.dirty).insert(IndexKey{fe.length, heap, off});
     if (fe.dirty) retained_.fetch_add(static_cast<int64_t>(fe.length), std::memory_order_relaxed);
   }
-  heap->arena = this;
+  heap->arena_ = this;
   heaps_.push_back(heap);
   CheckInvariantsLocked();
 }
@@ -645,17 +645,17 @@ void Arena::CheckInvariantsLocked() const {
   int64_t dirty_bytes = 0;
   size_t dirty_count = 0, clean_count = 0;
   for (const SegmentHeap* h : heaps_) {
-    if (h->arena != this) Broken("heap of this arena points to another", h, 0);
-    const bool frozen = h->frozen.load(std::memory_order_acquire);
-    if ((h->sealed || h->inherited) && !frozen) Broken("sealed or inherited heap not frozen", h, 0);
-    if (frozen && !h->free_extents.empty()) Broken("frozen heap has free extents", h, 0);
-    if (h->live_allocations.load() < 0 || h->live_bytes.load() < 0) Broken("negative heap live counter", h, 0);
+    if (h->arena_ != this) Broken("heap of this arena points to another", h, 0);
+    const bool frozen = h->frozen_.load(std::memory_order_acquire);
+    if ((h->sealed_ || h->inherited_) && !frozen) Broken("sealed or inherited heap not frozen", h, 0);
+    if (frozen && !h->free_extents_.empty()) Broken("frozen heap has free extents", h, 0);
+    if (h->live_allocations_.load() < 0 || h->live_bytes_.load() < 0) Broken("negative heap live counter", h, 0);
     size_t end = 0;
     const FreeExtent* prev = nullptr;
-    for (const auto& [off, fe] : h->free_extents) {
+    for (const auto& [off, fe] : h->free_extents_) {
       if (fe.length == 0 || off % kPageSize != 0 || fe.length % kPageSize != 0) Broken("extent not page-granular", h, off);
       if (off < end) Broken("free extents overlap", h, off);
-      if (off + fe.length > h->segment->size()) Broken("free extent past the segment end", h, off);
+      if (off + fe.length > h->segment_->size()) Broken("free extent past the segment end", h, off);
       if (prev != nullptr && off == end && prev->dirty == fe.dirty) Broken("adjacent extents of one kind unmerged", h, off);
       if (fe.stale && !fe.dirty) Broken("stale extent not dirty", h, off);
       if (!(fe.dirty ? dirty_index_ : clean_index_).count(IndexKey{fe.length, const_cast<SegmentHeap*>(h), off}))

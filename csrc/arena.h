@@ -3,6 +3,11 @@
 // so threads rarely share a lock; large ones are page-granular extents picked
 // best-fit across the arena's segments. Freed memory stays resident for reuse
 // up to a bound, then is punched out of the memfd.
+//
+// Locking. Lock order: registry -> shards (ascending) -> large_mu_. Names say
+// what a caller holds: *Locked: the arena's own mutexes (large_mu_, and the
+// shards where noted); *RegistryLocked: the registry's mutex, exclusively;
+// *AtFork: every lock, inside the pool's fork handlers.
 #pragma once
 
 #include <array>
@@ -68,7 +73,7 @@ class Arena {
 
   // No new allocations in heap; its free memory reads as zeros from now on:
   // punched, or with `keep_free` zeroed in place (warm for when the heap is
-  // reclaimed, see ZerrowPool's lent heaps). With `seal`, the file is sealed
+  // reclaimed, see SegmentCache's lent heaps). With `seal`, the file is sealed
   // against writes and our own mapping made read-only: it is never reused,
   // so its free memory is always punched.
   arrow::Status Freeze(SegmentHeap* heap, bool seal, bool keep_free = false);
@@ -77,14 +82,15 @@ class Arena {
   // child's copy of its state is consistent) and both sides release them.
   void LockForFork();
   void UnlockAfterFork();
-  // After fork(), on both sides, locks held (see LockForFork): no heap in use
+  // After fork(), on both sides, every lock held (inside the fork handlers,
+  // see LockForFork): no heap in use
   // is allocated from again and its free memory is forgotten untouched. In the
   // child every heap is the parent's (mapped copy-on-write, see
   // Segment::RemapPrivateInChild): never punched, sealed or lent, it goes once
   // its buffers here are freed. In the parent, the child still reads the pages
   // it has not written from these files: an emptied heap is lent, and comes
   // back once no other process holds the file.
-  void FreezeForForkLocked(bool child);
+  void FreezeAtFork(bool child);
 
   // The arena's scope has ended: its heaps are destroyed as they empty.
   void Retire();
@@ -97,13 +103,13 @@ class Arena {
   // or retired, or on release); look them up again before use.
   std::vector<const void*> EmptyHeapBases(bool only_collectable);
   // Destroys heap if still empty; the registry's mutex must be held exclusively.
-  bool DestroyHeapLocked(SegmentHeap* heap, bool only_collectable);
+  bool DestroyHeapRegistryLocked(SegmentHeap* heap, bool only_collectable);
   // Removes an empty heap so that it can be recycled: an unfrozen one of a
   // retired arena (all its memory becomes free, dirty where it was used), or a
   // frozen, unsealed one of any arena (readers may still map it; see
-  // ZerrowPool's lent heaps). Registry mutex held exclusively. False if the
+  // SegmentCache's lent heaps). Registry mutex held exclusively. False if the
   // heap is not recyclable.
-  bool DetachHeapLocked(SegmentHeap* heap);
+  bool DetachHeapRegistryLocked(SegmentHeap* heap);
   bool empty();  // no heaps left
 
   int64_t retained_bytes() const { return retained_.load(std::memory_order_relaxed); }

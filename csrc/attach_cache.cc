@@ -10,6 +10,9 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <tuple>
+
+#include <arrow/util/io_util.h>
 
 #include "../kmod/include/uapi/zerrow_kmod.h"
 #include "segment_registry.h"
@@ -18,8 +21,10 @@ namespace zerrow {
 namespace {
 
 std::mutex cache_mu;
-std::map<std::pair<uint64_t, uint64_t>, std::weak_ptr<Segment>>& Cache() {
-  static auto* cache = new std::map<std::pair<uint64_t, uint64_t>, std::weak_ptr<Segment>>();
+// (registry, device, inode) -> mapping.
+using CacheKey = std::tuple<const SegmentRegistry*, uint64_t, uint64_t>;
+std::map<CacheKey, std::weak_ptr<Segment>>& Cache() {
+  static auto* cache = new std::map<CacheKey, std::weak_ptr<Segment>>();
   return *cache;
 }
 
@@ -53,22 +58,24 @@ arrow::Status CheckFd(int fd, SegmentKind kind, const struct stat& st, bool immu
 
 }  // namespace
 
-arrow::Result<std::shared_ptr<Segment>> AttachSegment(int fd, SegmentKind kind, uint64_t min_size, bool immutable) {
+arrow::Result<std::shared_ptr<Segment>> AttachSegment(SegmentRegistry& registry, int fd, SegmentKind kind, uint64_t min_size, bool immutable) {
   struct stat st;
-  if (fstat(fd, &st) != 0) return arrow::Status::Invalid("zerrow: fd ", fd, " is not open: ", std::strerror(errno));
+  if (fstat(fd, &st) != 0)
+    return arrow::internal::StatusFromErrno(errno, arrow::StatusCode::Invalid, "zerrow: fd ", fd, " is not open: ",
+                                            std::strerror(errno));
   ARROW_RETURN_NOT_OK(CheckFd(fd, kind, st, immutable));
   auto size = static_cast<uint64_t>(st.st_size);
   if (size < min_size)
     return arrow::Status::Invalid("zerrow: segment file is ", size, " bytes, the descriptor expects ", min_size);
-  auto key = std::make_pair(static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino));
+  CacheKey key{&registry, static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
   std::shared_ptr<Segment> cached;  // declared before the lock: its deleter takes cache_mu
   std::lock_guard lock(cache_mu);
   auto& slot = Cache()[key];
   cached = slot.lock();
   if (cached && cached->size() >= size) return cached;
   ARROW_ASSIGN_OR_RAISE(auto fresh, Segment::Attach(fd, size, kind));
-  std::shared_ptr<Segment> seg(fresh.release(), [key](Segment* s) {
-    SegmentRegistry::Global().RemoveAttached(s);
+  std::shared_ptr<Segment> seg(fresh.release(), [key, &registry](Segment* s) {
+    registry.RemoveAttached(s);
     {
       std::lock_guard lock(cache_mu);
       auto it = Cache().find(key);
@@ -76,7 +83,7 @@ arrow::Result<std::shared_ptr<Segment>> AttachSegment(int fd, SegmentKind kind, 
     }
     delete s;
   });
-  SegmentRegistry::Global().AddAttached(seg);
+  registry.AddAttached(seg);
   slot = seg;
   return seg;
 }

@@ -8,7 +8,11 @@
 #include <arrow/array/data.h>
 #include <arrow/buffer.h>
 
+#include "shared_object.h"
+
 namespace zerrow {
+
+class SegmentRegistry;
 
 // Calls f(const std::shared_ptr<arrow::Buffer>&) for each non-null buffer of
 // data, its children and its dictionary, depth first.
@@ -21,9 +25,9 @@ void VisitBuffers(const arrow::ArrayData& data, F&& f) {
   if (data.dictionary) VisitBuffers(*data.dictionary, f);
 }
 
-// True when every non-empty buffer lies in zerrow memory (this process's pool
-// or a segment attached from another process).
-bool AllInZerrowMemory(const std::vector<std::shared_ptr<arrow::Array>>& arrays);
-bool InZerrowMemory(const arrow::Buffer& buffer);
+// True when every non-empty buffer lies in zerrow memory known to `registry`
+// (its pool's segments, or a segment attached from another process).
+bool AllInZerrowMemory(const SegmentRegistry& registry, const SharedObject& object);
+bool InZerrowMemory(const SegmentRegistry& registry, const arrow::Buffer& buffer);
 
 }  // namespace zerrow

@@ -10,6 +10,8 @@
 #include <cstring>
 #include <mutex>
 
+#include "errno_status.h"
+
 namespace zerrow {
 namespace {
 
@@ -174,7 +176,7 @@ arrow::Status InstallHandler() {
   sigemptyset(&sa.sa_mask);
   struct sigaction previous;
   if (sigaction(SIGSEGV, &sa, &previous) != 0)
-    return arrow::Status::IOError("zerrow: installing the SIGSEGV handler: ", std::strerror(errno));
+    return ErrnoError("installing the SIGSEGV handler");
   if (!((previous.sa_flags & SA_SIGINFO) && previous.sa_sigaction == Handler)) g_previous = previous;
   return arrow::Status::OK();
 }

@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "errno_status.h"
+
 namespace zerrow {
 namespace {
 
@@ -20,8 +22,8 @@ struct FrameHeader {
   uint64_t descriptor_len;
 };
 
-arrow::Status Errno(const char* what) {
-  return arrow::Status::IOError("zerrow: ", what, ": ", std::strerror(errno));
+arrow::Status ConnectionClosed(const char* message) {
+  return arrow::Status(arrow::StatusCode::IOError, message, std::make_shared<ConnectionClosedDetail>());
 }
 
 // Waits until a non-blocking socket is ready.
@@ -30,8 +32,8 @@ arrow::Status Wait(int sock, short events, int timeout_ms) {
   for (;;) {
     int n = poll(&p, 1, timeout_ms);
     if (n > 0) return arrow::Status::OK();
-    if (n == 0) return arrow::Status::IOError("zerrow: timed out");
-    if (errno != EINTR) return Errno("poll");
+    if (n == 0) return arrow::internal::IOErrorFromErrno(ETIMEDOUT, "zerrow: timed out");
+    if (errno != EINTR) return ErrnoError("poll");
   }
 }
 
@@ -60,7 +62,7 @@ arrow::Status SendWithFds(int sock, const char* data, size_t len, const int* fds
         ARROW_RETURN_NOT_OK(Wait(sock, POLLOUT, timeout_ms));
         continue;
       }
-      return Errno("sendmsg");
+      return ErrnoError("sendmsg");
     }
     sent += static_cast<size_t>(n);
   }
@@ -91,7 +93,7 @@ arrow::Status RecvExact(int sock, char* data, size_t len, std::vector<int>* fds,
         ARROW_RETURN_NOT_OK(Wait(sock, POLLIN, timeout_ms));
         continue;
       }
-      return Errno("recvmsg");
+      return ErrnoError("recvmsg");
     }
     for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
       if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
@@ -106,8 +108,8 @@ arrow::Status RecvExact(int sock, char* data, size_t len, std::vector<int>* fds,
     if (msg.msg_flags & MSG_CTRUNC) return arrow::Status::IOError("zerrow: received more fds than fit; message dropped");
     if (n == 0) {
       return got == 0 && !mid_message
-                 ? arrow::Status::IOError("zerrow: connection closed")
-                 : arrow::Status::IOError("zerrow: connection closed in the middle of a message");
+                 ? ConnectionClosed("zerrow: connection closed")
+                 : ConnectionClosed("zerrow: connection closed in the middle of a message");
     }
     got += static_cast<size_t>(n);
   }
@@ -115,6 +117,14 @@ arrow::Status RecvExact(int sock, char* data, size_t len, std::vector<int>* fds,
 }
 
 }  // namespace
+
+const char* ConnectionClosedDetail::type_id() const { return "zerrow::ConnectionClosedDetail"; }
+
+std::string ConnectionClosedDetail::ToString() const { return "the peer closed the connection"; }
+
+bool IsConnectionClosed(const arrow::Status& status) {
+  return status.detail() != nullptr && std::strcmp(status.detail()->type_id(), ConnectionClosedDetail().type_id()) == 0;
+}
 
 arrow::Status SendDescriptor(int sock, std::string_view descriptor, const std::vector<int>& fds, int timeout_ms) {
   FrameHeader h{kFrameMagic, static_cast<uint32_t>(fds.size()), descriptor.size()};

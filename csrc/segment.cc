@@ -11,14 +11,12 @@
 #include <cstring>
 #include <utility>
 
+#include "errno_status.h"
+
 namespace zerrow {
 namespace {
 
 constexpr size_t kHugePage = size_t{2} << 20;
-
-arrow::Status Errno(const char* what) {
-  return arrow::Status::IOError("zerrow: ", what, ": ", std::strerror(errno));
-}
 
 // A new description of fd's file with the given access mode, or -1.
 int Reopen(int fd, int mode) {
@@ -50,25 +48,24 @@ bool LeaseGranted(int fd) {
 
 arrow::Result<std::shared_ptr<Segment>> Segment::Create(size_t capacity) {
   int fd = memfd_create("zerrow", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (fd < 0) return Errno("memfd_create");
+  if (fd < 0) return ErrnoError("memfd_create");
   fd = CountedWritable(fd);
   std::shared_ptr<Segment> seg(new Segment());
   seg->fd_ = fd;  // closed by the destructor from here on
-  if (ftruncate(fd, static_cast<off_t>(capacity)) != 0) return Errno("ftruncate");
+  if (ftruncate(fd, static_cast<off_t>(capacity)) != 0) return ErrnoError("ftruncate");
   // Reserve with slack, then place the file mapping on a 2 MiB boundary so that
   // shmem huge pages (shmem_enabled=advise) can back it.
   size_t reserve = capacity + kHugePage;
   void* r = mmap(nullptr, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (r == MAP_FAILED) return Errno("mmap reserve");
+  if (r == MAP_FAILED) return ErrnoError("mmap reserve");
   auto start = reinterpret_cast<uintptr_t>(r);
   uintptr_t aligned = (start + kHugePage - 1) & ~(kHugePage - 1);
   void* m = mmap(reinterpret_cast<void*>(aligned), capacity, PROT_READ | PROT_WRITE,
                  MAP_SHARED | MAP_FIXED, fd, 0);
   if (m == MAP_FAILED) {
-    int e = errno;
+    const int err = errno;
     munmap(r, reserve);
-    errno = e;
-    return Errno("mmap memfd");
+    return ErrnoError("mmap memfd", err);
   }
   if (aligned > start) munmap(r, aligned - start);
   uintptr_t end = aligned + capacity, rend = start + reserve;
@@ -78,9 +75,9 @@ arrow::Result<std::shared_ptr<Segment>> Segment::Create(size_t capacity) {
   seg->owned_ = true;
   madvise(m, capacity, MADV_HUGEPAGE);  // best effort: only matters with shmem THP on advise
   // A fork must not write into our file: the child remaps it copy-on-write.
-  if (madvise(m, capacity, MADV_DONTFORK) != 0) return Errno("madvise(MADV_DONTFORK)");
+  if (madvise(m, capacity, MADV_DONTFORK) != 0) return ErrnoError("madvise(MADV_DONTFORK)");
   struct stat st;
-  if (fstat(fd, &st) != 0) return Errno("fstat");
+  if (fstat(fd, &st) != 0) return ErrnoError("fstat");
   seg->dev_ = st.st_dev;
   seg->ino_ = st.st_ino;
   return seg;
@@ -88,17 +85,17 @@ arrow::Result<std::shared_ptr<Segment>> Segment::Create(size_t capacity) {
 
 arrow::Result<std::unique_ptr<Segment>> Segment::Attach(int fd, size_t size, SegmentKind kind) {
   int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (own < 0) return Errno("dup");
+  if (own < 0) return ErrnoError("dup");
   std::unique_ptr<Segment> seg(new Segment());
   seg->fd_ = own;
   seg->kind_ = kind;
   struct stat st;
-  if (fstat(own, &st) != 0) return Errno("fstat");
+  if (fstat(own, &st) != 0) return ErrnoError("fstat");
   seg->dev_ = st.st_dev;
   seg->ino_ = st.st_ino;
   if (size == 0) return seg;
   void* m = mmap(nullptr, size, PROT_READ, MAP_SHARED, own, 0);
-  if (m == MAP_FAILED) return Errno("mmap read-only");
+  if (m == MAP_FAILED) return ErrnoError("mmap read-only");
   seg->base_ = seg->map_base_ = static_cast<uint8_t*>(m);
   seg->size_ = seg->map_len_ = size;
   return seg;
@@ -114,13 +111,13 @@ arrow::Status Segment::Punch(size_t offset, size_t len) {
   if (len == 0) return arrow::Status::OK();
   if (fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
                 static_cast<off_t>(len)) != 0) {
-    return Errno("fallocate(PUNCH_HOLE)");
+    return ErrnoError("fallocate(PUNCH_HOLE)");
   }
   return arrow::Status::OK();
 }
 
 arrow::Status Segment::SealSize() {
-  if (fcntl(fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0) return Errno("F_ADD_SEALS");
+  if (fcntl(fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0) return ErrnoError("F_ADD_SEALS");
   return arrow::Status::OK();
 }
 
@@ -130,11 +127,10 @@ arrow::Status Segment::SealWrites() {
   int err = errno;
   close(ro);
   if (m == MAP_FAILED) {
-    errno = err;
-    return Errno("remapping a segment read-only");
+    return ErrnoError("remapping a segment read-only", err);
   }
   madvise(m, map_len_, MADV_HUGEPAGE);
-  if (fcntl(fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) != 0) return Errno("F_ADD_SEALS");
+  if (fcntl(fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) != 0) return ErrnoError("F_ADD_SEALS");
   return arrow::Status::OK();
 }
 
@@ -145,7 +141,7 @@ arrow::Result<int> Segment::OpenReadOnly() const {
       ro = fd_;  // attached segments were received read-only
     } else {
       int fresh = Reopen(fd_, O_RDONLY);
-      if (fresh < 0) return Errno("reopen segment read-only");
+      if (fresh < 0) return ErrnoError("reopen segment read-only");
       int expected = -1;
       if (ro_fd_.compare_exchange_strong(expected, fresh)) {
         ro = fresh;
@@ -156,7 +152,7 @@ arrow::Result<int> Segment::OpenReadOnly() const {
     }
   }
   int out = fcntl(ro, F_DUPFD_CLOEXEC, 0);
-  if (out < 0) return Errno("dup read-only segment fd");
+  if (out < 0) return ErrnoError("dup read-only segment fd");
   return out;
 }
 
@@ -179,8 +175,7 @@ arrow::Status Segment::RemapPrivateInChild() {
   int err = errno;
   if (ro >= 0) close(ro);
   if (m == MAP_FAILED) {
-    errno = err;
-    return Errno("remapping an inherited segment copy-on-write");
+    return ErrnoError("remapping an inherited segment copy-on-write", err);
   }
   close(fd_);
   fd_ = -1;

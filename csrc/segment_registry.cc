@@ -13,8 +13,8 @@ SegmentRegistry& SegmentRegistry::Global() {
 
 void SegmentRegistry::AddHeap(SegmentHeap* heap) {
   std::unique_lock lock(mu_);
-  auto base = reinterpret_cast<uintptr_t>(heap->segment->base());
-  entries_[base] = Entry{base + heap->segment->size(), heap, {}};
+  auto base = reinterpret_cast<uintptr_t>(heap->segment()->base());
+  entries_[base] = Entry{base + heap->segment()->size(), heap, {}};
 }
 
 void SegmentRegistry::RemoveHeap(SegmentHeap* heap) {
@@ -23,7 +23,7 @@ void SegmentRegistry::RemoveHeap(SegmentHeap* heap) {
 }
 
 void SegmentRegistry::RemoveHeapLocked(SegmentHeap* heap) {
-  entries_.erase(reinterpret_cast<uintptr_t>(heap->segment->base()));
+  entries_.erase(reinterpret_cast<uintptr_t>(heap->segment()->base()));
 }
 
 void SegmentRegistry::AddAttached(const std::shared_ptr<Segment>& segment) {
@@ -63,7 +63,7 @@ std::optional<Resolved> SegmentRegistry::Resolve(const void* p) const {
   Resolved r;
   r.offset = reinterpret_cast<uintptr_t>(p) - base;
   if (e->heap) {
-    r.segment = e->heap->segment;
+    r.segment = e->heap->segment();
     r.heap = e->heap;
   } else {
     r.segment = e->attached.lock();

@@ -79,7 +79,7 @@ arrow::Status CheckShareable(const arrow::DataType& type) {
 
 class Exporter {
  public:
-  explicit Exporter(const ShareOptions& options) : options_(options) {}
+  Exporter(ZerrowPool& pool, const ShareOptions& options) : pool_(pool), options_(options) {}
 
   arrow::Result<ShareResult> Run(const SharedObject& object) {
     EnsureCowHandler();
@@ -88,7 +88,7 @@ class Exporter {
     for (const auto& col : object.columns)
       for (const auto& chunk : col) ARROW_RETURN_NOT_OK(PlaceAll(*chunk));
     ARROW_RETURN_NOT_OK(PlaceForeign());
-    for (auto [seg, heap] : heaps_) ARROW_RETURN_NOT_OK(ZerrowPool::Instance()->Freeze(heap, options_.seal, options_.keep_free));
+    for (auto [seg, heap] : heaps_) ARROW_RETURN_NOT_OK(pool_.Freeze(heap, options_.seal, options_.keep_free));
 
     // Pass 2: the descriptor.
     desc_.kind = object.kind;
@@ -128,8 +128,8 @@ class Exporter {
     BufferKey key{b.data(), b.size()};
     if (placements_.count(key)) return arrow::Status::OK();
     Placement p;
-    auto r = SegmentRegistry::Global().Resolve(b.data());
-    if (r && r->heap && r->heap->inherited) {
+    auto r = pool_.registry().Resolve(b.data());
+    if (r && r->heap && r->heap->inherited()) {
       // The parent's memory, copy-on-write here: our pages may differ from the file.
       to_copy_.push_back(&b);
     } else if (r && r->offset + static_cast<uint64_t>(b.size()) <= r->segment->size()) {
@@ -237,7 +237,7 @@ class Exporter {
       int64_t referenced = UnionLength(ranges);
       int64_t readable = 0;
       if (auto h = heaps_.find(seg); h != heaps_.end()) {
-        readable = h->second->live_bytes.load();
+        readable = h->second->live_bytes();
       } else if (!seg->owned() || seg->kind() == SegmentKind::kKernelFile) {
         readable = seg->ResidentBytes();  // re-shared or placed: whatever it holds
       }
@@ -247,6 +247,7 @@ class Exporter {
     return exposed;
   }
 
+  ZerrowPool& pool_;
   const ShareOptions options_;
   std::unordered_map<BufferKey, Placement, BufferKeyHash> placements_;
   std::unordered_map<const Segment*, SegmentHeap*> heaps_;  // own pool segments, to freeze
@@ -264,8 +265,8 @@ class Exporter {
 
 }  // namespace
 
-arrow::Result<ShareResult> Share(const SharedObject& object, const ShareOptions& options) {
-  Exporter exporter(options);
+arrow::Result<ShareResult> Share(ZerrowPool& pool, const SharedObject& object, const ShareOptions& options) {
+  Exporter exporter(pool, options);
   return exporter.Run(object);
 }
 

@@ -38,7 +38,13 @@ struct ShareResult {
   int64_t bytes_exposed = 0;  // other bytes a consumer can read in the shared files
 };
 
-arrow::Result<ShareResult> Share(const SharedObject& object, const ShareOptions& options);
+class ZerrowPool;
+
+// Buffers are looked up in `pool`'s registry; those in its own segments are
+// referenced in place, freezing their segments (ZerrowPool::Freeze). Fails
+// with NotImplemented for objects the format cannot carry (non-CPU buffers,
+// nested dictionaries), or with the error of a freeze, copy or reopen.
+arrow::Result<ShareResult> Share(ZerrowPool& pool, const SharedObject& object, const ShareOptions& options);
 
 // Where a foreign buffer was placed without copying.
 struct ForeignPlacement {

@@ -17,6 +17,7 @@
 #include <arrow/util/bitmap_ops.h>
 
 #include "attach_cache.h"
+#include "zerrow_pool.h"
 
 namespace zerrow {
 namespace {
@@ -224,7 +225,7 @@ arrow::Status Check(const arrow::Array& array, bool full) {
 
 }  // namespace
 
-arrow::Result<SharedObject> Attach(std::string_view descriptor, const std::vector<int>& fds,
+arrow::Result<SharedObject> Attach(ZerrowPool& pool, std::string_view descriptor, const std::vector<int>& fds,
                                    const AttachOptions& options) {
   ARROW_ASSIGN_OR_RAISE(auto desc, sipc::Parse(descriptor));
   if (fds.size() != desc.segments.size())
@@ -236,7 +237,7 @@ arrow::Result<SharedObject> Attach(std::string_view descriptor, const std::vecto
                                   schema->num_fields(), " fields");
   std::vector<std::shared_ptr<Segment>> segments;
   for (size_t i = 0; i < fds.size(); ++i) {
-    ARROW_ASSIGN_OR_RAISE(auto seg, AttachSegment(fds[i], static_cast<SegmentKind>(desc.segments[i].kind),
+    ARROW_ASSIGN_OR_RAISE(auto seg, AttachSegment(pool.registry(), fds[i], static_cast<SegmentKind>(desc.segments[i].kind),
                                                   desc.segments[i].min_size, options.validate_full));
     segments.push_back(std::move(seg));
   }

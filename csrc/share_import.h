@@ -16,8 +16,13 @@ struct AttachOptions {
   bool validate_full = false;
 };
 
-// Does not take ownership of fds: mappings keep their own duplicates.
-arrow::Result<SharedObject> Attach(std::string_view descriptor, const std::vector<int>& fds,
+class ZerrowPool;
+
+// Does not take ownership of fds: mappings keep their own duplicates. The
+// segments are registered with `pool`'s registry while mapped, so that the
+// object can be shared again through `pool`. Fails with Invalid (the message
+// names what is wrong) on any descriptor or fd that does not match.
+arrow::Result<SharedObject> Attach(ZerrowPool& pool, std::string_view descriptor, const std::vector<int>& fds,
                                    const AttachOptions& options);
 
 }  // namespace zerrow

@@ -170,4 +170,26 @@ arrow::Result<RawDescriptor> Parse(std::string_view bytes) {
   return d;
 }
 
+namespace {
+
+void AddReferences(const RawNode& node, ReferenceTotals* totals) {
+  for (const auto& b : node.buffers)
+    if (b.segment >= 0) {
+      totals->nbytes += static_cast<int64_t>(b.length);
+      totals->nbuffers += 1;
+    }
+  for (const auto& child : node.children) AddReferences(child, totals);
+}
+
+}  // namespace
+
+arrow::Result<ReferenceTotals> Totals(std::string_view bytes) {
+  ARROW_ASSIGN_OR_RAISE(auto d, Parse(bytes));
+  ReferenceTotals totals;
+  for (const auto& node : d.dictionaries) AddReferences(node, &totals);
+  for (const auto& column : d.columns)
+    for (const auto& node : column) AddReferences(node, &totals);
+  return totals;
+}
+
 }  // namespace zerrow::sipc

@@ -54,4 +54,12 @@ struct RawDescriptor {
 std::string Encode(const RawDescriptor& d);
 arrow::Result<RawDescriptor> Parse(std::string_view bytes);
 
+// What a descriptor's buffer references add up to (for a share received
+// without attaching it). Fails as Parse does.
+struct ReferenceTotals {
+  int64_t nbytes = 0;
+  int64_t nbuffers = 0;
+};
+arrow::Result<ReferenceTotals> Totals(std::string_view bytes);
+
 }  // namespace zerrow::sipc

@@ -1,7 +1,6 @@
 #include "zerrow_pool.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -18,43 +17,29 @@ namespace {
 // Zero-size allocations all point here, as in Arrow's own pools.
 alignas(kPageSize) uint8_t zero_size_area[1];
 
-// Lent heaps kept at most; past that the oldest is let go (closed here, its
-// memory freed when its readers unmap it).
-constexpr size_t kMaxLent = 64;
-
-// A lent heap no one else maps any more: all of it is free again, dirty where
-// pages are resident (zeroed as they are handed out again, see AdoptLocked).
-void Thaw(SegmentHeap* heap) {
-  const size_t size = heap->segment->size();
-  heap->free_extents.clear();
-  size_t pos = 0;
-  for (auto [off, len] : heap->segment->ResidentRanges(/*min_hole=*/size_t{64} << 10)) {
-    if (off > pos) heap->free_extents[pos] = FreeExtent{off - pos, false, false};
-    heap->free_extents[off] = FreeExtent{len, true, true};
-    pos = off + len;
-  }
-  if (pos < size) heap->free_extents[pos] = FreeExtent{size - pos, false, false};
-  heap->frozen.store(false, std::memory_order_release);
-}
-
 }  // namespace
 
 ZerrowPool* ZerrowPool::Instance() {
-  static auto* pool = new ZerrowPool();
+  static auto* pool = [] {
+    auto* p = new ZerrowPool(SegmentRegistry::Global());
+    pthread_atfork([] { Instance()->BeforeFork(); }, [] { Instance()->AfterFork(false); },
+                   [] { Instance()->AfterFork(true); });
+    return p;
+  }();
   return pool;
 }
 
-ZerrowPool::ZerrowPool() : registry_(SegmentRegistry::Global()) {
+ZerrowPool::ZerrowPool(SegmentRegistry& registry)
+    : registry_(registry), cache_(registry, stats_, EnvBytes("ZERROW_SPARE_BYTES", -1)) {
   options_.segment_capacity = RoundUp(
       static_cast<size_t>(EnvBytes("ZERROW_SEGMENT_SIZE", static_cast<int64_t>(options_.segment_capacity))),
       size_t{2} << 20);
   options_.retain_bytes = EnvBytes("ZERROW_RETAIN_BYTES", -1);
-  spare_budget_ = EnvBytes("ZERROW_SPARE_BYTES", -1);
-  default_arena_ = std::make_unique<Arena>(&registry_, options_, static_cast<SpareHeaps*>(this));
+  default_arena_ = std::make_unique<Arena>(&registry_, options_, &cache_);
   current_.store(default_arena_.get());
-  pthread_atfork([] { Instance()->BeforeFork(); }, [] { Instance()->AfterFork(false); },
-                 [] { Instance()->AfterFork(true); });
 }
+
+ZerrowPool::~ZerrowPool() = default;
 
 std::vector<Arena*> ZerrowPool::AllArenasLocked() const {
   std::vector<Arena*> arenas{default_arena_.get()};
@@ -67,10 +52,10 @@ void ZerrowPool::BeforeFork() {
   // through changing what the child copies.
   scope_mu_.lock();
   registry_.mutex().lock();
-  spare_mu_.lock();
+  cache_.LockForFork();
   for (Arena* arena : AllArenasLocked()) arena->LockForFork();
   registry_.ForEachHeapLocked([](SegmentHeap* heap) {
-    if (heap->arena != nullptr && !heap->inherited && !heap->sealed) heap->segment->OpenForkDescription();
+    if (heap->arena() != nullptr && !heap->inherited() && !heap->sealed()) heap->segment()->OpenForkDescription();
   });
 }
 
@@ -78,32 +63,21 @@ void ZerrowPool::AfterFork(bool child) {
   const std::vector<Arena*> arenas = AllArenasLocked();
   if (child) {
     registry_.ForEachHeapLocked([](SegmentHeap* heap) {
-      if (heap->arena == nullptr || heap->inherited) return;  // spares and lent: below; or already private
-      if (!heap->sealed) {
-        auto st = heap->segment->RemapPrivateInChild();
+      if (heap->arena() == nullptr || heap->inherited()) return;  // spares and lent: the cache's; or already private
+      if (!heap->sealed()) {
+        auto st = heap->segment()->RemapPrivateInChild();
         if (!st.ok()) std::fprintf(stderr, "zerrow: after fork(): %s\n", st.ToString().c_str());
       }
     });
-    // Spare and lent heaps hold no buffers and were not mapped into the child.
-    for (SegmentHeap* heap : spares_) {
-      heap->segment->ForgetInChild();
-      DestroyDetachedLocked(heap);
-    }
-    for (SegmentHeap* heap : lent_) {
-      heap->segment->ForgetInChild();
-      DestroyDetachedLocked(heap);
-    }
-    spares_.clear();
-    lent_.clear();
   }
   if (!child) {  // the child holds its own copy of each, for as long as it maps the heap
-    registry_.ForEachHeapLocked([](SegmentHeap* heap) { heap->segment->CloseForkDescription(); });
+    registry_.ForEachHeapLocked([](SegmentHeap* heap) { heap->segment()->CloseForkDescription(); });
   }
   for (Arena* arena : arenas) {
-    arena->FreezeForForkLocked(child);
+    arena->FreezeAtFork(child);
     arena->UnlockAfterFork();
   }
-  spare_mu_.unlock();
+  cache_.UnlockAfterFork(child);
   if (child) {
     registry_.ResetMutexInChild();
   } else {
@@ -112,18 +86,9 @@ void ZerrowPool::AfterFork(bool child) {
   scope_mu_.unlock();
 }
 
-void ZerrowPool::NoteAllocated(int64_t size) {
-  int64_t now = bytes_allocated_.fetch_add(size, std::memory_order_relaxed) + size;
-  total_bytes_allocated_.fetch_add(size, std::memory_order_relaxed);
-  num_allocations_.fetch_add(1, std::memory_order_relaxed);
-  int64_t peak = max_memory_.load(std::memory_order_relaxed);
-  while (now > peak && !max_memory_.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
-  }
-}
-
 arrow::Status ZerrowPool::Allocate(int64_t size, int64_t alignment, uint8_t** out) {
   ARROW_RETURN_NOT_OK(AllocateRaw(size, alignment, out));
-  NoteAllocated(size);
+  stats_.DidAllocateBytes(size);
   return arrow::Status::OK();
 }
 
@@ -142,7 +107,7 @@ arrow::Status ZerrowPool::AllocateRaw(int64_t size, int64_t alignment, uint8_t**
 }
 
 void ZerrowPool::Free(uint8_t* buffer, int64_t size, int64_t alignment) {
-  if (FreeRaw(buffer, size, alignment, "Free")) bytes_allocated_.fetch_sub(size, std::memory_order_relaxed);
+  if (FreeRaw(buffer, size, alignment, "Free")) stats_.DidFreeBytes(size);
 }
 
 bool ZerrowPool::FreeRaw(uint8_t* buffer, int64_t size, int64_t alignment, const char* call) {
@@ -157,8 +122,8 @@ bool ZerrowPool::FreeRaw(uint8_t* buffer, int64_t size, int64_t alignment, const
     if (heap == nullptr) {
       bad = BadFree::kNotOurs;  // nothing safe to do
     } else {
-      base = heap->segment->base();
-      collect = heap->arena->Free(heap, buffer, static_cast<size_t>(size), static_cast<size_t>(alignment), &bad, &actual);
+      base = heap->segment()->base();
+      collect = heap->arena()->Free(heap, buffer, static_cast<size_t>(size), static_cast<size_t>(alignment), &bad, &actual);
     }
   }
   ReportBadFree(bad, call, buffer, size, alignment, actual);
@@ -171,12 +136,7 @@ arrow::Status ZerrowPool::Reallocate(int64_t old_size, int64_t new_size, int64_t
   if (new_size < 0) return arrow::Status::Invalid("zerrow: negative reallocation size ", new_size);
   ARROW_RETURN_NOT_OK(ReallocateRaw(old_size, new_size, alignment, ptr));
   // As Arrow's pools count it: the size difference, an allocation only when growing.
-  const int64_t diff = new_size - old_size;
-  if (diff > 0) {
-    NoteAllocated(diff);
-  } else {
-    bytes_allocated_.fetch_add(diff, std::memory_order_relaxed);
-  }
+  stats_.DidReallocateBytes(old_size, new_size);
   return arrow::Status::OK();
 }
 
@@ -197,17 +157,17 @@ arrow::Status ZerrowPool::ReallocateRaw(int64_t old_size, int64_t new_size, int6
     }
     if (DebugMemoryPool()) {
       size_t actual = 0;
-      BadFree bad = heap->arena->Check(heap, *ptr, static_cast<size_t>(old_size), static_cast<size_t>(alignment), &actual);
+      BadFree bad = heap->arena()->Check(heap, *ptr, static_cast<size_t>(old_size), static_cast<size_t>(alignment), &actual);
       ReportBadFree(bad, "Reallocate", *ptr, old_size, alignment, actual);
       if (bad == BadFree::kNotLive || bad == BadFree::kInterior)
         return arrow::Status::Invalid("zerrow: reallocating memory that is not a live allocation of the pool");
     }
-    if (!heap->frozen.load(std::memory_order_acquire)) {
+    if (!heap->frozen()) {
       auto o = static_cast<size_t>(old_size), n = static_cast<size_t>(new_size);
       if (o <= kMaxSmall && n <= kMaxSmall && alignment <= static_cast<int64_t>(kMinAlignment)) {
         in_place = SizeClassOf(o) == SizeClassOf(n);
       } else if (o > kMaxSmall && n > kMaxSmall) {
-        in_place = heap->arena->ResizeInPlace(heap, *ptr, o, n, static_cast<size_t>(alignment));
+        in_place = heap->arena()->ResizeInPlace(heap, *ptr, o, n, static_cast<size_t>(alignment));
       }
     }
   }
@@ -229,18 +189,14 @@ void ZerrowPool::Collect(const void* segment_base, bool only_collectable) {
   {
     std::unique_lock lock(registry_.mutex());
     SegmentHeap* heap = registry_.FindHeapLocked(segment_base);
-    if (heap == nullptr || heap->arena == nullptr) return;  // gone, or a spare already
-    Arena* arena = heap->arena;
+    if (heap == nullptr || heap->arena() == nullptr) return;  // gone, or the cache's already
+    Arena* arena = heap->arena();
     bool gone;
-    if (only_collectable && arena->DetachHeapLocked(heap)) {
-      if (heap->frozen.load(std::memory_order_acquire)) {
-        LendLocked(heap);
-      } else if (!KeepSpareLocked(heap)) {  // a finished scope's unshared heap
-        DestroyDetachedLocked(heap);
-      }
+    if (only_collectable && arena->DetachHeapRegistryLocked(heap)) {
+      cache_.KeepRegistryLocked(heap);
       gone = true;
     } else {
-      gone = arena->DestroyHeapLocked(heap, only_collectable);
+      gone = arena->DestroyHeapRegistryLocked(heap, only_collectable);
     }
     if (gone) emptied = arena;
   }
@@ -254,126 +210,10 @@ void ZerrowPool::NoteIfDead(Arena* arena) {
     dead_arenas_.push_back(arena);
 }
 
-SegmentHeap* ZerrowPool::TakeCold(size_t capacity) {
-  std::unique_lock registry_lock(registry_.mutex());
-  ReclaimLentLocked();
-  std::lock_guard lock(spare_mu_);
-  auto best = spares_.end();
-  int64_t best_resident = 0;
-  for (auto it = spares_.begin(); it != spares_.end(); ++it) {
-    if ((*it)->segment->size() < capacity) continue;
-    int64_t resident = (*it)->segment->ResidentBytes();
-    if (best == spares_.end() || resident < best_resident) {
-      best = it;
-      best_resident = resident;
-    }
-  }
-  return best == spares_.end() ? nullptr : TakeSpareLocked(best);
-}
-
-SegmentHeap* ZerrowPool::TakeWarm(size_t need) {
-  // Readers let go of lent heaps at any time; asking the kernel costs two
-  // syscalls per lent heap, so a stream of large allocations asks once a ms.
-  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                          std::chrono::steady_clock::now().time_since_epoch()).count();
-  int64_t last = last_warm_reclaim_ns_.load(std::memory_order_relaxed);
-  if (now - last > 1'000'000 && last_warm_reclaim_ns_.compare_exchange_strong(last, now)) {
-    std::unique_lock registry_lock(registry_.mutex());
-    ReclaimLentLocked();
-  }
-  std::lock_guard lock(spare_mu_);
-  auto best = spares_.end();
-  size_t best_len = 0;
-  for (auto it = spares_.begin(); it != spares_.end(); ++it) {
-    for (auto& [off, fe] : (*it)->free_extents) {
-      if (fe.dirty && fe.length >= need && (best == spares_.end() || fe.length < best_len)) {
-        best = it;
-        best_len = fe.length;
-      }
-    }
-  }
-  return best == spares_.end() ? nullptr : TakeSpareLocked(best);
-}
-
-SegmentHeap* ZerrowPool::TakeSpareLocked(std::vector<SegmentHeap*>::iterator it) {
-  SegmentHeap* heap = *it;
-  spares_.erase(it);
-  return heap;
-}
-
-bool ZerrowPool::KeepSpareLocked(SegmentHeap* heap) {
-  std::lock_guard lock(spare_mu_);
-  // By default twice what the process ever had allocated at once (at least
-  // 1 GiB): a worker that runs the same steps again finds its memory warm,
-  // including that of outputs whose readers have since let go.
-  const int64_t budget = spare_budget_ >= 0 ? spare_budget_ : std::max(int64_t{1} << 30, 2 * max_memory_.load());
-  int64_t resident = heap->segment->ResidentBytes();
-  if (resident == 0 || SpareResidentLocked() + resident > budget) return false;
-  spares_.push_back(heap);
-  return true;
-}
-
-int64_t ZerrowPool::SpareResidentLocked() const {
-  int64_t resident = 0;
-  for (SegmentHeap* heap : spares_) resident += heap->segment->ResidentBytes();
-  return resident;
-}
-
-void ZerrowPool::DestroySparesLocked() {
-  std::lock_guard lock(spare_mu_);
-  for (SegmentHeap* heap : spares_) DestroyDetachedLocked(heap);
-  spares_.clear();
-}
-
-void ZerrowPool::DestroyDetachedLocked(SegmentHeap* heap) {
-  registry_.RemoveHeapLocked(heap);
-  delete heap;
-}
-
-void ZerrowPool::LendLocked(SegmentHeap* heap) {
-  if (!Segment::CanProbeHolders()) {  // we could never tell when it is ours again
-    DestroyDetachedLocked(heap);
-    return;
-  }
-  {
-    std::lock_guard lock(spare_mu_);
-    lent_.push_back(heap);
-    if (lent_.size() <= kMaxLent) return;
-  }
-  ReclaimLentLocked();
-  std::lock_guard lock(spare_mu_);
-  if (lent_.size() > kMaxLent) {
-    DestroyDetachedLocked(lent_.front());
-    lent_.erase(lent_.begin());
-  }
-}
-
-void ZerrowPool::ReclaimLentLocked() {
-  std::vector<SegmentHeap*> ours;
-  {
-    std::lock_guard lock(spare_mu_);
-    std::vector<SegmentHeap*> still_lent;
-    for (SegmentHeap* h : lent_) (h->segment->SoleHolder() ? ours : still_lent).push_back(h);
-    lent_.swap(still_lent);
-    reclaimed_ += static_cast<int64_t>(ours.size());
-  }
-  for (SegmentHeap* heap : ours) {
-    Thaw(heap);
-    if (!KeepSpareLocked(heap)) DestroyDetachedLocked(heap);
-  }
-}
-
-void ZerrowPool::DestroyLentLocked() {
-  std::lock_guard lock(spare_mu_);
-  for (SegmentHeap* heap : lent_) DestroyDetachedLocked(heap);
-  lent_.clear();
-}
-
 void ZerrowPool::ReleaseUnused() {
   {
     std::unique_lock lock(registry_.mutex());
-    DestroySparesLocked();
-    DestroyLentLocked();
+    cache_.DestroyAllRegistryLocked();
   }
   std::vector<Arena*> arenas;
   {
@@ -394,7 +234,7 @@ uint64_t ZerrowPool::PushScope() {
     dead_arenas_.pop_back();
     arena->Reopen();
   } else {
-    scope_arenas_.push_back(std::make_unique<Arena>(&registry_, options_, static_cast<SpareHeaps*>(this)));
+    scope_arenas_.push_back(std::make_unique<Arena>(&registry_, options_, &cache_));
     arena = scope_arenas_.back().get();
   }
   uint64_t token = next_token_++;
@@ -423,7 +263,7 @@ arrow::Status ZerrowPool::PopScope(uint64_t token) {
 }
 
 arrow::Status ZerrowPool::Freeze(SegmentHeap* heap, bool seal, bool keep_free) {
-  return heap->arena->Freeze(heap, seal, keep_free);
+  return heap->arena()->Freeze(heap, seal, keep_free);
 }
 
 void ZerrowPool::PrintStats() {
@@ -444,20 +284,20 @@ void ZerrowPool::PrintStats() {
 
 PoolStats ZerrowPool::Stats() const {
   PoolStats s;
-  s.bytes_allocated = bytes_allocated_.load();
-  s.max_memory = max_memory_.load();
-  s.total_bytes_allocated = total_bytes_allocated_.load();
-  s.num_allocations = num_allocations_.load();
+  s.bytes_allocated = stats_.bytes_allocated();
+  s.max_memory = stats_.max_memory();
+  s.total_bytes_allocated = stats_.total_bytes_allocated();
+  s.num_allocations = stats_.num_allocations();
   s.realloc_in_place = realloc_in_place_.load();
   s.realloc_copied = realloc_copied_.load();
   registry_.ForEachHeap([&](SegmentHeap* h) {
-    if (h->inherited) return;  // the parent's, in a forked child
-    s.bytes_resident += h->segment->ResidentBytes();
-    if (h->arena == nullptr) {
-      ++(h->frozen.load() ? s.lent_segments : s.spare_segments);
+    if (h->inherited()) return;  // the parent's, in a forked child
+    s.bytes_resident += h->segment()->ResidentBytes();
+    if (h->arena() == nullptr) {
+      ++(h->frozen() ? s.lent_segments : s.spare_segments);
     } else {
       ++s.segments;
-      if (h->frozen.load()) ++s.frozen_segments;
+      if (h->frozen()) ++s.frozen_segments;
     }
   });
   s.bytes_retained = default_arena_->retained_bytes();
@@ -466,11 +306,8 @@ PoolStats ZerrowPool::Stats() const {
     for (auto& a : scope_arenas_) s.bytes_retained += a->retained_bytes();
     s.scopes_open = static_cast<int64_t>(scope_stack_.size());
   }
-  {
-    std::lock_guard lock(spare_mu_);
-    s.bytes_retained += SpareResidentLocked();  // empty segments of finished scopes, kept for the next
-    s.segments_reclaimed = reclaimed_;
-  }
+  s.bytes_retained += cache_.SpareResidentBytes();  // empty segments of finished scopes, kept for the next
+  s.segments_reclaimed = cache_.reclaimed();
   return s;
 }
 

@@ -12,6 +12,7 @@
 #include <arrow/memory_pool.h>
 
 #include "arena.h"
+#include "segment_cache.h"
 #include "segment_registry.h"
 
 namespace zerrow {
@@ -33,31 +34,51 @@ struct PoolStats {
   int64_t scopes_open = 0;
 };
 
-class ZerrowPool final : public arrow::MemoryPool, private SpareHeaps {
+// Four parts, each in its own class: the arenas (the default one and one per
+// scope), the segment cache (spare and lent heaps), the registry of
+// segments, and Arrow's counters (MemoryPoolStats); the pool routes calls to
+// them and owns the fork handlers.
+//
+// Locking. Lock order: scope_mu_ -> registry mutex -> segment cache ->
+// an arena's shards -> its large-extent mutex. Names say what a caller holds:
+// *Locked: the object's own mutex (here scope_mu_); *RegistryLocked: the
+// registry's mutex, exclusively; *AtFork: every lock, inside the fork handlers.
+class ZerrowPool final : public arrow::MemoryPool {
  public:
-  // The process's pool; never destroyed (buffers may be freed during exit).
+  // The process's pool, over SegmentRegistry::Global(); never destroyed
+  // (buffers may be freed during exit). It alone takes part in fork().
   static ZerrowPool* Instance();
+
+  // A pool of its own over `registry` (tests: the sharing layer against a pool
+  // other than the process's). Destroy it only once its buffers are freed.
+  explicit ZerrowPool(SegmentRegistry& registry);
+  ~ZerrowPool() override;
 
   arrow::Status Allocate(int64_t size, int64_t alignment, uint8_t** out) override;
   arrow::Status Reallocate(int64_t old_size, int64_t new_size, int64_t alignment,
                            uint8_t** ptr) override;
   void Free(uint8_t* buffer, int64_t size, int64_t alignment) override;
   void ReleaseUnused() override;
-  int64_t bytes_allocated() const override { return bytes_allocated_.load(); }
-  int64_t max_memory() const override { return max_memory_.load(); }
-  int64_t total_bytes_allocated() const override { return total_bytes_allocated_.load(); }
-  int64_t num_allocations() const override { return num_allocations_.load(); }
+  int64_t bytes_allocated() const override { return stats_.bytes_allocated(); }
+  int64_t max_memory() const override { return stats_.max_memory(); }
+  int64_t total_bytes_allocated() const override { return stats_.total_bytes_allocated(); }
+  int64_t num_allocations() const override { return stats_.num_allocations(); }
   std::string backend_name() const override { return "zerrow"; }
   // Writes Stats() to stderr, one counter a line (Arrow's PrintStats convention).
   void PrintStats() override;
 
+  // Where this pool's segments, and the segments attached through it, are found.
+  SegmentRegistry& registry() const { return registry_; }
+
   // Scopes: while open, all allocations from any thread go to a fresh arena
   // whose segments hold nothing else. Scopes nest; the innermost receives.
   uint64_t PushScope();
+  // Fails (Invalid) if `token` is not an open scope's.
   arrow::Status PopScope(uint64_t token);
 
   // Freezes the heap a shared buffer lies in (see Arena::Freeze). The caller
-  // keeps a live buffer in it, so the heap cannot go away meanwhile.
+  // keeps a live buffer in it, so the heap cannot go away meanwhile. Fails
+  // (IOError) if the file cannot be punched or sealed.
   arrow::Status Freeze(SegmentHeap* heap, bool seal, bool keep_free = false);
 
   PoolStats Stats() const;
@@ -66,38 +87,16 @@ class ZerrowPool final : public arrow::MemoryPool, private SpareHeaps {
   // the heaps in use copy-on-write (their read-write mappings are not
   // inherited, see Segment::Create); spare and lent heaps, never mapped into
   // children, it forgets. Both sides freeze the heaps in use (see
-  // Arena::FreezeForForkLocked): the parent's come back, lent, once the child
+  // Arena::FreezeAtFork): the parent's come back, lent, once the child
   // no longer maps them.
   void BeforeFork();
   void AfterFork(bool child);
 
  private:
-  ZerrowPool();
-  std::vector<Arena*> AllArenasLocked() const;  // scope_mu_ held
+  std::vector<Arena*> AllArenasLocked() const;
   void Collect(const void* segment_base, bool only_collectable = true);
-  SegmentHeap* TakeCold(size_t capacity) override;
-  SegmentHeap* TakeWarm(size_t need) override;
-  SegmentHeap* TakeSpareLocked(std::vector<SegmentHeap*>::iterator it);  // spare_mu_ held
-  // Keeps an empty heap of a finished scope for the next scope, within budget;
-  // registry mutex held exclusively. False: destroy it instead.
-  bool KeepSpareLocked(SegmentHeap* heap);
-  void DestroySparesLocked();
-  // Memory backing the spares right now, asked of the kernel each time: it
-  // can change while they wait (huge-page collapse, reads of untouched
-  // pages), so a running sum kept by hand drifts (issue 9). spare_mu_ held.
-  int64_t SpareResidentLocked() const;
-  // Lent heaps: frozen (shared) heaps with nothing live here any more. Their
-  // pages are what readers in other processes still map, so they cost nothing
-  // extra; once the kernel says no one else holds the file (Segment::SoleHolder)
-  // they become spares, warm, instead of fresh memory faulted in page by page.
-  // Registry mutex held exclusively for all three.
-  void LendLocked(SegmentHeap* heap);
-  void ReclaimLentLocked();
-  void DestroyLentLocked();
-  void DestroyDetachedLocked(SegmentHeap* heap);
   // A retired arena with no heaps left can serve a later scope.
   void NoteIfDead(Arena* arena);
-  void NoteAllocated(int64_t size);  // stats of one allocation of `size` bytes
   // The work of Allocate / Free / Reallocate, without the stats.
   arrow::Status AllocateRaw(int64_t size, int64_t alignment, uint8_t** out, bool populate = true);
   // False if nothing was freed (see ZERROW_DEBUG_MEMORY_POOL); `call` names the
@@ -107,6 +106,9 @@ class ZerrowPool final : public arrow::MemoryPool, private SpareHeaps {
 
   SegmentRegistry& registry_;
   ArenaOptions options_;
+  arrow::internal::MemoryPoolStats stats_;
+  std::atomic<int64_t> realloc_in_place_{0}, realloc_copied_{0};
+  SegmentCache cache_;  // before the arenas: they hand it heaps until they are destroyed
   std::unique_ptr<Arena> default_arena_;
   std::atomic<Arena*> current_;
 
@@ -115,16 +117,6 @@ class ZerrowPool final : public arrow::MemoryPool, private SpareHeaps {
   std::vector<std::unique_ptr<Arena>> scope_arenas_;  // all ever made; reused when dead
   std::vector<Arena*> dead_arenas_;
   uint64_t next_token_ = 1;
-
-  mutable std::mutex spare_mu_;  // inside the registry mutex when both are held
-  std::vector<SegmentHeap*> spares_;
-  std::vector<SegmentHeap*> lent_;  // oldest first
-  std::atomic<int64_t> last_warm_reclaim_ns_{0};
-  int64_t reclaimed_ = 0;
-  int64_t spare_budget_ = -1;  // ZERROW_SPARE_BYTES; -1: max(1 GiB, 2 * max_memory())
-
-  std::atomic<int64_t> bytes_allocated_{0}, max_memory_{0}, total_bytes_allocated_{0},
-      num_allocations_{0}, realloc_in_place_{0}, realloc_copied_{0};
 };
 
 }  // namespace zerrow

@@ -67,7 +67,7 @@ def test_add_column_reshares_input(data):
     new_col = r["same"]["double"].nbytes
     # only the new column may be new memory; nothing of the input is copied
     assert node.copied == 0, rep.format()
-    assert node.zero_copy >= node.bytes - 64
+    assert node.bytes_zero_copy >= node.bytes - 64
     assert rep.node("same").copied == 0
     assert rep.zero_copy_rate >= 0.99, rep.format()
     assert new_col < node.bytes / 3
@@ -119,5 +119,5 @@ def test_foreign_buffers_are_copied_and_reported(data):
     node = rep.node("from_numpy")
     triple = r["from_numpy"]["triple"].nbytes
     assert triple <= node.copied <= triple + 4096, rep.format()  # only the numpy column
-    assert node.zero_copy >= node.bytes - node.copied - 64
+    assert node.bytes_zero_copy >= node.bytes - node.copied - 64
     assert rep.node("plus_col").copied == 0

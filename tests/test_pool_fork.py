@@ -135,7 +135,7 @@ def test_parent_sends_a_table_made_before_the_fork_while_the_child_lives():
     back = a.recv()
     _, status = os.waitpid(pid, 0)
     print(json.dumps({"sum": back["sum"][0].as_py(), "copied": s.bytes_copied,
-                      "zero_copy": s.bytes_shared_zero_copy == t.nbytes, "status": status}))
+                      "zero_copy": s.bytes_zero_copy == t.nbytes, "status": status}))
     """)
     assert r == {"sum": sum(range(1_000_000)), "copied": 0, "zero_copy": True, "status": 0}, r
 
@@ -153,9 +153,9 @@ def test_child_shares_its_own_tables_and_copies_inherited_buffers_once():
         ctypes.memset(t["x"].chunks[0].buffers()[1].address, 0xFF, 5 * 8)
         written = z.share(t, seal=False)
         got = z.attach(written.descriptor, written.fds)
-        return {"own": [own.bytes_copied, own.bytes_shared_zero_copy == u.nbytes,
+        return {"own": [own.bytes_copied, own.bytes_zero_copy == u.nbytes,
                         z.attach(own.descriptor, own.fds).equals(u)],
-                "mixed": [mixed.bytes_copied == t.nbytes, mixed.bytes_shared_zero_copy == u.nbytes],
+                "mixed": [mixed.bytes_copied == t.nbytes, mixed.bytes_zero_copy == u.nbytes],
                 "written": [written.bytes_copied == t.nbytes, got["x"][:6].to_pylist()]}
     out = child(in_child)
     out["parent"] = t["x"][:6].to_pylist()
@@ -277,6 +277,6 @@ def test_readme_use_example_runs_as_written(tmp_path, method):
         pytest.fail(f"the README example hung under {method!r}: {e.stdout!r} {e.stderr!r}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    share = re.search(r"Share\(nbytes=(\d+), .*zero_copy=(\d+), copied=0,", out)
+    share = re.search(r"ShareCounters\(nbytes=(\d+), .*bytes_zero_copy=(\d+), bytes_copied=0,", out)
     assert share and share.group(1) == share.group(2), out
     assert str(2 * sum(range(10_000_000))) in out, out

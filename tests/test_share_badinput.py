@@ -417,3 +417,25 @@ def test_share_error_is_pyarrows_invalid(shared):
         z.attach(b"not a descriptor", s.fds)
     assert isinstance(info.value, z.ShareError) and isinstance(info.value, ValueError)
     assert isinstance(info.value, pa.ArrowException)
+
+
+def test_failed_system_calls_keep_their_errno():
+    """A status from a failed system call keeps its errno on the exception (mapped by code, not text)."""
+    import errno
+
+    r, w = os.pipe()
+    os.close(w)
+    with pytest.raises(z.ShareError) as e:
+        z.send(r, pa.table({"x": [1, 2, 3]}))  # a pipe, not a socket
+    os.close(r)
+    assert e.value.errno == errno.ENOTSOCK, e.value
+    assert "Socket operation on non-socket" in str(e.value)
+    a, b = _pair()
+    with a, b:
+        b.settimeout(0.2)
+        with pytest.raises(TimeoutError) as t:
+            z.recv(b)
+    assert t.value.errno == errno.ETIMEDOUT and "timed out" in str(t.value)
+    with pytest.raises(z.ShareError) as bad:
+        z.attach(b"not sipc!", [])
+    assert bad.value.errno is None

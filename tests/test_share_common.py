@@ -413,7 +413,7 @@ def test_python_reader_agrees_with_encoder():
 def test_share_object_counters_and_close():
     t = sample_table(500, 3)
     s = z.share(t)
-    assert s.nbytes == s.bytes_shared_zero_copy > 0 and s.bytes_copied == 0
+    assert s.nbytes == s.bytes_zero_copy > 0 and s.bytes_copied == 0
     assert "Share(" in repr(s) and not s.closed
     before = fd_count()
     s.close()

@@ -307,12 +307,12 @@ for name, obj in [("table", t), ("slice", t.slice(100, 5000)), ("projection", t.
                   ("batch", t.combine_chunks().to_batches()[0].slice(10)),
                   ("column", t.column("c1")), ("array", t.column("c2").chunk(0).slice(3))]:
     with z.share(obj) as s:
-        out[name] = {"copied": s.bytes_copied, "zero_copy": s.bytes_shared_zero_copy, "segs": segs(s),
+        out[name] = {"copied": s.bytes_copied, "zero_copy": s.bytes_zero_copy, "segs": segs(s),
                      "exposed": s.bytes_exposed}
 new_col = pa.array(np.arange(t.num_rows, dtype=np.float64) * 2)  # made outside the pool
 plus = t.append_column("new", new_col)
 with z.share(plus) as s:
-    out["plus"] = {"copied": s.bytes_copied, "zero_copy": s.bytes_shared_zero_copy, "segs": segs(s),
+    out["plus"] = {"copied": s.bytes_copied, "zero_copy": s.bytes_zero_copy, "segs": segs(s),
                    "new_nbytes": new_col.nbytes}
     z.send(sock, s)
 result = out

@@ -103,9 +103,10 @@ def test_big_descriptor_larger_than_the_socket_buffer():
         out = {}
         th = threading.Thread(target=lambda: out.setdefault("t", b.recv()))
         th.start()
-        s = a.send(t)
+        with z.share(t) as s:
+            sent = a.send(s)
         th.join(60)
-        assert len(s.descriptor) > 200_000
+        assert len(s.descriptor) > 200_000 and sent == s.counters
         assert out["t"].equals(t)
 
 
@@ -217,3 +218,21 @@ def test_channel_with_multiprocessing_fork():
         assert p.exitcode == 0
     assert got.column("twice").to_pylist() == [2 * v for v in t.column("c0").to_pylist()]
     assert make_table(1000, seed=3).equals(got.drop_columns(["twice"]))
+
+
+def test_send_returns_the_share_counters():
+    """send() returns what was sent and how, as one immutable object named as share() names it."""
+    import dataclasses
+
+    t = pooled_table(1000)
+    a, b = z.Channel.pair()
+    with a, b:
+        sent = a.send(t, seal=False)
+        got = b.recv()
+        with z.share(t, seal=False) as s:
+            assert s.counters == sent and s.bytes_shared_zero_copy == s.bytes_zero_copy  # the old name still reads
+    assert got.equals(t)
+    assert isinstance(sent, z.ShareCounters)
+    assert sent.nbytes == sent.bytes_zero_copy > 0 and sent.bytes_copied == 0 and sent.nbuffers > 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sent.nbytes = 0

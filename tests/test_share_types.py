@@ -261,7 +261,7 @@ def test_container_roundtrip_in_process(name):
 
 def test_roundtrip_outside_pool_copies_once():
     with z.share(pa.table({"a": list(range(1000)), "s": [str(i) for i in range(1000)]})) as s:
-        assert s.bytes_copied == s.nbytes > 0 and s.bytes_shared_zero_copy == 0
+        assert s.bytes_copied == s.nbytes > 0 and s.bytes_zero_copy == 0
         got = s.attach()
     assert got.column("s")[999].as_py() == "999"
     # mixed: one column in the pool, one not
@@ -269,7 +269,7 @@ def test_roundtrip_outside_pool_copies_once():
         pooled = pa.array(range(100), pa.int64())
     outside = pa.array(range(100), pa.int32())
     with z.share(pa.table({"p": pooled, "o": outside})) as s:
-        assert s.bytes_shared_zero_copy == pooled.nbytes
+        assert s.bytes_zero_copy == pooled.nbytes
         assert s.bytes_copied == outside.nbytes
 
 

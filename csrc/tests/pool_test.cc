@@ -9,8 +9,14 @@
 
 #include <unistd.h>
 
+#include <arrow/array/builder_primitive.h>
+#include <arrow/table.h>
+
 #include "segment_heap.h"
 #include "segment_registry.h"
+#include "share_export.h"
+#include "share_import.h"
+#include "shared_object.h"
 #include "zerrow_pool.h"
 
 using zerrow::SegmentRegistry;
@@ -107,7 +113,7 @@ static void TestFreezeAndScope(ZerrowPool* pool) {
   auto r = SegmentRegistry::Global().Resolve(keep);
   CHECK(r.has_value() && r->heap != nullptr);
   CHECK_OK(pool->Freeze(r->heap, /*seal=*/false));
-  CHECK(r->heap->frozen.load());
+  CHECK(r->heap->frozen());
   // Freed bytes of a frozen segment read as zeros; live ones are intact.
   CHECK(temp[0] == 0 && temp[199999] == 0);
   CHECK(small_temp[0] == 0 && small_temp[99] == 0);
@@ -163,6 +169,66 @@ static void TestLendAndReclaim(ZerrowPool* pool) {
   CHECK(again[0] == 0 && again[kSize - 1] == 0);
   CHECK_OK(pool->PopScope(token));
   pool->Free(again, kSize, 64);
+}
+
+static void CloseAll(const std::vector<int>& fds) {
+  for (int fd : fds) close(fd);
+}
+
+// The sharing layer works on the pool it is given: a table built in a pool of
+// its own, over a registry of its own, is referenced in place when shared
+// through that pool (freezing its segment, not one of the process pool's) and
+// copied when shared through the process pool, which does not know its memory;
+// attached through the other pool, its mappings are registered there only.
+static void TestShareThroughAnotherPool() {
+  SegmentRegistry registry;
+  {
+    ZerrowPool other(registry);
+    ZerrowPool* global = ZerrowPool::Instance();
+    const int64_t global_frozen = global->Stats().frozen_segments;
+    std::shared_ptr<arrow::Table> table;
+    {
+      arrow::Int64Builder builder(&other);
+      for (int64_t i = 0; i < 10000; ++i) CHECK_OK(builder.Append(i * 7));
+      auto array = builder.Finish().ValueOrDie();
+      table = arrow::Table::Make(arrow::schema({arrow::field("x", arrow::int64())}), {array});
+    }
+    CHECK(other.bytes_allocated() >= 80000);
+    CHECK(!SegmentRegistry::Global().Resolve(table->column(0)->chunk(0)->data()->buffers[1]->data()).has_value());
+
+    auto copied = zerrow::Share(*global, zerrow::FromTable(table), zerrow::ShareOptions{/*seal=*/false});
+    CHECK(copied.ok());
+    if (copied.ok()) {
+      CHECK(copied->bytes_zero_copy == 0 && copied->bytes_copied == copied->nbytes);
+      CloseAll(copied->fds);
+    }
+    CHECK(other.Stats().frozen_segments == 0);
+
+    auto shared = zerrow::Share(other, zerrow::FromTable(table), zerrow::ShareOptions{/*seal=*/false});
+    CHECK(shared.ok());
+    if (shared.ok()) {
+      CHECK(shared->bytes_zero_copy == shared->nbytes && shared->bytes_copied == 0);
+      CHECK(other.Stats().frozen_segments == 1);
+      CHECK(global->Stats().frozen_segments == global_frozen);
+      auto attached = zerrow::Attach(other, shared->descriptor, shared->fds, zerrow::AttachOptions{});
+      CHECK(attached.ok());
+      if (attached.ok()) {
+        auto back = zerrow::ToTable(*attached);
+        CHECK(back.ok() && (*back)->Equals(*table));
+        const uint8_t* data = attached->columns[0][0]->buffers[1]->data();
+        auto in_other = registry.Resolve(data);
+        CHECK(in_other.has_value() && in_other->heap == nullptr);  // attached, not a heap of its own
+        CHECK(!SegmentRegistry::Global().Resolve(data).has_value());
+      }
+      CloseAll(shared->fds);
+    }
+    table.reset();
+    CHECK(other.bytes_allocated() == 0);
+  }
+  // The pool is gone, and with it every segment it had registered.
+  int left = 0;
+  registry.ForEachHeap([&](zerrow::SegmentHeap*) { ++left; });
+  CHECK(left == 0);
 }
 
 static void TestThreads(ZerrowPool* pool) {
@@ -256,6 +322,7 @@ int main(int argc, char** argv) {
   TestFreezeAndScope(pool);
   TestLendAndReclaim(pool);
   TestThreads(pool);
+  TestShareThroughAnotherPool();
   pool->ReleaseUnused();
   CHECK(pool->bytes_allocated() == 0);
   std::printf("pool_test: %s (%d failures)\n", failures ? "FAILED" : "ok", failures);

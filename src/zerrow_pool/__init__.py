@@ -20,41 +20,60 @@ from ._core import owns as _owns, pool, preload_active, release_unused as _relea
 from ._preload import preload_env, preload_path
 from ._scope import scope
 from ._pool_stats import PoolStats
-from ._sharing import Channel, Share, ShareError, attach, recv, recv_share, send, share
+from ._sharing import Channel, Share, ShareCounters, ShareError, attach, recv, recv_share, send, share
 from ._core import kernel_module_available as _kernel_module_available, cow_bytes_copied as _cow_bytes_copied
 
 __all__ = [
     "pool", "scope", "owns", "stats", "print_stats", "PoolStats", "release_unused", "preload_path", "preload_env", "preload_active",
-    "share", "attach", "send", "recv", "recv_share", "Share", "ShareError", "Channel",
+    "share", "attach", "send", "recv", "recv_share", "Share", "ShareCounters", "ShareError", "Channel",
     "kernel_module_available",
 ]
 
 
 def kernel_module_available() -> bool:
-    """True when the zerrow kernel module is loaded (``/dev/zerrow`` answers).
+    """Whether the zerrow kernel module is loaded (``/dev/zerrow`` answers).
 
     Then :func:`share` pins buffers that zerrow did not allocate (numpy, Polars,
     DuckDB...) into a de-anonymized file instead of copying them, and remaps
     this process's view of them read-only; a later write here gets a private
-    copy of the touched 2 MiB chunk (``stats()["cow_bytes_copied"]``). Set
+    copy of the touched 2 MiB chunk (``stats().cow_bytes_copied``). Set
     ``ZERROW_KMOD=0`` to copy instead.
+
+    Returns
+    -------
+    bool
+        True when shares place foreign memory through the module.
     """
     return _kernel_module_available()
 
 
 def owns(obj) -> bool:
-    """True when every buffer of ``obj`` lies in zerrow memory.
+    """Whether every buffer of ``obj`` lies in zerrow memory (so sharing it copies nothing).
 
-    ``obj`` is a ``pa.Buffer``, ``Array``, ``ChunkedArray``, ``RecordBatch`` or
-    ``Table``; children and dictionaries are included. Zerrow memory is this
-    process's pool and segments attached from other processes. Empty buffers
-    hold no bytes and count as owned.
+    Zerrow memory is this process's pool and segments attached from other
+    processes. Children and dictionaries are included; empty buffers hold no
+    bytes and count as owned.
+
+    Parameters
+    ----------
+    obj : pyarrow.Buffer, Array, ChunkedArray, RecordBatch or Table
+        What to look at.
+
+    Returns
+    -------
+    bool
+        True when every non-empty buffer lies in zerrow memory.
+
+    Raises
+    ------
+    TypeError
+        ``obj`` is none of the types above.
     """
     return _owns(obj)
 
 
 def stats() -> PoolStats:
-    """The pool's counters.
+    """The pool's counters, a snapshot.
 
     bytes_allocated, max_memory, total_bytes_allocated and num_allocations as
     in any Arrow pool; realloc_in_place / realloc_copied count reallocations
@@ -79,11 +98,26 @@ def stats() -> PoolStats:
 
 
 def print_stats() -> None:
-    """Write the pool's counters to stderr (what ``pool().print_stats()`` does too)."""
+    """Write the pool's counters to stderr, one a line.
+
+    What ``pool().print_stats()`` does too (Arrow's ``MemoryPool::PrintStats``).
+
+    See Also
+    --------
+    stats : the same counters as an object.
+    """
     pool().print_stats()
 
 
-
 def release_unused() -> None:
-    """Return free memory kept for reuse to the kernel and unmap empty segments."""
+    """Return free memory kept for reuse to the kernel and unmap empty segments.
+
+    Punches the resident free extents of every arena, returns empty slabs, and
+    unmaps spare and lent segments (lent ones stay readable by the processes
+    that map them). Buffers in use are not touched.
+
+    See Also
+    --------
+    pyarrow.MemoryPool.release_unused : the same, called on ``pool()``.
+    """
     _release_unused()

@@ -27,18 +27,17 @@ cdef extern from "zerrow_pool.h" namespace "zerrow" nogil:
         int64_t lent_segments, segments_reclaimed
         int64_t bytes_resident, bytes_retained, scopes_open
 
+    cdef cppclass SegmentRegistry:
+        pass
+
     cdef cppclass ZerrowPool(CMemoryPool):
         @staticmethod
         ZerrowPool* Instance()
+        SegmentRegistry& registry()
         uint64_t PushScope()
         CStatus PopScope(uint64_t token)
         PoolStats Stats()
         void ReleaseUnused()
-
-
-cdef extern from "buffer_walk.h" namespace "zerrow" nogil:
-    cbool AllInZerrowMemory(const vector[shared_ptr[CArray]]& arrays)
-    cbool InZerrowMemory(const CBuffer& buffer)
 
 
 cdef extern from * nogil:
@@ -112,43 +111,6 @@ def stats():
 def release_unused():
     with nogil:
         ZerrowPool.Instance().ReleaseUnused()
-
-
-cdef vector[shared_ptr[CArray]] arrays_of(obj) except *:
-    """The ArrayData of every column/chunk of a pyarrow Array, ChunkedArray, RecordBatch or Table."""
-    cdef vector[shared_ptr[CArray]] out
-    cdef shared_ptr[CTable] table
-    cdef shared_ptr[CRecordBatch] batch
-    cdef shared_ptr[CChunkedArray] chunked
-    cdef int i, j
-    if isinstance(obj, pa.Table):
-        table = pyarrow_unwrap_table(obj)
-        for i in range(table.get().num_columns()):
-            chunked = table.get().column(i)
-            for j in range(chunked.get().num_chunks()):
-                out.push_back(chunked.get().chunk(j))
-    elif isinstance(obj, pa.RecordBatch):
-        batch = pyarrow_unwrap_batch(obj)
-        for i in range(batch.get().num_columns()):
-            out.push_back(batch.get().column(i))
-    elif isinstance(obj, pa.ChunkedArray):
-        chunked = pyarrow_unwrap_chunked_array(obj)
-        for j in range(chunked.get().num_chunks()):
-            out.push_back(chunked.get().chunk(j))
-    elif isinstance(obj, pa.Array):
-        out.push_back(pyarrow_unwrap_array(obj))
-    else:
-        raise TypeError(
-            f"expected a pyarrow Buffer, Array, ChunkedArray, RecordBatch or Table, got {type(obj).__name__}")
-    return out
-
-
-def owns(obj):
-    cdef shared_ptr[CBuffer] buf
-    if isinstance(obj, pa.Buffer):
-        buf = pyarrow_unwrap_buffer(obj)
-        return InZerrowMemory(deref(buf))
-    return AllInZerrowMemory(arrays_of(obj))
 
 
 include "_share.pxi"

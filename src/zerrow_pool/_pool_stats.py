@@ -14,6 +14,20 @@ class PoolStats(dict):
 
     Read them as attributes (``s.bytes_allocated``) or, as before, as a dict
     (``s["bytes_allocated"]``, ``json.dumps(s)``).
+
+    Parameters
+    ----------
+    **counters : int
+        Every name of ``COUNTERS``, no other.
+
+    Raises
+    ------
+    TypeError
+        A counter is missing or unknown.
+
+    See Also
+    --------
+    zerrow_pool.stats : what each counter means.
     """
 
     __slots__ = ()

@@ -28,6 +28,19 @@ def scope():
     Allocations that bypass pyarrow's default pool (Acero, Parquet/dataset IO)
     land in zerrow memory only when the process runs with the preload library
     (see :func:`zerrow_pool.preload_path`).
+
+    Yields
+    ------
+    pyarrow.MemoryPool
+        The zerrow pool (also ``pa.default_memory_pool()`` inside the block).
+
+    Examples
+    --------
+    >>> import pyarrow as pa, zerrow_pool as zp
+    >>> with zp.scope():
+    ...     t = pa.table({"x": list(range(1000))})
+    >>> zp.owns(t)
+    True
     """
     previous = pa.default_memory_pool()
     token = _core.push_scope()

@@ -38,7 +38,7 @@ def test_numpy_table_is_shared_without_copy():
     assert not zp.owns(t)
     s = zp.share(t)
     assert s.bytes_copied == 0
-    assert s.bytes_shared_zero_copy == s.nbytes == t.nbytes
+    assert s.bytes_zero_copy == s.nbytes == t.nbytes
     assert s.bytes_exposed <= 2 * 2 * os.sysconf("SC_PAGESIZE")  # edges of two buffers
     back = s.attach()
     assert back.equals(t)

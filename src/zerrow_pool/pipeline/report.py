@@ -7,8 +7,21 @@ from .budget import fmt_bytes
 from .states import Status
 
 
+class _ZeroCopyAlias:
+    """``zero_copy``: the former name of ``bytes_zero_copy`` (the name ``share()`` and the C++
+    layer use), still read and written by code that predates the rename."""
+
+    @property
+    def zero_copy(self) -> int:
+        return self.bytes_zero_copy
+
+    @zero_copy.setter
+    def zero_copy(self, value: int) -> None:
+        self.bytes_zero_copy = value
+
+
 @dataclass
-class NodeRecord:
+class NodeRecord(_ZeroCopyAlias):
     name: str
     kind: str  # "node" | "source"
     status: Status = Status.PENDING
@@ -18,7 +31,7 @@ class NodeRecord:
     end: float | None = None
     rows: int = 0
     bytes: int = 0
-    zero_copy: int = 0
+    bytes_zero_copy: int = 0
     copied: int = 0
     exposed: int = 0
     peak: int = 0
@@ -36,11 +49,11 @@ class NodeRecord:
 
 
 @dataclass
-class EdgeRecord:
+class EdgeRecord(_ZeroCopyAlias):
     src: str
     dst: str
     bytes: int = 0
-    zero_copy: int = 0
+    bytes_zero_copy: int = 0
     copied: int = 0
 
 
@@ -79,7 +92,7 @@ class RunReport:
 
     @property
     def edge_zero_copy(self) -> int:
-        return sum(e.zero_copy for e in self.edges)
+        return sum(e.bytes_zero_copy for e in self.edges)
 
     @property
     def bytes_copied(self) -> int:
@@ -93,7 +106,7 @@ class RunReport:
 
     @property
     def zero_copy_rate(self) -> float:
-        moved = sum(e.zero_copy + e.copied for e in self.edges)
+        moved = sum(e.bytes_zero_copy + e.copied for e in self.edges)
         return self.edge_zero_copy / moved if moved else 1.0
 
     def to_dict(self) -> dict:
@@ -117,7 +130,7 @@ class RunReport:
             if n.cache_hits or n.cache_misses:
                 extra += f" cache {n.cache_hits} hit/{n.cache_misses} miss"
             lines.append(f"{n.name[:21]:<22}{n.status:<9}{n.seconds:>7.2f}s{n.rows:>12,}"
-                         f"{fmt_bytes(n.bytes):>11}{fmt_bytes(n.zero_copy):>11}"
+                         f"{fmt_bytes(n.bytes):>11}{fmt_bytes(n.bytes_zero_copy):>11}"
                          f"{fmt_bytes(n.copied):>11}{fmt_bytes(n.exposed):>11}"
                          f"{fmt_bytes(n.peak):>11}{extra}")
         lines += ["", COLUMNS]
@@ -126,7 +139,7 @@ class RunReport:
             for e in self.edges:
                 name = f"{e.src} -> {e.dst}"
                 lines.append(f"{name[:39]:<40}{fmt_bytes(e.bytes):>11}"
-                             f"{fmt_bytes(e.zero_copy):>11}{fmt_bytes(e.copied):>11}")
+                             f"{fmt_bytes(e.bytes_zero_copy):>11}{fmt_bytes(e.copied):>11}")
         lines += ["", f"zero-copy rate {self.zero_copy_rate:.2%} of {fmt_bytes(self.edge_bytes)} "
                   f"moved over edges; {fmt_bytes(self.bytes_copied)} copied in all; "
                   f"peak held by the runtime {fmt_bytes(self.peak_held)} (cache included; "

@@ -21,6 +21,7 @@ import os
 
 import pyarrow as pa
 
+from .._preload import ld_preload_with
 from . import rundirs, zerrow_api
 from .budget import fmt_bytes
 from .payloads import FilePayload, SharePayload
@@ -120,8 +121,7 @@ class ZerrowTransport(Transport):
     def worker_env(self):
         if not self.preload:
             return {}
-        prior = os.environ.get("LD_PRELOAD")
-        return {"LD_PRELOAD": self.preload + (":" + prior if prior else "")}
+        return {"LD_PRELOAD": ld_preload_with(self.preload, os.environ.get("LD_PRELOAD"))}
 
     def scope(self):
         return self.zp.scope()

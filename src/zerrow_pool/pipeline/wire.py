@@ -1,23 +1,20 @@
-"""Message framing between the coordinator and its workers.
+"""Message framing between the coordinator, its workers and the runtime service.
 
-One AF_UNIX stream socket per worker carries pickled control messages, each
-optionally accompanied by file descriptors (SCM_RIGHTS).  A message is one or
-more frames; the kernel caps a single ``sendmsg`` at 253 descriptors, so a
-message with more fds is split into continuation frames.
-
-Frame layout: ``<u32 payload length><u32 fds that follow in later frames>``
-followed by the payload.  The descriptors of a frame travel with its first
-byte, so the receiver reads the 8-byte header with ``recvmsg`` and gets them.
+One AF_UNIX stream socket per peer carries pickled control messages, each
+optionally accompanied by file descriptors (SCM_RIGHTS). A message is one
+transport frame of the sharing layer (docs/SHARED_IPC.md, "Transport";
+csrc/fd_transport.*), whose payload here is a pickle instead of a descriptor:
+one framing for shares and control messages, including the split of more fds
+than the kernel takes in one message (``_core.MAX_FDS_PER_MESSAGE``).
 """
 from __future__ import annotations
 
-import array
+import errno
+import os
 import pickle
 import socket
-import struct
 
-_HEADER = struct.Struct("<II")
-MAX_FDS_PER_FRAME = 250
+from .._sharing import ShareError, recv_frame, send_frame
 
 
 class PeerClosed(ConnectionError):
@@ -26,72 +23,33 @@ class PeerClosed(ConnectionError):
 
 def send_msg(sock: socket.socket, obj, fds=()) -> None:
     """Send ``obj`` (picklable) plus ``fds`` (ints, not closed here)."""
-    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    fds = list(fds)
-    chunks = [fds[i:i + MAX_FDS_PER_FRAME] for i in range(0, len(fds), MAX_FDS_PER_FRAME)] or [[]]
-    remaining = len(fds) - len(chunks[0])
-    _send_frame(sock, _HEADER.pack(len(payload), remaining) + payload, chunks[0])
-    for chunk in chunks[1:]:
-        remaining -= len(chunk)
-        _send_frame(sock, _HEADER.pack(0, remaining), chunk)
-
-
-def _send_frame(sock, data: bytes, fds) -> None:
-    view = memoryview(data)
-    if fds:
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
-        sent = sock.sendmsg([view], anc)
-        view = view[sent:]
-    while len(view):
-        sent = sock.send(view)
-        view = view[sent:]
+    try:
+        send_frame(sock, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), fds)
+    except ShareError as e:
+        raise _as_os_error(e) from None
 
 
 def recv_msg(sock: socket.socket):
     """Receive one message; returns ``(obj, fds)``.  The caller owns ``fds``."""
-    fds: list[int] = []
     try:
-        length, more = _recv_header(sock, fds)
-        payload = _recv_exact(sock, length)
-        while more:
-            _, more = _recv_header(sock, fds)
+        payload, fds = recv_frame(sock)
+    except EOFError as e:
+        raise PeerClosed(str(e)) from None
+    except ShareError as e:
+        raise _as_os_error(e) from None
+    try:
         return pickle.loads(payload), fds
     except BaseException:
         close_fds(fds)
         raise
 
 
-def _recv_header(sock, fds: list):
-    anc_size = socket.CMSG_SPACE(MAX_FDS_PER_FRAME * array.array("i").itemsize)
-    data, anc, flags, _ = sock.recvmsg(_HEADER.size, anc_size, socket.MSG_CMSG_CLOEXEC)
-    for level, kind, cdata in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            arr = array.array("i")
-            arr.frombytes(cdata[: len(cdata) - (len(cdata) % arr.itemsize)])
-            fds.extend(arr)
-    if not data:
-        raise PeerClosed("peer closed the connection")
-    if flags & socket.MSG_CTRUNC:
-        raise OSError("file descriptors were truncated in transit (raise RLIMIT_NOFILE)")
-    if len(data) < _HEADER.size:
-        data += _recv_exact(sock, _HEADER.size - len(data))
-    return _HEADER.unpack(data)
-
-
-def _recv_exact(sock, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    while len(view):
-        got = sock.recv_into(view)
-        if not got:
-            raise PeerClosed("peer closed the connection mid-message")
-        view = view[got:]
-    return bytes(buf)
+def _as_os_error(e: ShareError) -> OSError:
+    """A transport failure as the socket module reports them (BrokenPipeError for EPIPE...)."""
+    return OSError(e.errno or errno.EPROTO, str(e))
 
 
 def close_fds(fds) -> None:
-    import os
-
     for fd in fds:
         try:
             os.close(fd)
