@@ -213,14 +213,14 @@ def test_demo_comparison_marks_failed_runs():
 
 
 def test_report_counts_zero_copy_bytes_under_one_name():
-    """The report names the counter as share() does (bytes_zero_copy); zero_copy still reads and writes it."""
+    """The report names the counter as share() does: bytes_zero_copy, and nothing else."""
     from zerrow_pool.pipeline.report import EdgeRecord, NodeRecord, RunReport
 
     node = NodeRecord("n", "node", bytes=100)
-    node.zero_copy = 90
+    node.bytes_zero_copy = 90
     edge = EdgeRecord("n", "m", 100, 90, 10)
     report = RunReport("p", "zerrow", 1, False, nodes=[node], edges=[edge])
-    assert node.bytes_zero_copy == 90 and edge.zero_copy == 90
+    assert not hasattr(node, "zero_copy") and not hasattr(edge, "zero_copy")
     d = report.to_dict()
     assert d["nodes"][0]["bytes_zero_copy"] == 90 and "zero_copy" not in d["nodes"][0]
     assert d["edges"][0]["bytes_zero_copy"] == 90 and report.zero_copy_rate == 0.9

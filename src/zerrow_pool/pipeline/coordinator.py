@@ -398,7 +398,7 @@ class Runtime:
             msg.update(fn=step.ref, inputs=[p.encode(fds) for p in ups], inputs_as=step.inputs_as,
                        memory_limit=self._memory_limit(w, step), sandbox=st.sandbox)
             for u, p in zip(step.inputs, ups):
-                zc = 0 if p.spilled else min(p.nbytes, p.stats.get("zero_copy", 0))
+                zc = 0 if p.spilled else min(p.nbytes, p.stats.get("bytes_zero_copy", 0))
                 st.edges[(u, task.name)] = EdgeRecord(u, task.name, p.nbytes, zc,
                                                       p.nbytes if p.spilled else p.stats.get("copied", 0))
             st.rec[task.name].attempts += 1
@@ -536,7 +536,7 @@ class Runtime:
         rec.end = time.monotonic()
         rec.status = Status.DONE
         rec.rows, rec.bytes, rec.timing, rec.peak = payload.rows, payload.nbytes, timing, peak
-        rec.zero_copy = payload.stats.get("zero_copy", 0)
+        rec.bytes_zero_copy = payload.stats.get("bytes_zero_copy", 0)
         rec.copied = payload.stats.get("copied", 0)
         rec.exposed = payload.stats.get("exposed", 0)
         self._emit(Event.DONE, st, name)

@@ -126,7 +126,7 @@ class ColumnsPayload(Payload):
 
     def __init__(self, schema: pa.Schema, columns: list, rows: int):
         entries = [e for col in columns for e in col]
-        stats = {k: sum(e.payload.stats.get(k, 0) for e in entries) for k in ("zero_copy", "copied")}
+        stats = {k: sum(e.payload.stats.get(k, 0) for e in entries) for k in ("bytes_zero_copy", "copied")}
         super().__init__(rows, sum(e.payload.nbytes for e in entries), stats)
         self.schema = schema
         self.columns = columns  # list (per field) of lists of CacheEntry

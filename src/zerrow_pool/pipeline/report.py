@@ -7,21 +7,8 @@ from .budget import fmt_bytes
 from .states import Status
 
 
-class _ZeroCopyAlias:
-    """``zero_copy``: the former name of ``bytes_zero_copy`` (the name ``share()`` and the C++
-    layer use), still read and written by code that predates the rename."""
-
-    @property
-    def zero_copy(self) -> int:
-        return self.bytes_zero_copy
-
-    @zero_copy.setter
-    def zero_copy(self, value: int) -> None:
-        self.bytes_zero_copy = value
-
-
 @dataclass
-class NodeRecord(_ZeroCopyAlias):
+class NodeRecord:
     name: str
     kind: str  # "node" | "source"
     status: Status = Status.PENDING
@@ -49,7 +36,7 @@ class NodeRecord(_ZeroCopyAlias):
 
 
 @dataclass
-class EdgeRecord(_ZeroCopyAlias):
+class EdgeRecord:
     src: str
     dst: str
     bytes: int = 0

@@ -92,7 +92,7 @@ class CopyTransport(Transport):
             raise _no_room(out_dir, obj.nbytes) from None
         finally:
             os.close(fd)
-        stats = {"zero_copy": 0, "copied": obj.nbytes, "exposed": written}
+        stats = {"bytes_zero_copy": 0, "copied": obj.nbytes, "exposed": written}
         spec = {"k": "file", "rows": obj.num_rows, "nbytes": obj.nbytes, "stats": stats}
         return spec, [ro], lambda: os.close(ro)
 
@@ -133,7 +133,7 @@ class ZerrowTransport(Transport):
         # keep_free they come back warm, but the free memory in them counts
         # against a memory budget until then, so only without one.
         share = self.zp.share(obj, seal=False, keep_free=keep_free)
-        stats = {"zero_copy": int(share.bytes_shared_zero_copy),
+        stats = {"bytes_zero_copy": int(share.bytes_zero_copy),
                  "copied": int(share.bytes_copied), "exposed": int(share.bytes_exposed),
                  "buffers": int(share.nbuffers)}
         spec = {"k": "share", "desc": share.descriptor, "rows": _rows(obj),
