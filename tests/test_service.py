@@ -247,3 +247,32 @@ def test_mistaken_paths_start_no_service(tmp_path, svc_dir):
         assert r.returncode == 2 and str(path) in r.stderr and "Traceback" not in r.stderr
     assert ServiceClient(svc_dir).status() is None
     assert not os.path.exists(os.path.join(svc_dir, "service.sock"))
+
+
+MUTE_SERVICE = """
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1]); s.listen(4)
+print("listening", flush=True)
+conns = []
+while True:
+    conns.append(s.accept()[0])  # and never answer, like a service of another protocol
+"""
+
+
+def test_a_service_that_does_not_answer_is_named_and_stopped(svc_dir, monkeypatch):
+    from zerrow_pool.service import ServiceError, client as client_mod
+
+    monkeypatch.setattr(client_mod, "ANSWER_TIMEOUT_S", 1.0)
+    c = ServiceClient(svc_dir)
+    mute = subprocess.Popen([sys.executable, "-c", MUTE_SERVICE, c.sock_path],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert mute.stdout.readline().strip() == "listening"
+        with pytest.raises(ServiceError, match=f"pid {mute.pid}.*`zerrow service stop` stops it"):
+            c.status()
+        assert c.stop() == mute.pid  # it cannot understand a stop request: SIGTERM
+        assert mute.wait(10) == -signal.SIGTERM
+    finally:
+        mute.kill()
+        mute.wait()

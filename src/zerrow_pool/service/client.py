@@ -4,7 +4,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -14,10 +16,18 @@ from . import location, protocol
 from .protocol import Op, Reply
 
 START_TIMEOUT_S = 60.0
+ANSWER_TIMEOUT_S = 15.0  # a service that does not answer a hello/status/stop in this long is stuck
+# or speaks another version's protocol
 
 
 class ServiceError(RuntimeError):
-    """The service could not be reached, started, or it died during a run."""
+    """The service could not be reached, started, or it died during a run.
+
+    ``peer_pid``: the pid of a service of this user that did not answer, if any."""
+
+    def __init__(self, message: str, *, peer_pid: int | None = None):
+        super().__init__(message)
+        self.peer_pid = peer_pid
 
 
 class ServiceMismatch(ServiceError):
@@ -82,7 +92,13 @@ class ServiceClient:
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """Stop the service (any version); returns its pid, or None when none ran."""
-        reply = self._request(Op.STOP)
+        try:
+            reply = self._request(Op.STOP)
+        except ServiceError as e:
+            if e.peer_pid is None:
+                raise
+            os.kill(e.peer_pid, signal.SIGTERM)  # one of ours that cannot understand us
+            reply = {"pid": e.peer_pid}
         if reply is None:
             return None
         pid = reply.get("pid")
@@ -97,9 +113,22 @@ class ServiceClient:
         if sock is None:
             return None
         with sock:
-            send_msg(sock, {"op": op.value})
+            return self._exchange(sock, {"op": op.value})
+
+    def _exchange(self, sock, msg: dict) -> dict:
+        """Send ``msg`` and wait a bounded time for the answer."""
+        sock.settimeout(ANSWER_TIMEOUT_S)
+        try:
+            send_msg(sock, msg)
             reply, fds = recv_msg(sock)
             close_fds(fds)
+        except (PeerClosed, OSError) as e:
+            pid, uid = _peer(sock)
+            raise ServiceError(
+                f"the zerrow service at {self.sock_path} (pid {pid}) did not answer ({e}); it may "
+                "be another zerrow version's: `zerrow service stop` stops it, or run with "
+                "--no-service", peer_pid=pid if uid == os.getuid() else None) from e
+        sock.settimeout(None)
         return reply
 
     # --------------------------------------------------------------- connecting
@@ -121,12 +150,10 @@ class ServiceClient:
         sock = self._connect() or self._start()
         mine = protocol.identity()
         try:
-            send_msg(sock, {"op": Op.HELLO.value, "identity": mine})
-            reply, fds = recv_msg(sock)
-            close_fds(fds)
-        except (PeerClosed, OSError) as e:
+            reply = self._exchange(sock, {"op": Op.HELLO.value, "identity": mine})
+        except ServiceError:
             sock.close()
-            raise ServiceError(f"the zerrow service at {self.sock_path} did not answer: {e}") from e
+            raise
         if not reply.get("ok"):
             sock.close()
             raise ServiceMismatch(
@@ -168,6 +195,16 @@ def _attach_outputs(described: dict, fds: list) -> dict:
             outputs[name] = s.attach()
         at += n
     return outputs
+
+
+def _peer(sock) -> tuple:
+    """(pid, uid) of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    try:
+        pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                          struct.calcsize("3i")))
+        return pid, uid
+    except OSError:
+        return None, None
 
 
 def _alive(pid) -> bool:
