@@ -33,6 +33,12 @@ from .wire import PeerClosed, close_fds, raise_fd_limit
 from .workers import WorkerPool
 
 
+def may_retry(failures: int, retries: int) -> bool:
+    """The one retry rule: a task that failed ``failures`` times runs again
+    while that is at most its step's ``retries``."""
+    return failures <= retries
+
+
 class RunCancelled(RuntimeError):
     """``Runtime.cancel()`` was called while a run was in progress."""
 
@@ -40,11 +46,13 @@ class RunCancelled(RuntimeError):
 class Task:
     """A unit of work for one worker."""
 
-    def __init__(self, run, name, op, *, estimate=0, read=None, columns=None):
+    def __init__(self, run, name, op, *, estimate=0, read=None, columns=None, schema=None,
+                 filter=None):
         self.run, self.name, self.op = run, name, op
         self.estimate = estimate
         self.held_at_dispatch = 0
-        self.read, self.columns = read, columns  # decode tasks
+        # decode tasks: a row group, its columns, the file's schema, the source's filter
+        self.read, self.columns, self.schema, self.filter = read, columns, schema, filter
         self.pinned: list = []
         self.attempts = 0  # decode tasks: failed attempts so far
 
@@ -289,16 +297,11 @@ class Runtime:
                     continue
                 st.rec[src.name].cache_misses += 1
                 asm.missing += 1
-                waiter = self._slot_filler(asm, i, col)
-                if key in self.cache.inflight:
-                    self.cache.inflight[key].append(waiter)
-                else:
-                    self.cache.inflight[key] = [waiter]
+                if self.cache.wait(key, self._slot_filler(asm, i, col)):
                     todo.setdefault(i, []).append(col)
         for i, cols in todo.items():
-            task = Task(st, src.name, Op.DECODE, read=reads[i], columns=cols)
-            task.schema, task.filter = full_schema, src.filter
-            self.queue.append(task)
+            self.queue.append(Task(st, src.name, Op.DECODE, read=reads[i], columns=cols,
+                                   schema=full_schema, filter=src.filter))
         if not asm.missing:
             self._finish_source(asm)
 
@@ -345,7 +348,7 @@ class Runtime:
 
     def _still_wanted(self, task) -> bool:
         if task.op == Op.DECODE:  # may serve waiters of several runs
-            return any(self.cache.key(task.read, c) in self.cache.inflight for c in task.columns)
+            return any(self.cache.awaited(self.cache.key(task.read, c)) for c in task.columns)
         return task.run.status(task.name) == Status.RUNNING
 
     def _pinned(self):
@@ -362,7 +365,7 @@ class Runtime:
         for st in self.runs:
             for name, p in st.payloads.items():
                 if not p.spilled and not p.closed:
-                    out.append((getattr(p, "produced", 0), p, self._replacer(st, name)))
+                    out.append((p.produced, p, self._replacer(st, name)))
         out.sort(key=lambda t: t[0])
         return [(p, r) for _, p, r in out]
 
@@ -488,34 +491,28 @@ class Runtime:
             self.rm.track(payload, cached=True)
             entry = self.cache.add(self.cache.key(task.read, col), payload,
                                    secs * part["nbytes"] / total)
-            entry.acquire()  # hold while handing out
-            for waiter in self.cache.inflight.pop(entry.key, []):
-                waiter(entry)
-            entry.release()
+            self.cache.resolve(entry.key, entry)
         self.rm.make_room(0, self._pinned(), self._spillable(), strict=False)
 
     def _task_failed(self, task, error: str, died: bool = False) -> None:
         st = task.run
+        step = st.p.by_name[task.name]  # a source's retries cover its decodes
         if task.op == Op.DECODE:
             task.attempts += 1
-            src = st.p.by_name[task.name]
-            if task.attempts <= src.retries:  # the source's retries cover its decodes
-                self._emit(Event.RETRY, st, task.name, error=error)
-                self.queue.append(task)
-                return
-            for col in task.columns:
-                for waiter in self.cache.inflight.pop(self.cache.key(task.read, col), []):
-                    waiter(None, error)
+            failures = task.attempts
+        elif st.status(task.name) != Status.RUNNING:
             return
-        if st.status(task.name) != Status.RUNNING:
-            return
-        step = st.p.by_name[task.name]
-        rec = st.rec[task.name]
-        if rec.attempts <= step.retries:
+        else:
+            failures = st.rec[task.name].attempts
+        if may_retry(failures, step.retries):
             self._emit(Event.RETRY, st, task.name, error=error)
-            self.queue.append(Task(st, task.name, task.op, estimate=task.estimate))
-            return
-        self._fail(st, task.name, error)
+            self.queue.append(task if task.op == Op.DECODE
+                              else Task(st, task.name, task.op, estimate=task.estimate))
+        elif task.op == Op.DECODE:
+            for col in task.columns:
+                self.cache.fail(self.cache.key(task.read, col), error)
+        else:
+            self._fail(st, task.name, error)
 
     # ------------------------------------------------------- state transitions
     def _complete(self, st, name, payload, timing, peak) -> None:
@@ -628,7 +625,7 @@ class Runtime:
             w.task = None
             self.pool.replace(w)
         if self.cache:
-            self.cache.inflight.clear()
+            self.cache.forget_waiters()
         for st in states:
             for name in list(st.payloads):
                 self._drop(st, name)

@@ -84,7 +84,7 @@ class DecodeCache:
                  max_bytes: int | None = None):
         self.entries: dict = {}
         self.max_bytes = max_bytes  # what idle entries may hold between runs (None: no bound)
-        self.inflight: dict = {}  # key -> list of callbacks(entry)
+        self._waiters: dict = {}  # key being decoded -> callbacks(entry, error)
         self._meta: dict = {}
         self._on_free = on_free
         self.max_entry_bytes = max_entry_bytes
@@ -148,6 +148,34 @@ class DecodeCache:
             e.cached = True
             self.entries[key] = e
         return e
+
+    # ---------------------------------------------------------- decodes in flight
+    def wait(self, key, waiter) -> bool:
+        """Call ``waiter(entry, error)`` once ``key`` is decoded (or failed);
+        True when the caller must start that decode (nobody was decoding it)."""
+        first = key not in self._waiters
+        self._waiters.setdefault(key, []).append(waiter)
+        return first
+
+    def awaited(self, key) -> bool:
+        """Does anyone still wait for ``key``?"""
+        return key in self._waiters
+
+    def resolve(self, key, entry: CacheEntry) -> None:
+        """``key`` is decoded: hand ``entry`` to everyone waiting for it."""
+        entry.acquire()  # held while handing out, so no waiter's release frees it
+        for waiter in self._waiters.pop(key, []):
+            waiter(entry)
+        entry.release()
+
+    def fail(self, key, error: str) -> None:
+        """``key`` could not be decoded: tell everyone waiting for it."""
+        for waiter in self._waiters.pop(key, []):
+            waiter(None, error)
+
+    def forget_waiters(self) -> None:
+        """Drop every waiter (the runs they belonged to were abandoned)."""
+        self._waiters.clear()
 
     # ---------------------------------------------------------------- eviction
     def eviction_order(self) -> list:
