@@ -238,11 +238,11 @@ class Pipeline:
 
     @property
     def code_identity(self) -> str:
-        """The pipeline's name and the functions it runs: its sandboxes run
-        nothing else (see zygote.py)."""
-        refs = sorted({(s.ref.module, s.ref.file or "", s.ref.qualname)
-                       for s in self.steps if isinstance(s, Node)})
-        return repr((self.name, refs))
+        """The functions the pipeline runs: its sandboxes run nothing else (see
+        zygote.py). Pipelines built from the same functions (one file run over
+        several inputs) are one program and share them."""
+        return repr(sorted({(s.ref.module, s.ref.file or "", s.ref.qualname)
+                            for s in self.steps if isinstance(s, Node)}))
 
     @property
     def sinks(self) -> list[str]:

@@ -15,9 +15,10 @@ to a *sandbox*, a process forked from it, which
 Which sandbox runs a task (the OpenLambda model: a warm instance per
 function, a fresh fork from the zygote for a function without one):
 
-- a node of pipeline P runs in this slot's sandbox for P, forked on P's
-  first task here and kept warm (its memory too) for P's later tasks and
-  runs; no other pipeline's code ever runs in it. At most
+- a node of pipeline P runs in this slot's sandbox for P's code (the set of
+  its node functions, ``Pipeline.code_identity``), forked on P's first task
+  here and kept warm (its memory too) for P's later tasks and runs; no other
+  pipeline's code ever runs in it. At most
   ``ZERROW_WARM_SANDBOXES`` (default 2) are kept per slot, least recently
   used first out;
 - decodes and reads run zerrow's code only, in one trusted sandbox per slot;
