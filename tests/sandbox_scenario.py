@@ -13,7 +13,6 @@ prints the JSON of ``run_scenario``.
 """
 import ctypes
 import json
-import mmap
 import os
 import re
 import secrets
@@ -65,16 +64,27 @@ def _search(data: bytes) -> bool:
 
 
 def _read_fd_path(path):
-    """The first bytes of a regular file (memfds included) by path; b"" for
-    pipes, sockets and devices, which could block."""
+    """The data of a regular file (memfds included) by path, up to READ_LIMIT;
+    b"" for pipes, sockets and devices, which could block. Reads only the
+    file's data extents, with pread: faulting holes of another process's
+    memfd in (as mmap would) would allocate its pages."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size <= 0:
+        if not stat.S_ISREG(st.st_mode):
             return b""
-        size = st.st_size
-        with mmap.mmap(fd, min(size, READ_LIMIT), prot=mmap.PROT_READ) as m:
-            return bytes(m)
+        out, pos = [], 0
+        budget = READ_LIMIT
+        while budget > 0 and pos < st.st_size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break  # no data past pos
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), start + budget)
+            out.append(os.pread(fd, end - start, start))
+            budget -= end - start
+            pos = end
+        return b"".join(out)
     finally:
         os.close(fd)
 
@@ -107,9 +117,11 @@ def _vm_read(pid, addr, n):
     return buf.raw[:got]
 
 
-def _doors(pid, found, denied, attach):
-    """Try every door into process ``pid``; note hits in ``found``. ``attach``:
-    also try ptrace (which stops a tracee: only the runtime's own processes)."""
+def _doors(pid, found, denied, ours):
+    """Try every door into process ``pid``; note hits in ``found``. ``ours``
+    (the runtime's own processes): also read their memory at length and try
+    ptrace; others' only get a knock on each door (reading memory faults it
+    in, and ptrace stops the tracee)."""
     try:
         names = os.listdir(f"/proc/{pid}/fd")
     except OSError:
@@ -128,7 +140,7 @@ def _doors(pid, found, denied, attach):
         regions = [(0x400000, 0x401000)]  # still knock on the door
     try:
         with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
-            budget = MEM_READ_LIMIT
+            budget = MEM_READ_LIMIT if ours else 4096
             for lo, hi in regions:
                 if budget <= 0:
                     break
@@ -145,14 +157,14 @@ def _doors(pid, found, denied, attach):
         denied["mem"] += 1
     for lo, hi in regions:
         try:
-            if _search(_vm_read(pid, lo, min(hi - lo, 1 << 20))):
+            if _search(_vm_read(pid, lo, min(hi - lo, (1 << 20) if ours else 4096))):
                 found.append(f"process_vm_readv({pid})")
                 break
         except OSError as e:
             if e.errno == 1:  # EPERM: the door is shut
                 denied["vm_readv"] += 1
                 break
-    if not attach:
+    if not ours:
         return
     if _libc.ptrace(16, pid, None, None) == 0:  # PTRACE_ATTACH
         found.append(f"ptrace attach to {pid}")
@@ -206,7 +218,7 @@ def nosy():
     runtime = _descendants(int(os.environ[COORDINATOR_ENV]))
     for pid in others:
         try:
-            _doors(pid, found, denied, attach=pid in runtime)
+            _doors(pid, found, denied, ours=pid in runtime)
         except OSError:
             pass  # the process went away
     roots = {"/dev/shm", tempfile.gettempdir()}
