@@ -1,0 +1,307 @@
+"""zerrow on a Ray cluster: a 3-node ``ray.cluster_utils.Cluster`` on this machine, custom
+resources pinning steps so that cross-machine edges really happen.
+
+Results equal the local runtime's; edges inside a machine copy nothing; the bytes moved
+between machines are exactly those of the edges that cross machines; a node raising fails
+the run as it does locally; a Ray node killed mid-run has its steps re-run elsewhere, or
+fails the run naming it when it held data still needed; survivors hold nothing after.
+"""
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from zerrow_pool import demo_data
+from zerrow_pool import pipeline as zp
+from zerrow_pool.pipeline.demos import taxi_movement, taxi_zones
+from zerrow_pool.pipeline.testing import make_parquet, require_zerrow
+
+try:
+    import ray
+    from ray.cluster_utils import Cluster
+except ImportError:
+    ray = None
+
+needs_ray = pytest.mark.skipif(ray is None, reason="ray is not installed (pip install '.[ray]')")
+pytestmark = pytest.mark.slow
+
+STORE = 200 * 2**20  # object store per Ray node
+FLAG_DIR = "ZERROW_RAY_TEST_DIR"  # where mid-run nodes signal and wait (workers inherit it)
+
+
+# ------------------------------------------------------------ test pipelines' nodes
+@zp.node
+def doubled(facts):
+    return facts.append_column("twice", pc.multiply(facts["amount"], 2))
+
+
+@zp.node
+def boom(doubled):
+    raise ValueError("boom from a node")
+
+
+@zp.node
+def held_up(doubled):
+    """Signals that it started, then waits for the test to let it go."""
+    flags = os.environ[FLAG_DIR]
+    with open(os.path.join(flags, f"started-{os.getpid()}"), "w"):
+        pass
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(flags, "go")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return doubled.filter(pc.field("grp") < 8)
+
+
+@zp.node
+def summary(held_up):
+    return held_up.group_by("grp").aggregate([("twice", "sum")]).sort_by("grp")
+
+
+@zp.node
+def joined(doubled, held_up):
+    return pa.table({"rows": [doubled.num_rows + held_up.num_rows]})
+
+
+# --------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    require_zerrow()
+    flags = tmp_path_factory.mktemp("flags")
+    os.environ[FLAG_DIR] = str(flags)  # before the raylets start: their workers inherit it
+    c = Cluster(initialize_head=True, head_node_args=dict(
+        num_cpus=1, resources={"m_a": 1}, object_store_memory=STORE, include_dashboard=False,
+        # notice a killed node within about a second
+        _system_config={"health_check_initial_delay_ms": 0, "health_check_period_ms": 300,
+                        "health_check_failure_threshold": 3}))
+    c.add_node(num_cpus=1, resources={"m_b": 1}, object_store_memory=STORE)
+    c.wait_for_nodes()
+    ray.init(address=c.address, log_to_driver=False)
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("demo")
+    return demo_data.generate(60_000, str(d), rows_per_file=20_000, row_group_rows=10_000)
+
+
+@pytest.fixture
+def facts(tmp_path):
+    return make_parquet(tmp_path / "facts.parquet", rows=20_000, row_group_size=5_000)
+
+
+@pytest.fixture
+def flags(cluster):
+    d = os.environ[FLAG_DIR]
+    for name in os.listdir(d):
+        os.unlink(os.path.join(d, name))
+    return d
+
+
+def local_run(pipeline, outputs=None):
+    with zp.Runtime(workers=1) as rt:
+        return rt.run(pipeline, outputs=outputs)
+
+
+def assert_same_tables(got, want):
+    """Equal schemas and values; floats to 1e-9 relative (Arrow's multi-threaded
+    aggregates differ in the last bits from run to run, locally too)."""
+    assert got.schema == want.schema
+    for name in want.column_names:
+        a, b = got[name].to_pylist(), want[name].to_pylist()
+        if pa.types.is_floating(want.schema.field(name).type):
+            assert all(math.isclose(x, y, rel_tol=1e-9) for x, y in zip(a, b)), name
+            assert len(a) == len(b)
+        else:
+            assert a == b, name
+
+
+def machines_of(report):
+    return {n.name: n.machine for n in report.nodes}
+
+
+def check_edges(report):
+    """Edges whose ends ran on one machine copied nothing; the others moved exactly
+    their bytes, and the run's transferred total is theirs."""
+    where = machines_of(report)
+    crossing = 0
+    for e in report.edges:
+        if where[e.src] == where[e.dst]:
+            assert e.route == "share" and e.transferred == 0, e
+            assert e.copied == 0 and e.zero_copy == e.bytes, e
+        else:
+            assert e.route == "transfer" and e.bytes > 0, e
+            assert e.transferred == e.bytes, e
+            crossing += e.bytes
+    assert report.transferred_bytes == crossing
+    return crossing
+
+
+def assert_nothing_held(rt):
+    for machine, held in rt.holdings().items():
+        assert held == {"held": 0, "sent": 0, "runs": 0, "payloads": 0}, machine
+
+
+# ------------------------------------------------------------------------ tests
+def test_without_ray_runtime_and_cli_say_how_to_install(tmp_path):
+    """Ray hidden from the interpreter: Runtime(ray=...) and --ray fail in one line."""
+    script = tmp_path / "p.py"
+    script.write_text("from zerrow_pool import pipeline as zp\n"
+                      "@zp.node\ndef one():\n    import pyarrow as pa\n"
+                      "    return pa.table({'x': [1]})\n")
+    hide = "import sys; sys.modules['ray'] = None\n"
+    code = hide + ("from zerrow_pool import pipeline as zp\n"
+                   "from zerrow_pool.ray import RayUnavailable\n"
+                   "try:\n    zp.Runtime(ray='auto')\n"
+                   "except RayUnavailable as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("pip install 'zerrow-pool[ray]'")
+    assert len(out.stdout.strip().splitlines()) == 1
+    cli = hide + "from zerrow_pool.cli import main; raise SystemExit(main())"
+    out = subprocess.run([sys.executable, "-c", cli, "run", str(script), "--ray", "auto"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("zerrow run: running on Ray needs the ray package")
+    assert "pip install 'zerrow-pool[ray]'" in out.stderr
+    assert "Traceback" not in out.stderr
+    # without --ray, the same interpreter runs the pipeline as before
+    out = subprocess.run([sys.executable, "-c", cli, "run", str(script), "--no-service", "-q"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+@needs_ray
+@pytest.mark.parametrize("module, pins", [
+    (taxi_zones, {"trips": "m_a", "zones": "m_b", "hourly": "m_b"}),
+    (taxi_movement, {"trips": "m_a", "with_speed": "m_b", "ordered": "m_a"}),
+], ids=["mixed", "movement"])
+def test_example_pipelines_equal_local_and_move_only_cross_edges(cluster, data, module, pins):
+    pipeline = module.build(data_dir=data)
+    want = local_run(pipeline)
+    with zp.Runtime(ray=cluster.address, pins=pins) as rt:
+        got = rt.run(pipeline)
+        assert set(got.outputs) == set(want.outputs)
+        for name in want.outputs:
+            assert_same_tables(got[name], want[name])
+        where = machines_of(got.report)
+        assert len(set(where.values())) == 2, where
+        assert check_edges(got.report) > 0
+        assert any(e.route == "share" for e in got.report.edges)
+        assert_nothing_held(rt)
+
+
+@needs_ray
+def test_a_dag_stays_on_one_machine_and_independent_dags_spread(cluster, facts):
+    src = zp.parquet("facts", facts)
+    one = zp.Pipeline("one", [src, doubled])
+    two = zp.Pipeline("two", [zp.parquet("facts", facts), doubled])
+    with zp.Runtime(ray=cluster.address) as rt:
+        a, b = rt.run_many([one, two])
+        for r in (a, b):
+            assert len(set(machines_of(r.report).values())) == 1
+            assert r.report.transferred_bytes == 0
+            check_edges(r.report)
+            assert_same_tables(r["doubled"], local_run(one)["doubled"])
+        assert machines_of(a.report)["doubled"] != machines_of(b.report)["doubled"]
+        # a later run over the same source goes where its decode cache already is
+        again = rt.run(zp.Pipeline("again", [zp.parquet("facts", facts), doubled]))
+        assert set(machines_of(again.report).values()) == {machines_of(a.report)["facts"]}
+        assert again.report.cache_hits > 0 and again.report.cache_misses == 0
+
+
+@needs_ray
+def test_a_node_raising_fails_the_run_as_locally(cluster, facts):
+    pipeline = zp.Pipeline("fails", [zp.parquet("facts", facts), doubled, boom])
+    with pytest.raises(zp.NodeFailed) as local:
+        local_run(pipeline)
+    with zp.Runtime(ray=cluster.address, pins={"facts": "m_a", "boom": "m_b"}) as rt:
+        with pytest.raises(zp.NodeFailed) as remote:
+            rt.run(pipeline)
+        assert str(remote.value) == str(local.value)
+        rec = remote.value.report.node("boom")
+        assert rec.status == "failed" and "ValueError: boom from a node" in rec.error
+        assert remote.value.report.node("doubled").status == "done"
+        assert_nothing_held(rt)
+        # the agents stay usable
+        ok = rt.run(zp.Pipeline("ok", [zp.parquet("facts", facts), doubled]))
+        assert ok.ok
+
+
+def _kill_when_started(cluster, node, flags, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not any(n.startswith("started-") for n in os.listdir(flags)):
+        assert time.monotonic() < deadline, "the held-up node never started"
+        time.sleep(0.05)
+    cluster.remove_node(node, allow_graceful=False)
+    open(os.path.join(flags, "go"), "w").close()
+
+
+def _run_in_thread(rt, pipeline):
+    box = {}
+
+    def go():
+        try:
+            box["result"] = rt.run(pipeline, raise_on_error=False)
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            box["error"] = e
+
+    t = threading.Thread(target=go)
+    t.start()
+    return t, box
+
+
+@needs_ray
+def test_a_killed_node_reruns_elsewhere_when_its_inputs_survive(cluster, facts, flags):
+    pipeline = zp.Pipeline("rerun", [zp.parquet("facts", facts), doubled, held_up, summary])
+    want = local_run(zp.Pipeline("rerun", [zp.parquet("facts", facts), doubled, held_up, summary]))
+    victim = cluster.add_node(num_cpus=1, resources={"m_c": 1}, object_store_memory=STORE)
+    cluster.wait_for_nodes()
+    for name in os.listdir(flags):
+        os.unlink(os.path.join(flags, name))
+    with zp.Runtime(ray=cluster.address, pins={"facts": "m_a", "held_up": "m_c"}) as rt:
+        victim_label = next(m.label for m in rt.machines.values() if "m_c" in m.resources)
+        t, box = _run_in_thread(rt, pipeline)
+        _kill_when_started(cluster, victim, flags)
+        t.join(120)
+        assert "error" not in box, box.get("error")
+        r = box["result"]
+        assert r.ok, r.report.error
+        assert_same_tables(r["summary"], want["summary"])
+        ran = machines_of(r.report)
+        assert victim_label not in ran.values()
+        check_edges(r.report)
+        assert_nothing_held(rt)
+
+
+@needs_ray
+def test_a_killed_node_holding_needed_data_fails_the_run_naming_it(cluster, facts, flags):
+    pipeline = zp.Pipeline("lost", [zp.parquet("facts", facts), doubled, held_up, joined])
+    # doubled is held on m_c, and read there by joined after held_up (on m_a) finishes,
+    # when m_c is gone: joined cannot move, since the only copy of its input went with m_c.
+    victim = cluster.add_node(num_cpus=1, resources={"m_c": 1}, object_store_memory=STORE)
+    cluster.wait_for_nodes()
+    for name in os.listdir(flags):
+        os.unlink(os.path.join(flags, name))
+    pins = {"facts": "m_c", "held_up": "m_a", "joined": "m_c"}
+    with zp.Runtime(ray=cluster.address, pins=pins) as rt:
+        victim_label = next(m.label for m in rt.machines.values() if "m_c" in m.resources)
+        t, box = _run_in_thread(rt, pipeline)
+        _kill_when_started(cluster, victim, flags)
+        t.join(120)
+        assert "error" not in box, box.get("error")
+        r = box["result"]
+        assert not r.ok
+        assert f"machine {victim_label} was lost" in r.report.error
+        assert "'doubled'" in r.report.error
+        assert_nothing_held(rt)
