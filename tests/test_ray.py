@@ -102,6 +102,7 @@ def facts(tmp_path):
 
 @pytest.fixture
 def flags(cluster):
+    """The flag directory, emptied."""
     d = os.environ[FLAG_DIR]
     for name in os.listdir(d):
         os.unlink(os.path.join(d, name))
@@ -238,70 +239,55 @@ def test_a_node_raising_fails_the_run_as_locally(cluster, facts):
         assert ok.ok
 
 
-def _kill_when_started(cluster, node, flags, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not any(n.startswith("started-") for n in os.listdir(flags)):
-        assert time.monotonic() < deadline, "the held-up node never started"
-        time.sleep(0.05)
-    cluster.remove_node(node, allow_graceful=False)
-    open(os.path.join(flags, "go"), "w").close()
-
-
-def _run_in_thread(rt, pipeline):
-    box = {}
-
-    def go():
-        try:
-            box["result"] = rt.run(pipeline, raise_on_error=False)
-        except BaseException as e:  # noqa: BLE001 - reported by the test
-            box["error"] = e
-
-    t = threading.Thread(target=go)
-    t.start()
-    return t, box
+def _run_and_kill(cluster, flags, pipeline, pins):
+    """Runs ``pipeline`` on the cluster plus a third node (resource m_c), kills that node
+    once ``held_up`` has started, then lets ``held_up`` go. Returns the result, the
+    killed machine's label and what the surviving agents still hold."""
+    victim = cluster.add_node(num_cpus=1, resources={"m_c": 1}, object_store_memory=STORE)
+    cluster.wait_for_nodes()
+    with zp.Runtime(ray=cluster.address, pins=pins) as rt:
+        label = next(m.label for m in rt.machines.values() if "m_c" in m.resources)
+        box = {}
+        t = threading.Thread(target=lambda: box.update(result=rt.run(pipeline, raise_on_error=False)))
+        t.start()
+        deadline = time.monotonic() + 60
+        while not any(n.startswith("started-") for n in os.listdir(flags)):
+            assert time.monotonic() < deadline and t.is_alive(), "held_up never started"
+            time.sleep(0.05)
+        cluster.remove_node(victim, allow_graceful=False)
+        open(os.path.join(flags, "go"), "w").close()
+        t.join(120)
+        assert "result" in box, "the run raised or hung"
+        assert_nothing_held(rt)
+        return box["result"], label
 
 
 @needs_ray
 def test_a_killed_node_reruns_elsewhere_when_its_inputs_survive(cluster, facts, flags):
-    pipeline = zp.Pipeline("rerun", [zp.parquet("facts", facts), doubled, held_up, summary])
-    want = local_run(zp.Pipeline("rerun", [zp.parquet("facts", facts), doubled, held_up, summary]))
-    victim = cluster.add_node(num_cpus=1, resources={"m_c": 1}, object_store_memory=STORE)
-    cluster.wait_for_nodes()
+    def pipeline():
+        return zp.Pipeline("rerun", [zp.parquet("facts", facts), doubled, held_up, summary])
+
+    open(os.path.join(flags, "go"), "w").close()  # the local run goes straight through
+    want = local_run(pipeline())
     for name in os.listdir(flags):
         os.unlink(os.path.join(flags, name))
-    with zp.Runtime(ray=cluster.address, pins={"facts": "m_a", "held_up": "m_c"}) as rt:
-        victim_label = next(m.label for m in rt.machines.values() if "m_c" in m.resources)
-        t, box = _run_in_thread(rt, pipeline)
-        _kill_when_started(cluster, victim, flags)
-        t.join(120)
-        assert "error" not in box, box.get("error")
-        r = box["result"]
-        assert r.ok, r.report.error
-        assert_same_tables(r["summary"], want["summary"])
-        ran = machines_of(r.report)
-        assert victim_label not in ran.values()
-        check_edges(r.report)
-        assert_nothing_held(rt)
+    r, victim = _run_and_kill(cluster, flags, pipeline(), {"facts": "m_a", "held_up": "m_c"})
+    assert r.ok, r.report.error
+    assert_same_tables(r["summary"], want["summary"])
+    assert victim not in machines_of(r.report).values()
+    assert len([n for n in os.listdir(flags) if n.startswith("started-")]) == 2  # ran twice
+    check_edges(r.report)
 
 
 @needs_ray
 def test_a_killed_node_holding_needed_data_fails_the_run_naming_it(cluster, facts, flags):
-    pipeline = zp.Pipeline("lost", [zp.parquet("facts", facts), doubled, held_up, joined])
     # doubled is held on m_c, and read there by joined after held_up (on m_a) finishes,
     # when m_c is gone: joined cannot move, since the only copy of its input went with m_c.
-    victim = cluster.add_node(num_cpus=1, resources={"m_c": 1}, object_store_memory=STORE)
-    cluster.wait_for_nodes()
-    for name in os.listdir(flags):
-        os.unlink(os.path.join(flags, name))
-    pins = {"facts": "m_c", "held_up": "m_a", "joined": "m_c"}
-    with zp.Runtime(ray=cluster.address, pins=pins) as rt:
-        victim_label = next(m.label for m in rt.machines.values() if "m_c" in m.resources)
-        t, box = _run_in_thread(rt, pipeline)
-        _kill_when_started(cluster, victim, flags)
-        t.join(120)
-        assert "error" not in box, box.get("error")
-        r = box["result"]
-        assert not r.ok
-        assert f"machine {victim_label} was lost" in r.report.error
-        assert "'doubled'" in r.report.error
-        assert_nothing_held(rt)
+    pipeline = zp.Pipeline("lost", [zp.parquet("facts", facts), doubled, held_up, joined])
+    r, victim = _run_and_kill(cluster, flags, pipeline,
+                              {"facts": "m_c", "held_up": "m_a", "joined": "m_c"})
+    assert not r.ok
+    assert f"machine {victim} was lost" in r.report.error
+    assert "'doubled'" in r.report.error
+    assert r.report.node("held_up").status == "done"
+    assert r.report.node("joined").status == "skipped"
