@@ -10,6 +10,7 @@ fails naming the lost machine.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 
@@ -68,8 +69,11 @@ class RayRuntime:
                 continue
             cpus = int(node["Resources"].get("CPU", 1)) or 1
             opts = dict(self.options, workers=self.options["workers"] or cpus)
+            # One agent per node and configuration (like the local service's runtimes):
+            # a runtime asking for other workers, budget or cache gets its own agent.
+            config = hashlib.sha1(repr(sorted(opts.items())).encode()).hexdigest()[:8]
             self.agents[nid] = actor.options(
-                name=f"zerrow-agent-{nid}", namespace=NAMESPACE, get_if_exists=True,
+                name=f"zerrow-agent-{nid}-{config}", namespace=NAMESPACE, get_if_exists=True,
                 lifetime=None if self.owns_ray else "detached", num_cpus=0, max_restarts=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False),
                 # Arrow sizes its thread pool from OMP_NUM_THREADS, which Ray sets to 1.
