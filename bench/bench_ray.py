@@ -4,7 +4,8 @@
 
 Over the demo dataset (``zerrow demo`` makes it; ``--rows`` picks its size), on the
 mixed (taxi_zones) and data-movement (taxi_movement) pipelines, warm runtimes, the
-time of ``--rounds`` runs after one warm-up run, per mode:
+median time of ``--rounds`` runs after one warm-up run, the modes taken in turn
+round by round, per mode:
 
 - ``local``: zerrow's local runtime (``Runtime(workers=N)``);
 - ``zerrow-ray``: ``Runtime(ray=...)`` on a one-node Ray instance started here: one
@@ -31,6 +32,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import time
 
 os.environ.setdefault("RAY_worker_niceness", "0")
@@ -72,14 +74,17 @@ def ray_tasks_run(pipeline, threads: int) -> dict:
 
 
 # ---------------------------------------------------------------------- modes
-def timed(run, rounds: int):
-    first = run()  # warm-up: imports, page cache, the decode cache where there is one
-    secs = []
+def interleaved(modes: dict, rounds: int):
+    """Per mode: seconds of ``rounds`` timed runs, taken round-robin over the modes
+    (so that a busy moment of the machine hits them alike), and the last outputs."""
+    secs = {m: [] for m in modes}
+    outs = {m: run() for m, run in modes.items()}  # warm-up: imports, page cache, decode cache
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        out = run()
-        secs.append(time.perf_counter() - t0)
-    return secs, out, first
+        for m, run in modes.items():
+            t0 = time.perf_counter()
+            outs[m] = run()
+            secs[m].append(time.perf_counter() - t0)
+    return secs, outs
 
 
 def same(a: dict, b: dict) -> bool:
@@ -112,24 +117,23 @@ def single_node(data: str, workers: int, rounds: int) -> dict:
             out["agent_nice"] = nice_of(agent_pid)
             for name, mod in PIPELINES.items():
                 p = mod.build(data_dir=data)
-                res = {}
                 modes = {
-                    "local": lambda: {k: v for k, v in local.run(p).outputs.items()},
+                    "local": lambda: local.run(p).outputs,
                     "zerrow-ray": lambda: on_ray.run(p).outputs,
                     "zerrow-ray-nocache": lambda: on_ray_nocache.run(p).outputs,
                     "ray-tasks": lambda: ray_tasks_run(p, workers),
                 }
-                ref = None
-                for mode, run in modes.items():
-                    secs, got, _ = timed(run, rounds)
-                    ref = ref or got
-                    res[mode] = {"seconds": secs, "mean_s": sum(secs) / len(secs),
-                                 "equal": same(got, ref)}
-                    print(f"{name:9} {mode:19} mean {res[mode]['mean_s']:.2f}s  {secs}", flush=True)
-                for mode in ("local", "zerrow-ray-nocache"):
-                    res[f"ray-tasks/{mode}"] = res["ray-tasks"]["mean_s"] / res[mode]["mean_s"]
-                res["ray-tasks/zerrow-ray"] = res["ray-tasks"]["mean_s"] / res["zerrow-ray"]["mean_s"]
-                res["zerrow-ray/local"] = res["zerrow-ray"]["mean_s"] / res["local"]["mean_s"]
+                secs, outs = interleaved(modes, rounds)
+                res = {}
+                for mode in modes:
+                    res[mode] = {"seconds": secs[mode], "median_s": statistics.median(secs[mode]),
+                                 "equal": same(outs[mode], outs["local"])}
+                    print(f"{name:9} {mode:19} median {res[mode]['median_s']:.2f}s  "
+                          f"{[round(x, 2) for x in secs[mode]]}", flush=True)
+                med = {m: res[m]["median_s"] for m in modes}
+                for mode in ("local", "zerrow-ray", "zerrow-ray-nocache"):
+                    res[f"ray-tasks/{mode}"] = med["ray-tasks"] / med[mode]
+                res["zerrow-ray/local"] = med["zerrow-ray"] / med["local"]
                 out[name] = res
     finally:
         ray.shutdown()
@@ -170,7 +174,7 @@ def two_nodes(data: str) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=8_000_000)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--out", default=os.path.join(".benchmarks", "ray_results.json"))
     args = ap.parse_args()

@@ -291,3 +291,37 @@ def test_a_killed_node_holding_needed_data_fails_the_run_naming_it(cluster, fact
     assert "'doubled'" in r.report.error
     assert r.report.node("held_up").status == "done"
     assert r.report.node("joined").status == "skipped"
+
+
+@zp.node
+def left(facts):
+    return facts
+
+
+@zp.node
+def right(left):
+    return left
+
+
+@zp.node
+def both(left, right):
+    return left
+
+
+def test_fragments_never_depend_on_each_other_in_a_cycle(tmp_path):
+    """left and both on one machine, right between them on another: merging left and
+    both would make that fragment wait for itself, so they stay apart (no Ray needed)."""
+    from zerrow_pool.ray.placement import Machine, fragments, place
+
+    p = zp.Pipeline("diamond", [zp.parquet("facts", tmp_path / "x.parquet"), left, right, both])
+    machines = [Machine("n1", "one", {"m_a": 1}), Machine("n2", "two", {"m_b": 1})]
+    where = place([p], machines, {"facts": "m_a", "right": "m_b", "both": "m_a"})
+    assert [where[("diamond", s)] for s in ("facts", "left", "right", "both")] == ["n1", "n1", "n2", "n1"]
+    frags = fragments(p, where)
+    assert [(f.machine, f.steps) for f in frags] == [
+        ("n1", ["facts", "left"]), ("n2", ["right"]), ("n1", ["both"])]
+    assert [sorted(f.deps) for f in frags] == [[], [0], [0, 1]]
+    # without the detour through another machine, the whole DAG is one fragment
+    where = place([p], machines, {"facts": "m_a"})
+    assert [(f.machine, f.steps) for f in fragments(p, where)] == [
+        ("n1", ["facts", "left", "right", "both"])]

@@ -18,7 +18,7 @@ from ..pipeline.report import EdgeRecord, NodeFailed, NodeRecord, RunReport, Run
 from ..pipeline.states import Status
 from . import require_ray
 from .agent import HOLD, SEND, Agent
-from .placement import Machine, PlacementError, fragments, place
+from .placement import Machine, PlacementError, fragments, place, source_identity
 from .steps import describe
 
 NAMESPACE = "zerrow"
@@ -63,6 +63,7 @@ class RayRuntime:
 
         actor = _agent_class(self.ray)
         alive = [n for n in self.ray.nodes() if n["Alive"]]
+        new = []
         for node in alive:
             nid = node["NodeID"]
             if nid in self.agents:
@@ -82,13 +83,16 @@ class RayRuntime:
             res = {k: v for k, v in node["Resources"].items()
                    if k not in _RESOURCE_SKIP and not k.startswith("node:")}
             self.machines[nid] = Machine(nid, f"{node['NodeManagerAddress']}/{nid[:8]}", res)
+            new.append(nid)
         live_ids = {n["NodeID"] for n in alive}
         for nid in [n for n in self.agents if n not in live_ids]:
             self._forget(nid)
-        infos = self._ask({nid: a.describe.remote() for nid, a in self.agents.items()})
+        # An agent found warm tells what its decode cache holds; later, the runs say.
+        infos = self._ask({nid: self.agents[nid].describe.remote() for nid in new})
         for nid, info in infos.items():
-            self.machines[nid].sources_seen = info["sources_seen"]
-        self.n_workers = sum(i["workers"] for i in infos.values())
+            self.machines[nid].sources_seen = set(info["sources_seen"])
+            self.machines[nid].workers = info["workers"]
+        self.n_workers = sum(self.machines[nid].workers for nid in self.agents)
 
     def _ask(self, calls: dict) -> dict:
         """Results of per-agent calls; agents that died are forgotten."""
@@ -124,8 +128,9 @@ class RayRuntime:
         run = _Run(self, pipelines, frags, outputs)
         try:
             results = run.execute()
-        finally:
-            self._ask({nid: a.release.remote(run.id) for nid, a in self.agents.items()})
+        finally:  # an agent runs calls from here in order: no need to wait for this one
+            for a in self.agents.values():
+                a.release.remote(run.id)
         if raise_on_error:
             for r in results:
                 if not r.ok:
@@ -266,6 +271,8 @@ class _Run:
             self._fail(p, rep.error or "a fragment failed")
             return
         self.status[f.key] = Status.DONE
+        self.rt.machines[nid].sources_seen |= {
+            source_identity(p.by_name[s]) for s in f.steps if p.by_name[s].kind == "source"}
         for step, hows in self.exports[f.key].items():
             if HOLD in hows:
                 self.held_on[(p.name, step)] = nid

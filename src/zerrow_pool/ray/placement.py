@@ -30,7 +30,8 @@ class Machine:
     node_id: str
     label: str
     resources: dict = field(default_factory=dict)
-    sources_seen: frozenset = frozenset()  # source identities its decode cache holds
+    sources_seen: set = field(default_factory=set)  # sources its agent decoded (cache)
+    workers: int = 0
 
 
 @dataclass
