@@ -203,6 +203,26 @@ def test_example_pipelines_equal_local_and_move_only_cross_edges(cluster, data, 
 
 
 @needs_ray
+def test_zerrow_run_with_ray_runs_the_file_unchanged(cluster, facts, tmp_path):
+    script = tmp_path / "pipe.py"
+    script.write_text("import pyarrow.compute as pc\n"
+                      "from zerrow_pool import pipeline as zp\n"
+                      f"facts = zp.parquet('facts', {str(facts)!r})\n"
+                      "@zp.node\ndef big(facts):\n    return facts.filter(pc.field('amount') > 500)\n")
+    out_file = tmp_path / "big.parquet"
+    cli = "from zerrow_pool.cli import main; raise SystemExit(main())"
+    out = subprocess.run([sys.executable, "-c", cli, "run", str(script), "--ray", cluster.address,
+                          "-q", "--output", f"big={out_file}"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "pipeline pipe: done" in out.stdout
+    assert " on " in out.stdout.split("big ")[1].splitlines()[0]  # the machine that ran it
+    import pyarrow.parquet as pq
+    want = local_run(zp.load_pipeline_file(str(script)))["big"]
+    assert pq.read_table(out_file).equals(want)
+
+
+@needs_ray
 def test_a_dag_stays_on_one_machine_and_independent_dags_spread(cluster, facts):
     src = zp.parquet("facts", facts)
     one = zp.Pipeline("one", [src, doubled])
