@@ -45,7 +45,13 @@ class RayRuntime:
                 ray.init(include_dashboard=False, log_to_driver=False, namespace=NAMESPACE)
                 self.owns_ray = True
             else:
-                ray.init(address=address, log_to_driver=False, namespace=NAMESPACE)
+                try:
+                    ray.init(address=address, log_to_driver=False, namespace=NAMESPACE)
+                except ConnectionError as e:
+                    raise ConnectionError(
+                        f"no Ray cluster to connect to at {address!r} ({str(e).splitlines()[0]}); "
+                        "start one with `ray start --head`, or use --ray local / "
+                        "Runtime(ray='local') to start one for this run") from None
         self.options = dict(workers=workers, transport=transport, memory_budget=memory_budget,
                             cache=cache, strict_budget=strict_budget, cache_bytes=cache_bytes,
                             spill_dir=spill_dir, preload=preload, tolerance=tolerance)
