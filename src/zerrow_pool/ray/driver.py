@@ -37,7 +37,8 @@ class RayRuntime:
 
     def __init__(self, address, workers=None, transport="zerrow", *, memory_budget=None,
                  cache=True, strict_budget=False, cache_bytes=None, spill_dir=None, preload=True,
-                 on_event=None, tolerance=0.10, pins=None):
+                 on_event=None, tolerance=0.10, isolation="process", node_memory_limit=None,
+                 pins=None):
         ray = self.ray = require_ray()
         self.owns_ray = False
         if not ray.is_initialized():
@@ -54,7 +55,8 @@ class RayRuntime:
                         "Runtime(ray='local') to start one for this run") from None
         self.options = dict(workers=workers, transport=transport, memory_budget=memory_budget,
                             cache=cache, strict_budget=strict_budget, cache_bytes=cache_bytes,
-                            spill_dir=spill_dir, preload=preload, tolerance=tolerance)
+                            spill_dir=spill_dir, preload=preload, tolerance=tolerance,
+                            isolation=isolation, node_memory_limit=node_memory_limit)
         self.pins = dict(pins or {})
         self.n_workers = 0
         self.agents: dict = {}  # node id -> actor handle

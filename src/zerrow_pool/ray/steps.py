@@ -11,13 +11,13 @@ from ..pipeline.dag import FunctionRef, Node, Pipeline, Source
 
 
 class RemoteNode(Node):
-    """A node rebuilt from its description: workers import its function by ref."""
+    """A node rebuilt from its attributes, less its function: workers import that by ref."""
 
-    def __init__(self, name, ref, params, inputs, inputs_as, retries, kind="node"):
+    memory_limit = None
+
+    def __init__(self, attrs: dict):
+        self.__dict__.update(attrs)
         self.fn = None
-        self.name, self.ref, self.params = name, ref, tuple(params)
-        self.inputs, self.inputs_as = tuple(inputs), tuple(inputs_as)
-        self.retries, self.kind = retries, kind
 
 
 GIVEN_REF = FunctionRef(__name__, None, "given")  # runs nothing; one constant for sandboxes
@@ -25,21 +25,19 @@ GIVEN_REF = FunctionRef(__name__, None, "given")  # runs nothing; one constant f
 
 def given(name: str) -> RemoteNode:
     """A step whose output another machine produced: the agent hands its table in."""
-    return RemoteNode(name, GIVEN_REF, (), (), (), 0, kind="given")
+    return RemoteNode(dict(name=name, kind="given", ref=GIVEN_REF, params=(), inputs=(),
+                           inputs_as=(), retries=0))
 
 
 def describe(step):
     """A picklable description of a pipeline step."""
     if isinstance(step, Source):
         return step
-    return ("node", step.name, step.ref, step.params, step.inputs, step.inputs_as, step.retries)
+    return {k: v for k, v in vars(step).items() if k != "fn"}
 
 
 def rebuild(desc):
-    if isinstance(desc, Source):
-        return desc
-    _, *fields = desc
-    return RemoteNode(*fields)
+    return desc if isinstance(desc, Source) else RemoteNode(desc)
 
 
 def fragment_pipeline(name: str, steps: list, given_names: list) -> Pipeline:
