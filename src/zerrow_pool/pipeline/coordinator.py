@@ -96,6 +96,9 @@ class Runtime:
         with Runtime(workers=2, transport="zerrow", memory_budget="4G") as rt:
             result = rt.run(pipeline)
             print(result.report.format())
+
+    ``Runtime(ray="auto" | "local" | ADDRESS, ...)`` runs the same pipelines on a
+    Ray cluster instead (zerrow_pool.ray; docs/DISTRIBUTED.md).
     """
 
     def __init__(self, workers: int | None = None, transport: str = "zerrow", *,

@@ -17,6 +17,7 @@ import os
 import socket
 
 from ..pipeline.coordinator import Runtime
+from ..pipeline.dag import Source
 from ..pipeline.payloads import SharePayload
 from ..pipeline.zerrow_api import require
 from .placement import source_identity
@@ -67,9 +68,7 @@ class Agent:
         for (job, entry), res in zip(live, results):
             entry["report"] = res.report
             entry["sent"], entry["sent_bytes"] = {}, {}
-            for step in job["steps"]:
-                if hasattr(step, "path"):
-                    self.sources_seen.add(source_identity(step))
+            self.sources_seen |= {source_identity(s) for s in job["steps"] if isinstance(s, Source)}
             if not res.ok:
                 continue
             for step, hows in job["exports"].items():
@@ -98,7 +97,7 @@ class Agent:
     def send_held(self, run_id: str, pipeline: str, step: str) -> list:
         """Put a held output into the object store (its consumer moved machines)."""
         key = (run_id, pipeline, step)
-        return self.sent.get(key) and [self.sent[key]] or self._send(key, self.held[key])
+        return [self.sent[key]] if key in self.sent else self._send(key, self.held[key])
 
     def release(self, run_id: str, pipeline: str | None = None, step: str | None = None) -> None:
         """Drop what run ``run_id`` holds here: one step's output, or everything."""
