@@ -127,6 +127,9 @@ class RayRuntime:
     def run_many(self, pipelines, *, outputs=None, raise_on_error: bool = True) -> list:
         if self.closed:
             raise RuntimeError("runtime is closed")
+        names = [p.name for p in pipelines]
+        if len(set(names)) < len(names):  # a run's data is keyed by pipeline and step name
+            raise ValueError(f"run_many on Ray needs distinct pipeline names, got {names}")
         self._refresh()
         machines = [self.machines[n] for n in self.agents]
         where = place(pipelines, machines, self.pins)
