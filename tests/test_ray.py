@@ -254,9 +254,29 @@ def test_a_node_raising_fails_the_run_as_locally(cluster, facts):
         assert rec.status == "failed" and "ValueError: boom from a node" in rec.error
         assert remote.value.report.node("doubled").status == "done"
         assert_nothing_held(rt)
-        # the agents stay usable
-        ok = rt.run(zp.Pipeline("ok", [zp.parquet("facts", facts), doubled]))
-        assert ok.ok
+        # the agents stay usable; an intermediate asked for comes back too
+        ok = rt.run(zp.Pipeline("ok", [zp.parquet("facts", facts), doubled]),
+                    outputs=["facts", "doubled"])
+        assert ok["facts"].num_rows == ok["doubled"].num_rows == 20_000
+
+
+def descendants(pid: int) -> list:
+    """Pids of the living descendants of ``pid`` (from /proc)."""
+    children: dict = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
 
 
 def _run_and_kill(cluster, flags, pipeline, pins):
@@ -266,7 +286,8 @@ def _run_and_kill(cluster, flags, pipeline, pins):
     victim = cluster.add_node(num_cpus=1, resources={"m_c": 1}, object_store_memory=STORE)
     cluster.wait_for_nodes()
     with zp.Runtime(ray=cluster.address, pins=pins) as rt:
-        label = next(m.label for m in rt.machines.values() if "m_c" in m.resources)
+        nid, label = next((n, m.label) for n, m in rt.machines.items() if "m_c" in m.resources)
+        agent_pid = ray.get(rt.agents[nid].describe.remote())["pid"]
         box = {}
         t = threading.Thread(target=lambda: box.update(result=rt.run(pipeline, raise_on_error=False)))
         t.start()
@@ -274,11 +295,17 @@ def _run_and_kill(cluster, flags, pipeline, pins):
         while not any(n.startswith("started-") for n in os.listdir(flags)):
             assert time.monotonic() < deadline and t.is_alive(), "held_up never started"
             time.sleep(0.05)
+        doomed = [agent_pid] + descendants(agent_pid)  # the agent and its zerrow workers
+        assert len(doomed) > 1
         cluster.remove_node(victim, allow_graceful=False)
         open(os.path.join(flags, "go"), "w").close()
         t.join(120)
         assert "result" in box, "the run raised or hung"
         assert_nothing_held(rt)
+        deadline = time.monotonic() + 30
+        while [p for p in doomed if os.path.exists(f"/proc/{p}")] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in doomed if os.path.exists(f"/proc/{p}")], "processes outlived their node"
         return box["result"], label
 
 
