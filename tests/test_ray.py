@@ -372,3 +372,19 @@ def test_fragments_never_depend_on_each_other_in_a_cycle(tmp_path):
     where = place([p], machines, {"facts": "m_a"})
     assert [(f.machine, f.steps) for f in fragments(p, where)] == [
         ("n1", ["facts", "left", "right", "both"])]
+
+
+def test_a_dag_larger_than_its_machine_spreads_its_branches(tmp_path):
+    """With a source decoding to more than a machine's memory, the second branch of
+    a fork goes to another machine; when it fits, the DAG stays together."""
+    from zerrow_pool.ray.placement import Machine, decoded_bytes, place
+
+    facts = zp.parquet("facts", make_parquet(tmp_path / "f.parquet", rows=4_000), columns=["key"])
+    assert decoded_bytes(facts) >= 4_000 * 8  # the int64 key column, uncompressed
+    p = zp.Pipeline("diamond", [facts, left, right, both])
+    sizes = {("diamond", "facts"): decoded_bytes(facts)}
+    small = [Machine("n1", "one", memory=10_000), Machine("n2", "two", memory=10_000)]
+    where = place([p], small, sizes=sizes)
+    assert [where[("diamond", s)] for s in ("facts", "left", "right", "both")] == ["n1", "n1", "n1", "n2"]
+    big = [Machine("n1", "one", memory=10**9), Machine("n2", "two", memory=10**9)]
+    assert set(place([p], big, sizes=sizes).values()) == {"n1"}

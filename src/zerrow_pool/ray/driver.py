@@ -18,7 +18,9 @@ from ..pipeline.report import EdgeRecord, NodeFailed, NodeRecord, RunReport, Run
 from ..pipeline.states import Status
 from . import require_ray
 from .agent import HOLD, SEND, Agent
-from .placement import Machine, PlacementError, fragments, place, source_identity
+from ..pipeline.budget import parse_budget
+from .placement import (Machine, PlacementError, decoded_bytes, fragments, place,
+                        source_identity)
 from .steps import describe
 
 NAMESPACE = "zerrow"
@@ -90,7 +92,10 @@ class RayRuntime:
             ).remote(opts)
             res = {k: v for k, v in node["Resources"].items()
                    if k not in _RESOURCE_SKIP and not k.startswith("node:")}
-            self.machines[nid] = Machine(nid, f"{node['NodeManagerAddress']}/{nid[:8]}", res)
+            memory = (parse_budget(self.options["memory_budget"]) if self.options["memory_budget"]
+                      else int(node["Resources"].get("memory", 0)))
+            self.machines[nid] = Machine(nid, f"{node['NodeManagerAddress']}/{nid[:8]}", res,
+                                         memory=memory)
             new.append(nid)
         live_ids = {n["NodeID"] for n in alive}
         for nid in [n for n in self.agents if n not in live_ids]:
@@ -132,7 +137,9 @@ class RayRuntime:
             raise ValueError(f"run_many on Ray needs distinct pipeline names, got {names}")
         self._refresh()
         machines = [self.machines[n] for n in self.agents]
-        where = place(pipelines, machines, self.pins)
+        sizes = {(p.name, s.name): decoded_bytes(s) for p in pipelines for s in p.order
+                 if s.kind == "source"}
+        where = place(pipelines, machines, self.pins, sizes=sizes)
         frags = []
         for p in pipelines:
             frags += fragments(p, where, first_key=len(frags))

@@ -4,7 +4,8 @@ Pure functions over pipelines and machine descriptions (no Ray), so the rules
 can be read and tested on their own:
 
 - a DAG's connected steps go to one machine (edges inside a machine stay
-  zerrow shares, copying nothing);
+  zerrow shares, copying nothing) when they fit its memory, else its branches
+  spread at its forks;
 - independent DAGs (connected components) spread over machines, least loaded
   first, preferring a machine whose agent already decoded one of their sources;
 - a step pinned to a custom Ray resource runs on a machine that has it, and
@@ -17,6 +18,10 @@ through steps held on one machine between runs, and their graph is acyclic.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+
+# A DAG holds its decoded sources and, at times, about as much again in intermediates.
+SPLIT_FACTOR = 2
 
 
 class PlacementError(RuntimeError):
@@ -32,6 +37,7 @@ class Machine:
     resources: dict = field(default_factory=dict)
     sources_seen: set = field(default_factory=set)  # sources its agent decoded (cache)
     workers: int = 0
+    memory: int = 0  # bytes its agent may hold (its budget, else the node's); 0: unknown
 
 
 @dataclass
@@ -83,24 +89,50 @@ def machines_with(resource: str, machines) -> list:
     return [m for m in machines if m.resources.get(resource, 0) > 0]
 
 
-def place(pipelines, machines, pins=None, load=None) -> dict:
+def decoded_bytes(src) -> int:
+    """What decoding a source takes, from its Parquet footers: the uncompressed
+    bytes of the columns it reads (before its filter)."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for path in src.files():
+        meta = pq.ParquetFile(path).metadata
+        for i in range(meta.num_row_groups):
+            rg = meta.row_group(i)
+            for j in range(rg.num_columns):
+                col = rg.column(j)
+                if src.columns is None or col.path_in_schema.split(".")[0] in src.columns:
+                    total += col.total_uncompressed_size
+    return total
+
+
+def place(pipelines, machines, pins=None, load=None, sizes=None) -> dict:
     """``{(pipeline name, step): node id}`` for every step of ``pipelines``.
 
     ``pins`` maps a step name to a custom resource name; ``load`` counts steps
-    already placed per node id (updated here)."""
+    already placed per node id (updated here); ``sizes`` maps (pipeline name,
+    source name) to its ``decoded_bytes``: a connected DAG that needs more than
+    its machine's memory (SPLIT_FACTOR times its sources) is split at its forks,
+    every branch after the first going to the least loaded machine."""
     if not machines:
         raise PlacementError("no live Ray node runs a zerrow agent")
     pins = pins or {}
     load = load if load is not None else {}
     by_id = {m.node_id: m for m in machines}
     out: dict = {}
+    sizes = sizes or {}
     for p in pipelines:
         for comp in components(p):
             home = _home(p, comp, machines, pins, load)
+            need = SPLIT_FACTOR * sum(sizes.get((p.name, n), 0) for n in comp)
+            split = len(machines) > 1 and need > by_id[home].memory > 0
             for name in comp:
                 step = p.by_name[name]
+                fork = p.consumers[step.inputs[0]] if step.inputs else []
                 if name in pins:
                     chosen = _pinned(name, pins[name], machines, load)
+                elif split and len(fork) > 1 and fork.index(name) > 0:
+                    chosen = min(machines, key=lambda m: load.get(m.node_id, 0)).node_id
                 elif step.inputs:
                     votes: dict = {}
                     for up in step.inputs:  # follow the inputs; first input breaks ties
