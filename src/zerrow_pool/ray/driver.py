@@ -229,6 +229,12 @@ class _Run:
             except self.ray.exceptions.RayActorError as e:
                 self._machine_lost(nid, keys, e)
                 continue
+            except self.ray.exceptions.RayTaskError as e:  # the agent itself raised
+                for k in keys:
+                    self.status[k] = Status.FAILED
+                    self._fail(self.frags[k].pipeline, f"the zerrow agent on "
+                               f"{self.rt.machines[nid].label} failed: {str(e).splitlines()[-1]}")
+                continue
             for reply in replies:
                 self._on_reply(nid, reply)
         return [self._result(p) for p in self.pipelines]
