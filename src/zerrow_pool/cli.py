@@ -2,7 +2,7 @@
 
     zerrow run PIPELINE.py [--workers N] [--memory-budget SIZE] [--node-memory-limit SIZE]
                            [--transport zerrow|copy] [--no-cache] [--json FILE] [--no-service]
-                           [--isolation process|none]
+                           [--isolation process|none] [--ray auto|local|ADDRESS]
                            [--output NODE=PATH ...] [--show NODE ...]
     zerrow service status|stop
     zerrow demo [--rows N] [--workers N] [--pipeline movement|zones|both]
@@ -10,7 +10,7 @@
 
 ``cmd_run`` is built from reusable steps (``validate_run_args``,
 ``_runtime_options``, ``requested_outputs``, ``deliver_outputs``), shared by
-the in-process path (``--no-service``) and the service path.
+the in-process path (``--no-service``, ``--ray``) and the service path.
 """
 from __future__ import annotations
 
@@ -234,7 +234,7 @@ def cmd_run(args) -> int:
     problem = validate_run_args(args)
     pipe = None
     # The service loads the file itself; here only to check --output/--show names.
-    if problem is None and (args.no_service or args.output or args.show):
+    if problem is None and (args.no_service or args.ray or args.output or args.show):
         try:
             pipe = zp.load_pipeline_file(args.pipeline)
         except (zp.PipelineDefinitionError, FileNotFoundError) as e:
@@ -245,10 +245,14 @@ def cmd_run(args) -> int:
         print(f"zerrow run: {problem}", file=sys.stderr)
         return 2
     on_event = None if args.quiet else _progress_printer()
-    if args.no_service:
+    if args.no_service or args.ray:
+        from .ray import RayUnavailable
+
+        where = {"ray": args.ray} if args.ray else {}
         try:
-            rt = zp.Runtime(**_runtime_options(args), on_event=on_event)
-        except (zp.ZerrowUnavailable, zp.WorkerStartError, OSError, ValueError) as e:
+            rt = zp.Runtime(**_runtime_options(args), on_event=on_event, **where)
+        except (zp.ZerrowUnavailable, zp.WorkerStartError, RayUnavailable, OSError,
+                ValueError) as e:
             print(f"zerrow run: {e}", file=sys.stderr)
             return 2
         with rt:
@@ -480,6 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows --show prints (default 10)")
     r.add_argument("--json", help="also write the report as JSON to this file")
     r.add_argument("-q", "--quiet", action="store_true", help="no live progress")
+    r.add_argument("--ray", metavar="ADDRESS", default=None,
+                   help="run on a Ray cluster: 'auto' (the running one), 'local' (start one "
+                        "here) or its address; one zerrow agent per Ray node, zero-copy within "
+                        "a machine (needs pip install 'zerrow-pool[ray]')")
     r.add_argument("--no-service", action="store_true",
                    help="run in this process instead of the long-lived zerrow service "
                         "(which keeps workers, memory and decoded inputs warm between runs)")

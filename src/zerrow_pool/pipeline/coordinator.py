@@ -76,9 +76,11 @@ class SourceAssembly:
 
 
 class RunState:
-    def __init__(self, pipeline: Pipeline, outputs, report: RunReport):
+    def __init__(self, pipeline: Pipeline, outputs, report: RunReport, given=None):
         self.p = pipeline
         self.sandbox = pipeline.code_identity  # see zygote.py
+        # Steps produced elsewhere (by another machine, on Ray): their payloads, handed in.
+        self.given = dict(given or {})
         self.report = report
         self.rec = {s.name: NodeRecord(s.name, s.kind) for s in pipeline.order}
         report.nodes = list(self.rec.values())
@@ -102,13 +104,16 @@ class Runtime:
         with Runtime(workers=2, transport="zerrow", memory_budget="4G") as rt:
             result = rt.run(pipeline)
             print(result.report.format())
+
+    ``Runtime(ray="auto" | "local" | ADDRESS, ...)`` runs the same pipelines on a
+    Ray cluster instead (zerrow_pool.ray; docs/DISTRIBUTED.md).
     """
 
     def __init__(self, workers: int | None = None, transport: str = "zerrow", *,
                  memory_budget=None, cache: bool = True, spill_dir: str | None = None,
                  preload: bool = True, on_event=None, tolerance: float = 0.10,
                  strict_budget: bool = False, cache_bytes=None, isolation: str = "process",
-                 node_memory_limit=None):
+                 node_memory_limit=None, ray=None):
         raise_fd_limit()
         self.isolation = parse_isolation(isolation)
         self.node_memory_limit = (None if node_memory_limit is None
@@ -158,6 +163,14 @@ class Runtime:
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _shutdown, self.pool, self.out_dir, self.spiller)
 
+    def __new__(cls, *args, ray=None, **kwargs):
+        # Runtime(ray=ADDRESS): the same API, with the DAG spread over a Ray cluster.
+        if ray is not None:
+            from ..ray import connect
+
+            return connect(ray, *args, **kwargs)
+        return super().__new__(cls)
+
     # ------------------------------------------------------------------ public
     def run(self, pipeline: Pipeline, *, outputs=None, raise_on_error: bool = True) -> RunResult:
         """Run one pipeline; returns its RunResult (sink tables by default)."""
@@ -165,6 +178,17 @@ class Runtime:
 
     def run_many(self, pipelines, *, outputs=None, raise_on_error: bool = True) -> list:
         """Run several pipelines concurrently; they share workers and the decode cache."""
+        return self.run_states([self.new_state(p, outputs) for p in pipelines], raise_on_error)
+
+    def new_state(self, pipeline: Pipeline, outputs=None, given=None) -> RunState:
+        """A run of ``pipeline`` to pass to ``run_states``; ``given`` maps steps produced
+        elsewhere to their payloads, which the run takes over."""
+        rep = RunReport(pipeline.name, self.transport.name, self.n_workers, self.cache_enabled,
+                        budget=self.budget)
+        return RunState(pipeline, outputs, rep, given)
+
+    def run_states(self, states, raise_on_error: bool = True) -> list:
+        """Run prepared ``new_state`` runs concurrently; their RunResults in order."""
         if self.closed:
             raise RuntimeError("runtime is closed")
         self._cancelled.clear()
@@ -173,11 +197,6 @@ class Runtime:
                 pass
         except BlockingIOError:
             pass
-        states = []
-        for p in pipelines:
-            rep = RunReport(p.name, self.transport.name, self.n_workers, self.cache_enabled,
-                            budget=self.budget)
-            states.append(RunState(p, outputs, rep))
         replaced0 = self.pool.replaced
         self.rm.reset_peaks()  # peaks per run_many call
         for st in states:
@@ -269,6 +288,9 @@ class Runtime:
         rec = st.rec[step.name]
         rec.status = Status.RUNNING
         rec.start = time.monotonic()  # re-set when a worker takes the task
+        if step.name in st.given:
+            self._complete(st, step.name, st.given.pop(step.name), {}, 0)
+            return
         if isinstance(step, Source) and self.cache_enabled:
             try:
                 self._start_cached_source(st, step)
@@ -627,6 +649,8 @@ class Runtime:
         if self.cache:
             self.cache.forget_waiters()
         for st in states:
+            for p in st.given.values():
+                p.close()
             for name in list(st.payloads):
                 self._drop(st, name)
             if st in self.runs:

@@ -27,6 +27,7 @@ class NodeRecord:
     cache_misses: int = 0
     timing: dict = field(default_factory=dict)
     error: str | None = None
+    machine: str | None = None  # on Ray: the machine (Ray node) that ran it
 
     @property
     def seconds(self) -> float:
@@ -42,6 +43,10 @@ class EdgeRecord:
     bytes: int = 0
     bytes_zero_copy: int = 0
     copied: int = 0
+    # On Ray: "share" (both ends on one machine) or "transfer" (through Ray's object
+    # store), and the bytes the transfer delivered to the consumer's machine.
+    route: str | None = None
+    transferred: int = 0
 
 
 @dataclass
@@ -82,6 +87,11 @@ class RunReport:
         return sum(e.bytes_zero_copy for e in self.edges)
 
     @property
+    def transferred_bytes(self) -> int:
+        """Bytes moved between machines (Ray runs; 0 on one machine)."""
+        return sum(e.transferred for e in self.edges)
+
+    @property
     def bytes_copied(self) -> int:
         """Bytes copied to publish node outputs (each once) plus bytes spilled to disk."""
         return sum(n.copied for n in self.nodes if n.status == Status.DONE) + self.spilled_bytes
@@ -99,7 +109,8 @@ class RunReport:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(zero_copy_rate=self.zero_copy_rate, bytes_copied=self.bytes_copied,
-                 edge_bytes=self.edge_bytes, cpu_s=self.cpu_s)
+                 edge_bytes=self.edge_bytes, cpu_s=self.cpu_s,
+                 transferred_bytes=self.transferred_bytes)
         return d
 
     def format(self) -> str:
@@ -116,6 +127,8 @@ class RunReport:
             extra = " (spilled)" if n.spilled else ""
             if n.cache_hits or n.cache_misses:
                 extra += f" cache {n.cache_hits} hit/{n.cache_misses} miss"
+            if n.machine:
+                extra += f" on {n.machine}"
             lines.append(f"{n.name[:21]:<22}{n.status:<9}{n.seconds:>7.2f}s{n.rows:>12,}"
                          f"{fmt_bytes(n.bytes):>11}{fmt_bytes(n.bytes_zero_copy):>11}"
                          f"{fmt_bytes(n.copied):>11}{fmt_bytes(n.exposed):>11}"
@@ -125,14 +138,20 @@ class RunReport:
             lines += ["", f"{'edge':<40}{'bytes':>11}{'zero-copy':>11}{'copied':>11}"]
             for e in self.edges:
                 name = f"{e.src} -> {e.dst}"
+                route = (f" transfer, {fmt_bytes(e.transferred)} moved" if e.route == "transfer"
+                         else f" {e.route}" if e.route else "")
                 lines.append(f"{name[:39]:<40}{fmt_bytes(e.bytes):>11}"
-                             f"{fmt_bytes(e.bytes_zero_copy):>11}{fmt_bytes(e.copied):>11}")
+                             f"{fmt_bytes(e.bytes_zero_copy):>11}{fmt_bytes(e.copied):>11}{route}")
         lines += ["", f"zero-copy rate {self.zero_copy_rate:.2%} of {fmt_bytes(self.edge_bytes)} "
                   f"moved over edges; {fmt_bytes(self.bytes_copied)} copied in all; "
                   f"peak held by the runtime {fmt_bytes(self.peak_held)} (cache included; "
                   f"~{fmt_bytes(self.peak_with_workers)} with a worker's temporaries), "
                   f"{fmt_bytes(self.peak_pinned)} of it pinned by runs rather than cached "
                   f"for later ones"]
+        if any(e.route for e in self.edges):
+            lines.append(f"between machines: {fmt_bytes(self.transferred_bytes)} transferred over "
+                         f"{sum(e.route == 'transfer' for e in self.edges)} edge(s); the other "
+                         "edges stayed zerrow shares on one machine")
         if self.cache:
             lines.append(f"decode cache: {self.cache_hits} hits, {self.cache_misses} misses, "
                          f"{fmt_bytes(self.decoded_bytes)} decoded, {self.cache_evictions} evicted")
