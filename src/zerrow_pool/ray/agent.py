@@ -120,7 +120,7 @@ def _payload(table):
     (0 when its buffers already are zerrow memory, e.g. an output held here)."""
     share = require().share(table, seal=False)
     fds, share.fds = share.fds, []  # the payload owns them from here
-    stats = {"zero_copy": int(share.bytes_zero_copy), "copied": int(share.bytes_copied),
+    stats = {"bytes_zero_copy": int(share.bytes_zero_copy), "copied": int(share.bytes_copied),
              "exposed": int(share.bytes_exposed)}
     copied = int(share.bytes_copied)
     return SharePayload(share.descriptor, fds, table.num_rows, int(share.nbytes), stats), copied
