@@ -1,7 +1,9 @@
 """A hostile node next to a pipeline holding a secret (used by test_sandbox.py).
 
-``payroll`` makes a table full of a secret it draws at run time and keeps it
-alive (in the coordinator, and mapped in a sandbox) until ``nosy`` is done.
+``payroll`` makes a table full of a secret it draws at run time, and reads a
+Parquet source holding another, whose file it then deletes; it keeps both
+alive (in the coordinator, the decode cache, and mapped in a sandbox) until
+``nosy`` is done.
 ``nosy``, a node of another pipeline in the same runtime, looks for the
 secret everywhere a process on this machine can reach: every other
 process's descriptors (/proc/PID/fd), memory (/proc/PID/mem,
@@ -22,6 +24,7 @@ import tempfile
 import time
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from zerrow_pool import pipeline as zp
 
@@ -52,11 +55,18 @@ def secret_table():
     return pa.table({"salary": pa.array([token] * 100_000, pa.binary())})
 
 
+SOURCE_ENV = "ZERROW_SANDBOX_SOURCE"
+salaries = zp.parquet("salaries", os.environ.get(SOURCE_ENV, "unset.parquet"))
+
+
 @zp.node
-def payroll_hold(secret_table):
+def payroll_hold(secret_table, salaries):
+    # The source's file goes: what is left of it is payroll's decoded input
+    # (the decode cache's entries, with the zerrow transport) and this node's memory.
+    os.unlink(os.environ[SOURCE_ENV])
     open(_marker("ready"), "w").close()
     _wait_for("done")
-    return pa.table({"rows": [secret_table.num_rows]})
+    return pa.table({"rows": [secret_table.num_rows + salaries.num_rows]})
 
 
 def _search(data: bytes) -> bool:
@@ -237,10 +247,17 @@ def nosy():
 def run_scenario(transport: str, isolation: str, marker_dir: str) -> dict:
     os.environ[MARKER_ENV] = marker_dir
     os.environ[COORDINATOR_ENV] = str(os.getpid())
-    payroll = zp.Pipeline("payroll", [secret_table, payroll_hold])
+    private = tempfile.mkdtemp(prefix="payroll-")  # 0700
+    source = os.path.join(private, "salaries.parquet")
+    token = "ZSECRET-" + secrets.token_hex(16)
+    pq.write_table(pa.table({"salary": [token] * 50_000}), source)
+    os.environ[SOURCE_ENV] = source
+    salaries.path = source
+    payroll = zp.Pipeline("payroll", [secret_table, salaries, payroll_hold])
     spy = zp.Pipeline("nosy", [nosy])
     with zp.Runtime(workers=3, transport=transport, isolation=isolation) as rt:
         pay, spied = rt.run_many([payroll, spy])
+    os.rmdir(private)
     return {"payroll_rows": pay["payroll_hold"]["rows"][0].as_py(),
             "found": spied["nosy"]["found"].to_pylist(), "euid": os.geteuid(),
             "denied": json.loads(spied["nosy"].schema.metadata[b"denied"])}
