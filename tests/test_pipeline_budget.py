@@ -63,7 +63,7 @@ def test_cannot_fit_fails_clearly(transport, data):
         assert "BudgetExceeded" in (next(n for n in rep.nodes if n.status == "failed").error)
         assert rep.node("combine").status == "skipped"
         # the runtime is still usable and holds nothing
-        assert rt.rm.usage() == 0
+        assert rt.resources.usage() == 0
 
 
 def test_parse_size():

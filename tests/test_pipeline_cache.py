@@ -73,11 +73,11 @@ def test_eviction_under_budget(data):
     for p in (a, b):  # what each DAG leaves in the cache on its own
         with zp.Runtime(workers=1, transport="zerrow") as rt:
             rt.run(p, outputs=())
-            alone.append(rt.rm.usage())
+            alone.append(rt.resources.usage())
     with zp.Runtime(workers=1, transport="zerrow") as rt:
         rt.run(a, outputs=())
         rt.run(b, outputs=())
-        both_cached = rt.rm.usage()
+        both_cached = rt.resources.usage()
     # room for either DAG's decodes, not for both: the second run must evict
     budget = (max(alone) + both_cached) // 2
     assert both_cached > budget, (alone, both_cached)
@@ -85,8 +85,8 @@ def test_eviction_under_budget(data):
         ra = rt.run(a)
         rb = rt.run(b)
         assert rt.cache.evictions > 0
-        assert rt.rm.usage() <= budget
-        assert rt.rm.peak <= budget * 1.10, (rt.rm.peak, budget)
+        assert rt.resources.usage() <= budget
+        assert rt.resources.peak <= budget * 1.10, (rt.resources.peak, budget)
         again = rt.run(a)  # evicted chunks are decoded again, results unchanged
         assert again.report.cache_misses > 0
         assert again["left"].equals(ra["left"]) and rb["right"].num_rows > 0
@@ -135,7 +135,7 @@ def test_peak_pinned_leaves_out_decodes_kept_for_later_runs(data, tmp_path):
     with zp.Runtime(workers=2, transport="zerrow") as rt:
         first = rt.run(_pipe(data)).report
         assert 0 < first.peak_pinned <= first.peak_held
-        idle = rt.rm.usage() - rt.rm.usage(pinned_only=True)
+        idle = rt.resources.usage() - rt.resources.usage(pinned_only=True)
         assert idle >= rt.cache.nbytes > 0  # after the run, only cached decodes are held
         second = rt.run(_pipe(other, "other")).report
         # the first input's decodes stayed cached, idle, through the whole second run

@@ -143,11 +143,11 @@ def test_nothing_left_after_close(transport, data, tmp_path, monkeypatch):
         for _ in range(3):
             rt.run(p, outputs=(), raise_on_error=False)
         assert os.listdir(out_dir) == []  # every intermediate file dropped
-        held = rt.rm.usage()
+        held = rt.resources.usage()
         if transport == "copy":
             assert held == 0
         else:  # only the decode cache is left
-            assert held == rt.rm.usage() and rt.cache.nbytes > 0
+            assert held == rt.resources.usage() and rt.cache.nbytes > 0
     assert not os.path.exists(out_dir)
     assert open_fds() <= fds0
     _assert_shmem_back(shm0)

@@ -169,18 +169,20 @@ def _cgroups_or_skip():
         pytest.skip(f"no memory cgroup here: {e}")
 
 
-def _leftover_cgroups():
+def _cgroups_of(pids):
+    """The cgroups the zygotes ``pids`` made (other runtimes may share our cgroup)."""
     own, _ = _own_memory_cgroup()
-    return [n for n in os.listdir(own) if n.startswith("zerrow-")]
+    return [n for n in os.listdir(own) if n in {f"zerrow-{p}" for p in pids}]
 
 
 @pytest.mark.parametrize("transport", zerrow_params())
 def test_node_over_its_limit_fails_alone(transport):
     _cgroups_or_skip()
-    before = _leftover_cgroups()
     shm0 = shmem_bytes()
     p = zp.Pipeline("limits", [big_input, reads_big, hog, after_hog])
     with zp.Runtime(workers=1, transport=transport) as rt:
+        zygotes = [w.pid for w in rt.pool.workers]
+        assert _cgroups_of(zygotes)  # made at start, while the zygote lives
         res = rt.run(p, raise_on_error=False)
         rep = res.report
         err = rep.node("hog").error
@@ -190,7 +192,7 @@ def test_node_over_its_limit_fails_alone(transport):
         assert rep.node("reads_big").status == "done", rep.node("reads_big").error
         assert rep.node("after_hog").status == "done"  # the slot went on
         del res
-    assert _leftover_cgroups() == before
+    assert _cgroups_of(zygotes) == []
     import time
 
     for _ in range(50):  # the kernel frees dead processes' memfds asynchronously

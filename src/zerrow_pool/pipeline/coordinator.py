@@ -77,7 +77,7 @@ class SourceAssembly:
 
 class RunState:
     def __init__(self, pipeline: Pipeline, outputs, report: RunReport, given=None):
-        self.p = pipeline
+        self.pipeline = pipeline
         self.sandbox = pipeline.code_identity  # see zygote.py
         # Steps produced elsewhere (by another machine, on Ray): their payloads, handed in.
         self.given = dict(given or {})
@@ -135,7 +135,7 @@ class Runtime:
                                   max_bytes=_cache_bound(cache_bytes))
                       if self.cache_enabled else None)
         self.spiller = Spiller(spill_dir)
-        self.rm = ResourceManager(self.budget, self.cache, self.spiller, tolerance)
+        self.resources = ResourceManager(self.budget, self.cache, self.spiller, tolerance)
         # The copy transport's files: a private run directory (RAM by default).
         self.out_dir = rundirs.make_run_dir(rundirs.copy_base())
         self.on_event = on_event
@@ -198,21 +198,21 @@ class Runtime:
         except BlockingIOError:
             pass
         replaced0 = self.pool.replaced
-        self.rm.reset_peaks()  # peaks per run_many call
-        for st in states:
-            self.runs.append(st)
-            for s in st.p.order:
+        self.resources.reset_peaks()  # peaks per run_many call
+        for run in states:
+            self.runs.append(run)
+            for s in run.pipeline.order:
                 if not s.inputs:
-                    self._start_step(st, s)
+                    self._start_step(run, s)
         try:
             self._loop(states)
         except BaseException:
             self._abort(states)
             raise
         results = []
-        for st in states:
-            st.report.workers_replaced = self.pool.replaced - replaced0
-            results.append(RunResult(st.report, self._collect(st)))
+        for run in states:
+            run.report.workers_replaced = self.pool.replaced - replaced0
+            results.append(RunResult(run.report, self._collect(run)))
         if self.cache:
             self.cache.trim()
         if raise_on_error:
@@ -239,7 +239,7 @@ class Runtime:
         self._wake_w.close()
         if self.cache:
             self.cache.clear()
-        for p in list(self.rm.live.values()):
+        for p in list(self.resources.live.values()):
             p.close()
         self._finalizer()  # stops the workers, removes the directories
 
@@ -254,7 +254,7 @@ class Runtime:
         sel = selectors.DefaultSelector()
         sel.register(self._wake_r, selectors.EVENT_READ, None)
         try:
-            while not all(st.done for st in states):
+            while not all(run.done for run in states):
                 if self._cancelled.is_set():
                     raise RunCancelled("the run was cancelled")
                 self._dispatch()
@@ -262,8 +262,8 @@ class Runtime:
                 if not busy:
                     if self.queue:
                         continue
-                    for st in states:  # nothing can make progress: settle the run
-                        self._check_finished(st, force=True)
+                    for run in states:  # nothing can make progress: settle the run
+                        self._check_finished(run, force=True)
                     continue
                 for w in busy:
                     sel.register(w.sock, selectors.EVENT_READ, w)
@@ -278,82 +278,82 @@ class Runtime:
         finally:
             sel.close()
 
-    def _emit(self, event: str, st, name, **info):
+    def _emit(self, event: str, run, name, **info):
         if self.on_event:
-            self.on_event(dict(event=event, pipeline=st.p.name, node=name,
-                               record=st.rec.get(name) if name else None, **info))
+            self.on_event(dict(event=event, pipeline=run.pipeline.name, node=name,
+                               record=run.rec.get(name) if name else None, **info))
 
     # --------------------------------------------------------------- starting
-    def _start_step(self, st, step) -> None:
-        rec = st.rec[step.name]
+    def _start_step(self, run, step) -> None:
+        rec = run.rec[step.name]
         rec.status = Status.RUNNING
         rec.start = time.monotonic()  # re-set when a worker takes the task
-        if step.name in st.given:
-            self._complete(st, step.name, st.given.pop(step.name), {}, 0)
+        if step.name in run.given:
+            self._complete(run, step.name, run.given.pop(step.name), {}, 0)
             return
         if isinstance(step, Source) and self.cache_enabled:
             try:
-                self._start_cached_source(st, step)
+                self._start_cached_source(run, step)
             except Exception as e:  # noqa: BLE001 - planning errors fail the source
-                self._fail(st, step.name, f"{type(e).__name__}: {e}")
+                self._fail(run, step.name, f"{type(e).__name__}: {e}")
             return
         op = Op.READ if isinstance(step, Source) else Op.NODE
-        est = self.estimates.get((st.p.name, step.name))
+        est = self.estimates.get((run.pipeline.name, step.name))
         if est is None:  # first run of this step: guess from its inputs
             est = int(self.transport.estimate_factor
-                      * sum(st.payloads[u].nbytes for u in step.inputs if u in st.payloads))
-        self.queue.append(Task(st, step.name, op, estimate=est))
+                      * sum(run.payloads[u].nbytes for u in step.inputs if u in run.payloads))
+        self.queue.append(Task(run, step.name, op, estimate=est))
 
-    def _start_cached_source(self, st, src) -> None:
-        self._emit(Event.START, st, src.name)
+    def _start_cached_source(self, run, src) -> None:
+        self._emit(Event.START, run, src.name)
         schema, full_schema, reads = self.cache.plan(src)
-        asm = SourceAssembly(st, src, schema, reads)
+        assembly = SourceAssembly(run, src, schema, reads)
         todo = {}
         for i, read in enumerate(reads):
             for col in schema.names:
                 key = self.cache.key(read, col)
                 entry = self.cache.get(key)
                 if entry is not None:
-                    asm.slots[(i, col)] = entry
-                    st.rec[src.name].cache_hits += 1
+                    assembly.slots[(i, col)] = entry
+                    run.rec[src.name].cache_hits += 1
                     continue
-                st.rec[src.name].cache_misses += 1
-                asm.missing += 1
-                if self.cache.wait(key, self._slot_filler(asm, i, col)):
+                run.rec[src.name].cache_misses += 1
+                assembly.missing += 1
+                if self.cache.wait(key, self._slot_filler(assembly, i, col)):
                     todo.setdefault(i, []).append(col)
         for i, cols in todo.items():
-            self.queue.append(Task(st, src.name, Op.DECODE, read=reads[i], columns=cols,
+            self.queue.append(Task(run, src.name, Op.DECODE, read=reads[i], columns=cols,
                                    schema=full_schema, filter=src.filter))
-        if not asm.missing:
-            self._finish_source(asm)
+        if not assembly.missing:
+            self._finish_source(assembly)
 
-    def _slot_filler(self, asm, i, col):
+    def _slot_filler(self, assembly, i, col):
         def fill(entry, error=None):
-            if asm.run.status(asm.source.name) != Status.RUNNING:
+            if assembly.run.status(assembly.source.name) != Status.RUNNING:
                 return  # the source already failed
             if error is not None:
-                self._release_assembly(asm)
-                self._fail(asm.run, asm.source.name, error)
+                self._release_assembly(assembly)
+                self._fail(assembly.run, assembly.source.name, error)
                 return
-            asm.slots[(i, col)] = entry.acquire()
-            asm.missing -= 1
-            if not asm.missing:
-                self._finish_source(asm)
+            assembly.slots[(i, col)] = entry.acquire()
+            assembly.missing -= 1
+            if not assembly.missing:
+                self._finish_source(assembly)
         return fill
 
-    def _release_assembly(self, asm):
-        for e in asm.slots.values():
+    def _release_assembly(self, assembly):
+        for e in assembly.slots.values():
             e.release()
-        asm.slots = {}
+        assembly.slots = {}
 
-    def _finish_source(self, asm) -> None:
-        cols = [[asm.slots[(i, c)] for i in range(len(asm.reads))] for c in asm.schema.names]
-        rows = sum(asm.slots[(i, asm.schema.names[0])].payload.rows
-                   for i in range(len(asm.reads))) if asm.schema.names else 0
-        asm.slots = {}
-        payload = ColumnsPayload(asm.schema, cols, rows)
-        rec = asm.run.rec[asm.source.name]
-        self._complete(asm.run, asm.source.name, payload, rec.timing, rec.peak)
+    def _finish_source(self, assembly) -> None:
+        cols = [[assembly.slots[(i, c)] for i in range(len(assembly.reads))] for c in assembly.schema.names]
+        rows = sum(assembly.slots[(i, assembly.schema.names[0])].payload.rows
+                   for i in range(len(assembly.reads))) if assembly.schema.names else 0
+        assembly.slots = {}
+        payload = ColumnsPayload(assembly.schema, cols, rows)
+        rec = assembly.run.rec[assembly.source.name]
+        self._complete(assembly.run, assembly.source.name, payload, rec.timing, rec.peak)
 
     # ------------------------------------------------------------ dispatching
     def _dispatch(self) -> None:
@@ -377,27 +377,27 @@ class Runtime:
         out = []
         for w in self.pool.busy():
             out += w.task.pinned
-        for st in self.runs:
-            out += [st.payloads[n] for n in st.keep if n in st.payloads]
+        for run in self.runs:
+            out += [run.payloads[n] for n in run.keep if n in run.payloads]
         return out
 
     def _spillable(self):
         """Cold intermediates, least recently produced first."""
         out = []
-        for st in self.runs:
-            for name, p in st.payloads.items():
+        for run in self.runs:
+            for name, p in run.payloads.items():
                 if not p.spilled and not p.closed:
-                    out.append((p.produced, p, self._replacer(st, name)))
+                    out.append((p.produced, p, self._replacer(run, name)))
         out.sort(key=lambda t: t[0])
         return [(p, r) for _, p, r in out]
 
-    def _replacer(self, st, name):
+    def _replacer(self, run, name):
         def replace(new):
-            st.payloads[name] = new
-            st.rec[name].spilled = True
-            st.report.spills += 1
-            st.report.spilled_bytes += new.size
-            self._emit(Event.SPILL, st, name, bytes=new.nbytes)
+            run.payloads[name] = new
+            run.rec[name].spilled = True
+            run.report.spills += 1
+            run.report.spilled_bytes += new.size
+            self._emit(Event.SPILL, run, name, bytes=new.nbytes)
         return replace
 
     def _admit(self, task) -> bool:
@@ -407,45 +407,45 @@ class Runtime:
         # then memory-maps them from disk instead of shared memory.
         spillable = self._spillable()
         if task.op == Op.NODE:
-            own = {id(task.run.payloads[u]) for u in task.run.p.by_name[task.name].inputs}
+            own = {id(task.run.payloads[u]) for u in task.run.pipeline.by_name[task.name].inputs}
             spillable.sort(key=lambda pr: id(pr[0]) in own)
-        fits = self.rm.make_room(task.estimate, self._pinned(), spillable, strict=False)
+        fits = self.resources.make_room(task.estimate, self._pinned(), spillable, strict=False)
         return fits or not self.pool.busy()
 
     def _send(self, w, task) -> None:
-        st = task.run
+        run = task.run
         fds: list = []
         msg = {"op": task.op, "name": task.name, "out_dir": self.out_dir}
         if task.op == Op.NODE:
-            step = st.p.by_name[task.name]
-            ups = [st.payloads[u] for u in step.inputs]
-            task.pinned = ups
-            msg.update(fn=step.ref, inputs=[p.encode(fds) for p in ups], inputs_as=step.inputs_as,
-                       memory_limit=self._memory_limit(w, step), sandbox=st.sandbox)
-            for u, p in zip(step.inputs, ups):
-                zc = 0 if p.spilled else min(p.nbytes, p.stats.get("bytes_zero_copy", 0))
-                st.edges[(u, task.name)] = EdgeRecord(u, task.name, p.nbytes, zc,
+            step = run.pipeline.by_name[task.name]
+            upstream = [run.payloads[u] for u in step.inputs]
+            task.pinned = upstream
+            msg.update(fn=step.ref, inputs=[p.encode(fds) for p in upstream], inputs_as=step.inputs_as,
+                       memory_limit=self._memory_limit(w, step), sandbox=run.sandbox)
+            for u, p in zip(step.inputs, upstream):
+                zero_copy = 0 if p.spilled else min(p.nbytes, p.stats.get("bytes_zero_copy", 0))
+                run.edges[(u, task.name)] = EdgeRecord(u, task.name, p.nbytes, zero_copy,
                                                       p.nbytes if p.spilled else p.stats.get("copied", 0))
-            st.rec[task.name].attempts += 1
+            run.rec[task.name].attempts += 1
         elif task.op == Op.READ:
-            src = st.p.by_name[task.name]
+            src = run.pipeline.by_name[task.name]
             msg.update(files=src.files(), columns=src.columns, filter=src.filter)
-            st.rec[task.name].attempts += 1
+            run.rec[task.name].attempts += 1
         else:
             msg.update(file=task.read.file.path, row_group=task.read.row_group,
                        columns=task.columns, filter=task.filter, schema=task.schema)
-        rec = st.rec[task.name]
+        rec = run.rec[task.name]
         if task.op != Op.DECODE:
             rec.start = time.monotonic()
-            self._emit(Event.START, st, task.name)
+            self._emit(Event.START, run, task.name)
         rec.worker_pid = w.pid
-        task.held_at_dispatch = self.rm.usage()
+        task.held_at_dispatch = self.resources.usage()
         # Intermediates live until their consumers finish; cached decodes may
         # live for the runtime's life and must not pin more than their pages.
-        msg["keep_free"] = self.rm.limit is None and task.op == Op.NODE
+        msg["keep_free"] = self.resources.limit is None and task.op == Op.NODE
         if self.strict_budget:
             running = len(self.pool.busy()) + 1
-            msg["mem_cap"] = max(1, (self.rm.limit - task.held_at_dispatch) // running)
+            msg["mem_cap"] = max(1, (self.resources.limit - task.held_at_dispatch) // running)
         w.task = task
         try:
             w.send(msg, fds)
@@ -480,7 +480,7 @@ class Runtime:
                                     f"{task.describe()}", died=True)
             return
         w.task = None
-        self.rm.note_worker_peak(task.held_at_dispatch, reply.get("peak", 0))
+        self.resources.note_worker_peak(task.held_at_dispatch, reply.get("peak", 0))
         if reply.get("exiting"):  # the worker ends itself after this reply
             w.exit_status()
             self.pool.replace(w)
@@ -491,12 +491,12 @@ class Runtime:
         if task.op == Op.DECODE:
             self._on_decoded(task, reply, fds)
             return
-        st = task.run
-        if st.status(task.name) != Status.RUNNING:
+        run = task.run
+        if run.status(task.name) != Status.RUNNING:
             close_fds(fds)
             return
         payload = self.transport.payload(reply["result"], fds)
-        self._complete(st, task.name, payload, reply.get("timing", {}), reply.get("peak", 0))
+        self._complete(run, task.name, payload, reply.get("timing", {}), reply.get("peak", 0))
 
     def _on_decoded(self, task, reply, fds) -> None:
         rec = task.run.rec[task.name]  # decode work counts for its source
@@ -510,131 +510,131 @@ class Runtime:
         for col, part in zip(task.columns, res["parts"]):
             start, n = part["fds"]
             payload = self.transport.payload(part, fds[start:start + n])
-            self.rm.track(payload, cached=True)
+            self.resources.track(payload, cached=True)
             entry = self.cache.add(self.cache.key(task.read, col), payload,
                                    secs * part["nbytes"] / total)
             self.cache.resolve(entry.key, entry)
-        self.rm.make_room(0, self._pinned(), self._spillable(), strict=False)
+        self.resources.make_room(0, self._pinned(), self._spillable(), strict=False)
 
     def _task_failed(self, task, error: str, died: bool = False) -> None:
-        st = task.run
-        step = st.p.by_name[task.name]  # a source's retries cover its decodes
+        run = task.run
+        step = run.pipeline.by_name[task.name]  # a source's retries cover its decodes
         if task.op == Op.DECODE:
             task.attempts += 1
             failures = task.attempts
-        elif st.status(task.name) != Status.RUNNING:
+        elif run.status(task.name) != Status.RUNNING:
             return
         else:
-            failures = st.rec[task.name].attempts
+            failures = run.rec[task.name].attempts
         if may_retry(failures, step.retries):
-            self._emit(Event.RETRY, st, task.name, error=error)
+            self._emit(Event.RETRY, run, task.name, error=error)
             self.queue.append(task if task.op == Op.DECODE
-                              else Task(st, task.name, task.op, estimate=task.estimate))
+                              else Task(run, task.name, task.op, estimate=task.estimate))
         elif task.op == Op.DECODE:
             for col in task.columns:
                 self.cache.fail(self.cache.key(task.read, col), error)
         else:
-            self._fail(st, task.name, error)
+            self._fail(run, task.name, error)
 
     # ------------------------------------------------------- state transitions
-    def _complete(self, st, name, payload, timing, peak) -> None:
-        rec = st.rec[name]
-        before = self.rm.usage()
+    def _complete(self, run, name, payload, timing, peak) -> None:
+        rec = run.rec[name]
+        before = self.resources.usage()
         payload.produced = time.monotonic()
-        self.rm.track(payload)
-        st.payloads[name] = payload
+        self.resources.track(payload)
+        run.payloads[name] = payload
         try:  # the new output itself had to exist in memory: it is pinned here
-            self.rm.make_room(0, self._pinned() + [payload], self._spillable(), strict=True)
+            self.resources.make_room(0, self._pinned() + [payload], self._spillable(), strict=True)
         except BudgetExceeded as e:
-            st.payloads.pop(name, None)
-            self.rm.untrack(payload)
+            run.payloads.pop(name, None)
+            self.resources.untrack(payload)
             payload.close()
-            self._fail(st, name, f"BudgetExceeded: {e}")
+            self._fail(run, name, f"BudgetExceeded: {e}")
             return
-        self.estimates[(st.p.name, name)] = max(0, self.rm.usage() - before)
+        self.estimates[(run.pipeline.name, name)] = max(0, self.resources.usage() - before)
         rec.end = time.monotonic()
         rec.status = Status.DONE
         rec.rows, rec.bytes, rec.timing, rec.peak = payload.rows, payload.nbytes, timing, peak
         rec.bytes_zero_copy = payload.stats.get("bytes_zero_copy", 0)
         rec.copied = payload.stats.get("copied", 0)
         rec.exposed = payload.stats.get("exposed", 0)
-        self._emit(Event.DONE, st, name)
-        self._inputs_consumed(st, name)
-        if st.remaining[name] == 0 and name not in st.keep:
-            self._drop(st, name)
-        for c in st.p.consumers[name]:
-            if st.status(c) == Status.PENDING and all(st.status(u) == Status.DONE for u in st.p.by_name[c].inputs):
-                self._start_step(st, st.p.by_name[c])
-        self._check_finished(st)
+        self._emit(Event.DONE, run, name)
+        self._inputs_consumed(run, name)
+        if run.remaining[name] == 0 and name not in run.keep:
+            self._drop(run, name)
+        for c in run.pipeline.consumers[name]:
+            if run.status(c) == Status.PENDING and all(run.status(u) == Status.DONE for u in run.pipeline.by_name[c].inputs):
+                self._start_step(run, run.pipeline.by_name[c])
+        self._check_finished(run)
 
-    def _fail(self, st, name, error: str) -> None:
-        rec = st.rec[name]
+    def _fail(self, run, name, error: str) -> None:
+        rec = run.rec[name]
         rec.status, rec.error, rec.end = Status.FAILED, error, time.monotonic()
-        if st.report.error is None:
+        if run.report.error is None:
             first = error.strip().splitlines()[-1] if error.strip() else error
-            st.report.error = f"node {name!r} of pipeline {st.p.name!r} failed: {first}"
-        self._emit(Event.FAILED, st, name, error=error)
-        self._inputs_consumed(st, name)
-        todo = list(st.p.consumers[name])
+            run.report.error = f"node {name!r} of pipeline {run.pipeline.name!r} failed: {first}"
+        self._emit(Event.FAILED, run, name, error=error)
+        self._inputs_consumed(run, name)
+        todo = list(run.pipeline.consumers[name])
         while todo:
             c = todo.pop()
-            if st.status(c) in FINISHED or st.status(c) == Status.RUNNING:
+            if run.status(c) in FINISHED or run.status(c) == Status.RUNNING:
                 continue
-            st.rec[c].status = Status.SKIPPED
-            self._emit(Event.SKIPPED, st, c)
-            self._inputs_consumed(st, c)
-            todo += st.p.consumers[c]
-        self._check_finished(st)
+            run.rec[c].status = Status.SKIPPED
+            self._emit(Event.SKIPPED, run, c)
+            self._inputs_consumed(run, c)
+            todo += run.pipeline.consumers[c]
+        self._check_finished(run)
 
-    def _inputs_consumed(self, st, name) -> None:
-        for up in dict.fromkeys(st.p.by_name[name].inputs):
-            st.remaining[up] -= 1
-            if st.remaining[up] == 0 and up not in st.keep:
-                self._drop(st, up)
+    def _inputs_consumed(self, run, name) -> None:
+        for up in dict.fromkeys(run.pipeline.by_name[name].inputs):
+            run.remaining[up] -= 1
+            if run.remaining[up] == 0 and up not in run.keep:
+                self._drop(run, up)
 
-    def _drop(self, st, name) -> None:
-        p = st.payloads.pop(name, None)
+    def _drop(self, run, name) -> None:
+        p = run.payloads.pop(name, None)
         if p is not None:
-            self.rm.untrack(p)
+            self.resources.untrack(p)
             p.close()
 
-    def _check_finished(self, st, force: bool = False) -> None:
-        if st.done:
+    def _check_finished(self, run, force: bool = False) -> None:
+        if run.done:
             return
-        pending = [n for n, r in st.rec.items() if r.status not in FINISHED]
+        pending = [n for n, r in run.rec.items() if r.status not in FINISHED]
         if pending and not force:
             return
         for n in pending:  # only reachable with force: nothing can run them
-            st.rec[n].status = Status.SKIPPED
-        st.done = True
-        rep = st.report
-        rep.wall_s = time.monotonic() - st.t0
-        failed = [n for n, r in st.rec.items() if r.status == Status.FAILED]
+            run.rec[n].status = Status.SKIPPED
+        run.done = True
+        rep = run.report
+        rep.wall_s = time.monotonic() - run.t0
+        failed = [n for n, r in run.rec.items() if r.status == Status.FAILED]
         rep.status = Status.FAILED if failed else Status.DONE
-        rep.edges = list(st.edges.values())
-        rep.peak_held = self.rm.peak
-        rep.peak_pinned = self.rm.peak_pinned
-        rep.peak_with_workers = max(self.rm.peak, self.rm.peak_with_workers)
+        rep.edges = list(run.edges.values())
+        rep.peak_held = self.resources.peak
+        rep.peak_pinned = self.resources.peak_pinned
+        rep.peak_with_workers = max(self.resources.peak, self.resources.peak_with_workers)
         if self.cache:
-            rep.cache_hits = sum(r.cache_hits for r in st.rec.values())
-            rep.cache_misses = sum(r.cache_misses for r in st.rec.values())
+            rep.cache_hits = sum(r.cache_hits for r in run.rec.values())
+            rep.cache_misses = sum(r.cache_misses for r in run.rec.values())
             rep.cache_evictions = self.cache.evictions
             rep.decoded_bytes = self.cache.decoded_bytes
-        self._emit(Event.FINISHED, st, None, report=rep)
+        self._emit(Event.FINISHED, run, None, report=rep)
 
     # ------------------------------------------------------------ results
-    def _collect(self, st) -> dict:
+    def _collect(self, run) -> dict:
         outputs = {}
-        for name in list(st.keep):
-            p = st.payloads.pop(name, None)
+        for name in list(run.keep):
+            p = run.payloads.pop(name, None)
             if p is None:
                 continue
-            if st.report.status == Status.DONE:
+            if run.report.status == Status.DONE:
                 fds: list = []
                 outputs[name] = open_input(p.encode(fds), fds)
-            self.rm.untrack(p)
+            self.resources.untrack(p)
             p.close()
-        self.runs.remove(st)
+        self.runs.remove(run)
         return outputs
 
     def _abort(self, states) -> None:
@@ -648,16 +648,16 @@ class Runtime:
             self.pool.replace(w)
         if self.cache:
             self.cache.forget_waiters()
-        for st in states:
-            for p in st.given.values():
+        for run in states:
+            for p in run.given.values():
                 p.close()
-            for name in list(st.payloads):
-                self._drop(st, name)
-            if st in self.runs:
-                self.runs.remove(st)
+            for name in list(run.payloads):
+                self._drop(run, name)
+            if run in self.runs:
+                self.runs.remove(run)
 
     def _entry_freed(self, entry) -> None:
-        self.rm.untrack(entry.payload)
+        self.resources.untrack(entry.payload)
 
 
 def _cache_bound(cache_bytes) -> int:

@@ -107,9 +107,9 @@ class Agent:
 
     def holdings(self) -> dict:
         """What this agent still holds: tables, sent objects, live run payloads."""
-        cached = self.rt.rm.cached
+        cached = self.rt.resources.cached
         return {"held": len(self.held), "sent": len(self.sent), "runs": len(self.rt.runs),
-                "payloads": sum(1 for k in self.rt.rm.live if k not in cached)}
+                "payloads": sum(1 for k in self.rt.resources.live if k not in cached)}
 
     def close(self) -> None:
         self.rt.close()

@@ -214,7 +214,7 @@ class Service:
                              "memory_budget": rt.budget, "cache": rt.cache_enabled,
                              "cache_entries": len(rt.cache.entries) if rt.cache else 0,
                              "cache_bytes": rt.cache.nbytes if rt.cache else 0,
-                             "held_bytes": rt.rm.usage(), "cwd": key.cwd})
+                             "held_bytes": rt.resources.usage(), "cwd": key.cwd})
         return {"pid": os.getpid(), "identity": self.identity, "directory": self.dir,
                 "uptime_s": time.time() - self.started, "idle_s": self.idle_s,
                 "idle_for_s": 0.0 if clients else idle_for, "clients": clients,
