@@ -505,14 +505,14 @@ class Runtime:
         for k, v in reply["timing"].items():
             timing[k] = timing.get(k, 0) + v
         res = reply["result"]
-        total = sum(p["nbytes"] for p in res["parts"]) or 1
+        total = sum(p.nbytes for p in res.parts) or 1
         secs = reply["timing"].get("total_s", 0.0)
-        for col, part in zip(task.columns, res["parts"]):
-            start, n = part["fds"]
+        for col, part in zip(task.columns, res.parts):
+            start, n = part.fds
             payload = self.transport.payload(part, fds[start:start + n])
             self.resources.track(payload, cached=True)
             entry = self.cache.add(self.cache.key(task.read, col), payload,
-                                   secs * part["nbytes"] / total)
+                                   secs * part.nbytes / total)
             self.cache.resolve(entry.key, entry)
         self.resources.make_room(0, self._pinned(), self._spillable(), strict=False)
 

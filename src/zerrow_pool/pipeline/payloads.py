@@ -16,6 +16,7 @@ import os
 
 import pyarrow as pa
 
+from .specs import ColumnsInput, FileInput, ShareInput
 from .wire import close_fds
 
 
@@ -72,7 +73,7 @@ class SharePayload(Payload):
             raise RuntimeError("payload already released")
         start = len(fds)
         fds.extend(self.fds)
-        return {"k": "share", "desc": self.descriptor, "fds": (start, len(self.fds))}
+        return ShareInput(self.descriptor, (start, len(self.fds)))
 
     def close(self) -> None:
         if not self.closed:
@@ -108,7 +109,7 @@ class FilePayload(Payload):
         if self.closed:
             raise RuntimeError("payload already released")
         fds.append(self.fd)
-        return {"k": "file", "fds": (len(fds) - 1, 1)}
+        return FileInput((len(fds) - 1, 1))
 
     def close(self) -> None:
         if not self.closed:
@@ -147,7 +148,7 @@ class ColumnsPayload(Payload):
         cols = []
         for col in self.columns:
             cols.append([e.payload.encode(fds) for e in col])
-        return {"k": "columns", "schema": self.schema, "cols": cols}
+        return ColumnsInput(self.schema, cols)
 
     def close(self) -> None:
         if not self.closed:
@@ -160,29 +161,28 @@ class ColumnsPayload(Payload):
 
 # --------------------------------------------------------------- worker side
 
-def open_input(spec: dict, fds: list):
+def open_input(spec, fds: list):
     """Rebuild a Table from an encoded payload (runs in a worker)."""
-    k = spec["k"]
-    if k == "file":
-        with pa.memory_map(f"/proc/self/fd/{fds[spec['fds'][0]]}", "r") as src:
+    if isinstance(spec, FileInput):
+        with pa.memory_map(f"/proc/self/fd/{fds[spec.fds[0]]}", "r") as src:
             return pa.ipc.open_file(src).read_all()
-    if k == "share":
+    if isinstance(spec, ShareInput):
         return _attach(spec, fds)
-    if k == "columns":
-        schema = spec["schema"]
+    if isinstance(spec, ColumnsInput):
+        schema = spec.schema
         arrays = []
-        for f, parts in zip(schema, spec["cols"]):
+        for f, parts in zip(schema, spec.cols):
             chunks = []
             for p in parts:
                 obj = _attach(p, fds)
                 chunks.extend(obj.chunks if isinstance(obj, pa.ChunkedArray) else [obj])
             arrays.append(pa.chunked_array(chunks, type=f.type))
         return pa.Table.from_arrays(arrays, schema=schema)
-    raise ValueError(f"unknown input kind {k!r}")
+    raise TypeError(f"not an input spec: {spec!r}")
 
 
 def _attach(spec, fds):
     from .zerrow_api import require
 
-    start, n = spec["fds"]
-    return require().attach(spec["desc"], fds[start:start + n])
+    start, n = spec.fds
+    return require().attach(spec.descriptor, fds[start:start + n])

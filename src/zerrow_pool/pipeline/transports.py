@@ -25,6 +25,7 @@ from .._preload import ld_preload_with
 from . import rundirs, zerrow_api
 from .budget import fmt_bytes
 from .payloads import FilePayload, SharePayload
+from .specs import Kind, Published
 from .rundirs import COPY_DIR_ENV
 
 
@@ -57,13 +58,11 @@ class Transport:
         """
         raise NotImplementedError
 
-    def payload(self, spec: dict, fds: list):
+    def payload(self, spec: Published, fds: list):
         """Coordinator side: wrap a worker's published result."""
-        if spec["k"] == "file":
-            return FilePayload(fds[0], spec["rows"], spec["nbytes"], spec["stats"])
-        if spec["k"] == "share":
-            return SharePayload(spec["desc"], fds, spec["rows"], spec["nbytes"], spec["stats"])
-        raise ValueError(f"unknown result kind {spec['k']!r}")
+        if spec.kind == Kind.FILE:
+            return FilePayload(fds[0], spec.rows, spec.nbytes, spec.stats)
+        return SharePayload(spec.descriptor, fds, spec.rows, spec.nbytes, spec.stats)
 
 
 def _rows(obj) -> int:
@@ -93,7 +92,7 @@ class CopyTransport(Transport):
         finally:
             os.close(fd)
         stats = {"bytes_zero_copy": 0, "copied": obj.nbytes, "exposed": written}
-        spec = {"k": "file", "rows": obj.num_rows, "nbytes": obj.nbytes, "stats": stats}
+        spec = Published(Kind.FILE, obj.num_rows, obj.nbytes, stats, fds=(0, 1))
         return spec, [ro], lambda: os.close(ro)
 
 
@@ -136,8 +135,8 @@ class ZerrowTransport(Transport):
         stats = {"bytes_zero_copy": int(share.bytes_zero_copy),
                  "copied": int(share.bytes_copied), "exposed": int(share.bytes_exposed),
                  "buffers": int(share.nbuffers)}
-        spec = {"k": "share", "desc": share.descriptor, "rows": _rows(obj),
-                "nbytes": int(share.nbytes), "stats": stats}
+        spec = Published(Kind.SHARE, _rows(obj), int(share.nbytes), stats, share.descriptor,
+                         (0, len(share.fds)))
         return spec, list(share.fds), share.close
 
 

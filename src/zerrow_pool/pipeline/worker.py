@@ -14,6 +14,7 @@ the decode cache).
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -29,6 +30,7 @@ import pyarrow as pa
 from .dag import user_traceback
 from .frames import NodeOutputError, convert_input, to_table
 from .payloads import open_input
+from .specs import PublishedColumns
 from .states import Op
 from .transports import CopyDirFull, get_transport
 from .wire import close_fds, raise_fd_limit, recv_msg, send_msg
@@ -171,12 +173,12 @@ def run_task(transport, task, fds, on_exceed=None):
                 out = _compact(out)
                 results = [transport.publish(_nonempty(col), task["out_dir"], keep_free)
                            for col in out.columns]
-            spec = {"k": "columns", "parts": [r[0] for r in results], "rows": out.num_rows}
-            out_fds, dones = [], []
+            parts, out_fds, dones = [], [], []
             for s, f, d in results:
-                s["fds"] = (len(out_fds), len(f))
+                parts.append(dataclasses.replace(s, fds=(len(out_fds), len(f))))
                 out_fds.extend(f)
                 dones.append(d)
+            spec = PublishedColumns(parts, out.num_rows)
         else:
             spec, out_fds, done = transport.publish(out, task["out_dir"], keep_free)
             dones = [done]
