@@ -24,7 +24,7 @@ from .budget import BudgetExceeded, ResourceManager, fmt_bytes, parse_budget, pa
 from .dag import Pipeline, Source
 from .decode_cache import DecodeCache
 from .payloads import ColumnsPayload, open_input
-from .report import EdgeRecord, NodeFailed, NodeRecord, RunReport, RunResult
+from .report import EdgeRecord, NodeRecord, RunReport, RunResult, raise_first_failure
 from .sandbox import Isolation, make_undumpable, parse_isolation
 from .spill import Spiller
 from .states import FINISHED, Event, Op, Status
@@ -216,9 +216,7 @@ class Runtime:
         if self.cache:
             self.cache.trim()
         if raise_on_error:
-            for r in results:
-                if not r.ok:
-                    raise NodeFailed(r.report.error or "pipeline failed", r.report)
+            raise_first_failure(results)
         return results
 
     def cancel(self) -> None:

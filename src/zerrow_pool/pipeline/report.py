@@ -179,6 +179,13 @@ class NodeFailed(RuntimeError):
         self.report = report
 
 
+def raise_first_failure(results) -> None:
+    """``Runtime.run_many(raise_on_error=True)``: NodeFailed for the first run that failed."""
+    for r in results:
+        if not r.ok:
+            raise NodeFailed(r.report.error or "pipeline failed", r.report)
+
+
 class OutputNotKept(KeyError):
     """``result[name]`` for a step whose output the run did not keep."""
 

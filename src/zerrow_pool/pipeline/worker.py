@@ -295,9 +295,6 @@ def serve(sock: socket.socket, transport_name: str) -> None:
     serve_tasks(sock, transport)
 
 
-PR_SET_PDEATHSIG = 1
-
-
 def die_with_parent(parent_pid: int, sock: socket.socket, use_pdeathsig: bool) -> None:
     """End this worker the moment its coordinator is gone, even mid-task.
 
@@ -308,13 +305,12 @@ def die_with_parent(parent_pid: int, sock: socket.socket, use_pdeathsig: bool) -
     coordinator's end of our socket to close (any death, SIGKILL included),
     which covers workers started from other threads.
     """
-    if use_pdeathsig:
-        import ctypes
+    from .sandbox import kill_me_with_parent
 
+    if use_pdeathsig:
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
+            kill_me_with_parent(parent_pid)
+        except OSError:
             pass  # not Linux: the watchdog alone
     if os.getppid() != parent_pid:
         os._exit(1)

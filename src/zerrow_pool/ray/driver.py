@@ -14,7 +14,7 @@ import hashlib
 import time
 import uuid
 
-from ..pipeline.report import EdgeRecord, NodeFailed, NodeRecord, RunReport, RunResult
+from ..pipeline.report import EdgeRecord, NodeRecord, RunReport, RunResult, raise_first_failure
 from ..pipeline.states import Status
 from . import require_ray
 from .agent import HOLD, SEND, Agent
@@ -150,9 +150,7 @@ class RayRuntime:
             for a in self.agents.values():
                 a.release.remote(run.id)
         if raise_on_error:
-            for r in results:
-                if not r.ok:
-                    raise NodeFailed(r.report.error or "pipeline failed", r.report)
+            raise_first_failure(results)
         return results
 
     def close(self) -> None:
