@@ -319,8 +319,10 @@ def test_recv_waits_up_to_the_socket_timeout():
     t = pooled_table(100)
     with a, b:
         b.settimeout(5)
-        threading.Timer(0.2, lambda: z.send(a, t)).start()
+        sender = threading.Timer(0.2, lambda: z.send(a, t))
+        sender.start()
         assert z.recv(b).equals(t)
+        sender.join()  # its Share's fds are closed before the next test counts fds
 
 
 def test_send_to_a_closed_peer_raises_not_sigpipe(no_fd_leak):
@@ -349,14 +351,17 @@ def test_fd_count_unchanged_after_all_errors():
     """A mixed sequence of failures in one go, counted at the end."""
     t = pooled_table(500)
     z.share(t).close()  # the segment's memfd and the pool's cached read-only fd exist from here
-    before = fd_count()
+    before = open_fds()
     with z.share(t) as s:
         for n in range(0, len(s.descriptor), 7):
             try:
                 z.attach(s.descriptor[:n] + b"\xff" * 3 + s.descriptor[n + 3:], s.fds)
             except z.ShareError:
                 pass
-    assert fd_count() == before
+    # Compared as (fd, file) pairs, not counts: in CI the count once fell by 3
+    # while this loop ran, fds this code never opened being closed meanwhile.
+    # A new fd left open still shows; one closed elsewhere no longer reads as a leak.
+    assert open_fds() - before == set()
 
 
 BOGUS_HEADER = r"""

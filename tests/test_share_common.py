@@ -11,6 +11,7 @@ the Share object itself.
   line on stdout) in scope.
 """
 
+import gc
 import json
 import os
 import select
@@ -183,11 +184,31 @@ def all_nodes(d):
 
 
 def fd_count():
+    """Open fds now, after a cyclic collection.
+
+    Collected first so that an earlier test's garbage (an attached table or a
+    Share caught in a reference cycle holds fds) cannot be closed by a
+    collection in the middle of a measurement and skew it.
+    """
+    gc.collect()
     return len(os.listdir("/proc/self/fd"))
 
 
 def open_fds():
-    return set(os.listdir("/proc/self/fd"))
+    """The open fds as {(fd, device, inode)}, after a cyclic collection (see fd_count).
+
+    ``open_fds() - before`` is what a piece of code opened and left open: an fd
+    number closed by someone else and reused for another file still counts.
+    """
+    gc.collect()
+    out = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            st = os.stat(f"/proc/self/fd/{name}")
+        except FileNotFoundError:  # the listing's own directory fd, closed by now
+            continue
+        out.add((int(name), st.st_dev, st.st_ino))
+    return out
 
 
 def memfd_mappings(pid="self"):
