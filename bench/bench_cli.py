@@ -5,8 +5,14 @@ a fresh service directory (so no service runs: the first run ever starts one), t
   cold  `zerrow run examples/PIPE.py --transport T` timed as a whole process,
   warm  the same command again (the service, its workers and decode cache now warm),
 then the service is stopped. Ratios are copy's median time over zerrow's, per pipeline,
-and zerrow's median peak held memory over copy's: ``peak_held`` (everything the runtime held,
-decoded inputs cached for later runs included) and ``peak_pinned`` (what the run itself pinned).
+and zerrow's median peak memory over copy's, three ways:
+  ``peak_held``    the run's report: shared memory behind live intermediates and cache entries
+                   (for the copy transport its IPC files; its workers' private heaps are not in it);
+  ``peak_pinned``  the same without cached decodes that no run was reading;
+  ``machine``      what the machine paid (zerrow_pool/pipeline/machine_memory.py): the peak,
+                   sampled while the command runs, of every process's private and shared memory
+                   (client, service, workers, sandboxes) above its value before the first run,
+                   when no service was running; what the service keeps between runs is in it.
 
     python bench/bench_cli.py --rows 8000000 --reps 3
 """
@@ -22,19 +28,23 @@ import sys
 import tempfile
 import time
 
+from zerrow_pool.pipeline.machine_memory import PeakSampler, machine_memory
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PIPELINES = {"mixed": "examples/taxi_zones.py", "movement": "examples/taxi_movement.py"}
 
 
 def zerrow(args, env):
+    """Wall time of one CLI process and the machine's peak memory while it ran."""
     cmd = [sys.executable, "-m", "zerrow_pool.cli", *args]
-    t = time.monotonic()
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
-    wall = time.monotonic() - t
+    with PeakSampler() as sampler:
+        t = time.monotonic()
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+        wall = time.monotonic() - t
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
-    return wall
+    return wall, sampler.peak
 
 
 def one_pair(pipeline, transport, workers, data_dir):
@@ -42,14 +52,16 @@ def one_pair(pipeline, transport, workers, data_dir):
     env = {**os.environ, "ZERROW_SERVICE_DIR": svc, "ZERROW_DEMO_DIR": data_dir}
     out = {}
     try:
+        baseline = machine_memory()  # no service of this directory runs yet
         for attempt in ("cold", "warm"):
             rep = os.path.join(svc, f"{attempt}.json")
-            wall = zerrow(["run", PIPELINES[pipeline], "-q", "--workers", str(workers),
-                           "--transport", transport, "--json", rep], env)
+            wall, peak = zerrow(["run", PIPELINES[pipeline], "-q", "--workers", str(workers),
+                                 "--transport", transport, "--json", rep], env)
             with open(rep) as f:
                 r = json.load(f)
             out[attempt] = {"wall_s": wall, "run_s": r["wall_s"], "peak_held": r["peak_held"],
-                            "peak_pinned": r["peak_pinned"]}
+                            "peak_pinned": r["peak_pinned"], "machine": peak - baseline}
+        out["idle"] = machine_memory() - baseline  # what the service keeps between runs
     finally:
         subprocess.run([sys.executable, "-m", "zerrow_pool.cli", "service", "stop"], env=env,
                        capture_output=True)
@@ -81,22 +93,28 @@ def main(argv=None):
                 print(f"rep {rep} {pipeline:8} {transport:6} cold {s['cold']['wall_s']:6.2f}s "
                       f"warm {s['warm']['wall_s']:6.2f}s  peak held cold "
                       f"{s['cold']['peak_held'] / 2**30:.2f} GiB warm "
-                      f"{s['warm']['peak_held'] / 2**30:.2f} GiB", flush=True)
+                      f"{s['warm']['peak_held'] / 2**30:.2f} GiB  machine cold "
+                      f"{s['cold']['machine'] / 2**30:.2f} GiB warm {s['warm']['machine'] / 2**30:.2f} GiB "
+                      f"idle {s['idle'] / 2**30:.2f} GiB", flush=True)
     ratios = {}
     print(f"\nmedians of {args.reps} (rows {args.rows:,}, {args.workers} workers); "
           "speed = copy time / zerrow time, memory = zerrow peak held / copy's")
     for pipeline, by in samples.items():
-        med = {t: {a: {k: statistics.median(s[a][k] for s in by[t]) for k in ("wall_s", "peak_held", "peak_pinned")}
+        keys = ("wall_s", "peak_held", "peak_pinned", "machine")
+        med = {t: {a: {k: statistics.median(s[a][k] for s in by[t]) for k in keys}
                    for a in ("cold", "warm")} for t in by}
         r = {a: {"speed": med["copy"][a]["wall_s"] / med["zerrow"][a]["wall_s"],
                  "memory": med["zerrow"][a]["peak_held"] / max(1, med["copy"][a]["peak_held"]),
-                 "pinned": med["zerrow"][a]["peak_pinned"] / max(1, med["copy"][a]["peak_pinned"])}
+                 "pinned": med["zerrow"][a]["peak_pinned"] / max(1, med["copy"][a]["peak_pinned"]),
+                 "machine": med["zerrow"][a]["machine"] / max(1, med["copy"][a]["machine"])}
              for a in ("cold", "warm")}
         ratios[pipeline] = {"medians": med, "ratios": r}
         for a in ("cold", "warm"):
             print(f"  {pipeline:8} {a}: zerrow {med['zerrow'][a]['wall_s']:6.2f}s  copy "
                   f"{med['copy'][a]['wall_s']:6.2f}s  speed {r[a]['speed']:.2f}x  "
-                  f"memory held {r[a]['memory']:.2f}x (pinned by the run {r[a]['pinned']:.2f}x)")
+                  f"memory held {r[a]['memory']:.2f}x (pinned by the run {r[a]['pinned']:.2f}x; "
+                  f"machine {med['zerrow'][a]['machine'] / 2**30:.2f} vs {med['copy'][a]['machine'] / 2**30:.2f} GiB, "
+                  f"{r[a]['machine']:.2f}x)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": args.rows, "workers": args.workers, "samples": samples,
