@@ -19,7 +19,11 @@ Modes: ``copy`` (Arrow IPC files in /dev/shm, memory-mapped: the baseline),
 ``zerrow`` (decode cache warm from a previous round, as for a pipeline run
 repeatedly by a long-lived runtime), ``zerrow-cold`` (cache cleared before
 every round), ``zerrow-nocache``.  Ratios are computed against ``copy``
-measured in the same session.  Raw numbers go to
+measured in the same session.  Memory is compared by what the machine pays
+(``machine``: the peak of every process's private and shared memory during a
+round, above its value before the runtime started; see
+zerrow_pool/pipeline/machine_memory.py), since a report's ``peak_held`` does
+not see the copy workers' private heaps.  Raw numbers go to
 ``$ZERROW_BENCH_OUT`` (default ``.benchmarks/pipeline_results.json``).
 """
 from __future__ import annotations
@@ -33,6 +37,7 @@ import pytest
 from zerrow_pool import demo_data
 from zerrow_pool import pipeline as zp
 from zerrow_pool.pipeline.demos import taxi_movement, taxi_scan, taxi_zones
+from zerrow_pool.pipeline.machine_memory import PeakSampler, machine_memory
 
 ROWS = int(os.environ.get("ZERROW_BENCH_ROWS", demo_data.DEFAULT_ROWS))
 ROUNDS = int(os.environ.get("ZERROW_BENCH_ROUNDS", "3"))
@@ -52,9 +57,10 @@ def dataset():
     return demo_data.generate(ROWS)
 
 
-def _summary(reports, seconds, cpu):
+def _summary(reports, seconds, cpu, machine):
     last = reports[-1]
     return {
+        "machine": max(machine),
         "seconds": seconds, "mean_s": sum(seconds) / len(seconds), "min_s": min(seconds),
         "cpu_s": cpu, "mean_cpu_s": sum(cpu) / len(cpu),
         "edge_bytes": last.edge_bytes, "edge_zero_copy": last.edge_zero_copy,
@@ -75,10 +81,11 @@ def _mode_kwargs(mode):
             "isolation": ISOLATION}
 
 
-def _measure(benchmark, scenario, mode, run_once, rt):
-    """Time ``run_once`` (returns a list of reports) over ROUNDS rounds."""
+def _measure(benchmark, scenario, mode, run_once, rt, before):
+    """Time ``run_once`` (returns a list of reports) over ROUNDS rounds; ``before``:
+    machine_memory() before the runtime started."""
     run_once()  # warm-up: worker imports, page cache, and the decode cache for "zerrow"
-    reports, seconds, cpu = [], [], []
+    reports, seconds, cpu, machine = [], [], [], []
 
     def setup():
         if mode == "zerrow-cold" and rt.cache:
@@ -86,13 +93,15 @@ def _measure(benchmark, scenario, mode, run_once, rt):
 
     def once():
         t = time.perf_counter()
-        reps = run_once()
+        with PeakSampler() as sampler:
+            reps = run_once()
         seconds.append(time.perf_counter() - t)
+        machine.append(sampler.peak - before)
         cpu.append(sum(r.cpu_s for r in reps))
         reports.extend(reps)
 
     benchmark.pedantic(once, setup=setup, rounds=ROUNDS, iterations=1)
-    RESULTS["scenarios"].setdefault(scenario, {})[mode] = _summary(reports, seconds, cpu)
+    RESULTS["scenarios"].setdefault(scenario, {})[mode] = _summary(reports, seconds, cpu, machine)
     return reports
 
 
@@ -105,9 +114,10 @@ MODES = ["copy", pytest.param("zerrow", marks=needs_zerrow),
 def test_movement(benchmark, dataset, mode):
     benchmark.group = "1-movement"
     p = taxi_movement.build(data_dir=dataset)
+    before = machine_memory()
     with zp.Runtime(**_mode_kwargs(mode)) as rt:
         reps = _measure(benchmark, "movement", mode,
-                        lambda: [rt.run(p, outputs=()).report], rt)
+                        lambda: [rt.run(p, outputs=()).report], rt, before)
     if mode.startswith("zerrow"):
         assert reps[-1].zero_copy_rate >= 0.99, reps[-1].format()
 
@@ -116,8 +126,9 @@ def test_movement(benchmark, dataset, mode):
 def test_mixed(benchmark, dataset, mode):
     benchmark.group = "2-mixed"
     p = taxi_zones.build(data_dir=dataset)
+    before = machine_memory()
     with zp.Runtime(**_mode_kwargs(mode)) as rt:
-        reps = _measure(benchmark, "mixed", mode, lambda: [rt.run(p, outputs=()).report], rt)
+        reps = _measure(benchmark, "mixed", mode, lambda: [rt.run(p, outputs=()).report], rt, before)
     RESULTS["scenarios"]["mixed"][mode]["largest_intermediate"] = max(
         n.bytes for n in reps[-1].nodes)
 
@@ -128,9 +139,10 @@ def test_mixed(benchmark, dataset, mode):
 def test_fanout(benchmark, dataset, mode):
     benchmark.group = "3-fanout-4-dags"
     pipes = [taxi_scan.build(name=f"scan{i}", data_dir=dataset) for i in range(4)]
+    before = machine_memory()
     with zp.Runtime(**_mode_kwargs(mode)) as rt:
         _measure(benchmark, "fanout", mode,
-                 lambda: [r.report for r in rt.run_many(pipes, outputs=())], rt)
+                 lambda: [r.report for r in rt.run_many(pipes, outputs=())], rt, before)
 
 
 @pytest.mark.parametrize("mode", ["copy", pytest.param("zerrow", marks=needs_zerrow)])
@@ -140,8 +152,9 @@ def test_budget(benchmark, dataset, mode):
     with zp.Runtime(**_mode_kwargs(mode)) as rt:
         largest = max(n.bytes for n in rt.run(p, outputs=()).report.nodes)
     budget = int(1.5 * largest)
+    before = machine_memory()
     with zp.Runtime(memory_budget=budget, **_mode_kwargs(mode)) as rt:
-        reps = _measure(benchmark, "budget", mode, lambda: [rt.run(p, outputs=()).report], rt)
+        reps = _measure(benchmark, "budget", mode, lambda: [rt.run(p, outputs=()).report], rt, before)
     RESULTS["scenarios"]["budget"][mode]["largest_intermediate"] = largest
     for r in reps:
         assert r.status == "done"
@@ -170,6 +183,7 @@ def _write_results():
                 "speedup": base["mean_s"] / m["mean_s"],
                 "copied_reduction": 1 - m["bytes_copied"] / max(1, base["bytes_copied"]),
                 "zero_copy_rate": m["zero_copy_rate"],
+                "machine_memory": m["machine"] / max(1, base["machine"]),
             }
     RESULTS["ratios"] = ratios
     os.makedirs(os.path.dirname(OUT) or ".", exist_ok=True)
@@ -177,4 +191,5 @@ def _write_results():
         json.dump(RESULTS, f, indent=1)
     for k, v in ratios.items():
         print(f"{k:<32} {v['speedup']:5.2f}x faster, {v['copied_reduction']:.1%} fewer bytes "
-              f"copied, {v['zero_copy_rate']:.2%} of edge bytes zero-copy")
+              f"copied, {v['zero_copy_rate']:.2%} of edge bytes zero-copy, "
+              f"{v['machine_memory']:.2f}x the machine's memory at peak")

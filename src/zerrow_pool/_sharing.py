@@ -87,11 +87,6 @@ class Share:
                              self.bytes_exposed)
 
     @property
-    def bytes_shared_zero_copy(self):
-        """Former name of :attr:`bytes_zero_copy`, kept for compatibility."""
-        return self.bytes_zero_copy
-
-    @property
     def closed(self) -> bool:
         """True once :meth:`close` ran: the fds are gone."""
         return self._closed
