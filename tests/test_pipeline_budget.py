@@ -66,6 +66,36 @@ def test_cannot_fit_fails_clearly(transport, data):
         assert rt.resources.usage() == 0
 
 
+@pytest.mark.parametrize("transport", zerrow_params())
+def test_following_the_suggested_minimum_gets_past_the_node(transport, tmp_path):
+    """BudgetExceeded names a budget; given it, the run gets past the node that failed.
+
+    It once suggested (pinned / 1.1) rounded down: following "at least 7.4 MiB"
+    failed again at the same node with the same suggestion."""
+    import re
+
+    data = make_parquet(tmp_path / "d.parquet", rows=200_000, row_group_size=20_000)
+    with zp.Runtime(workers=1, transport=transport) as rt:
+        largest = max(n.bytes for n in rt.run(_pipeline(data)).report.nodes)
+    with zp.Runtime(workers=1, transport=transport, memory_budget=int(largest * 0.9)) as rt:
+        first = rt.run(_pipeline(data), raise_on_error=False).report
+    failed = next(n for n in first.nodes if n.status == "failed")
+    suggested = re.search(r"Raise --memory-budget to at least ([0-9.]+ \w+)", failed.error)
+    assert suggested, failed.error
+    budget = zp.parse_size(suggested.group(1).replace(" ", ""))
+    assert budget > int(largest * 0.9)
+    with zp.Runtime(workers=1, transport=transport, memory_budget=budget) as rt:
+        again = rt.run(_pipeline(data), raise_on_error=False).report
+    assert again.node(failed.name).status == "done", again.format()
+
+
+def test_printed_sizes_round_up_when_asked():
+    assert zp.fmt_bytes(7.44 * 2**20) == "7.4 MiB" and zp.fmt_bytes(7.44 * 2**20, up=True) == "7.5 MiB"
+    assert zp.fmt_bytes(7.4 * 2**20, up=True) == "7.4 MiB" and zp.fmt_bytes(1000.2, up=True) == "1001 B"
+    for n in (1, 1023, 1024, 1025, 10**6 + 7, 3 * 2**30 + 1):
+        assert zp.parse_size(zp.fmt_bytes(n, up=True).replace(" ", "")) >= n
+
+
 def test_parse_size():
     assert zp.parse_size("1.5G") == int(1.5 * (1 << 30))
     assert zp.parse_size("800MB") == zp.parse_size("800M") == zp.parse_size("800MiB") == 800 << 20

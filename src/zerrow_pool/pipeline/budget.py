@@ -17,6 +17,7 @@ the budget by at most ``tolerance`` (10%).
 """
 from __future__ import annotations
 
+import math
 import re
 import time
 
@@ -83,11 +84,16 @@ def parse_budget(text, minimum: int = 1) -> int:
     return n
 
 
-def fmt_bytes(n) -> str:
+def fmt_bytes(n, *, up: bool = False) -> str:
+    """``n`` bytes in binary units, one decimal; ``up``: rounded up, never down, so
+    that a printed minimum read back with :func:`parse_size` is still enough."""
     n = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            if unit == "B":
+                return f"{math.ceil(n) if up else n:.0f} {unit}"
+            # round(, 9) first: 7.4 MiB is 74.00000000000001 tenths in floating point
+            return f"{math.ceil(round(n * 10, 9)) / 10 if up else n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
 
@@ -201,7 +207,7 @@ class ResourceManager:
                 f"hold this run: {fmt_bytes(used)} is pinned by running nodes and their inputs and "
                 f"{fmt_bytes(need)} more is needed, after evicting the decode cache and spilling "
                 f"every cold intermediate. Raise --memory-budget to at least "
-                f"{fmt_bytes((used + need) / (1 + self.tolerance))} to get past this node (nodes "
+                f"{fmt_bytes(used + need, up=True)} to get past this node (nodes "
                 "after it may need more: a run without a budget reports what the whole run "
                 "pinned, as 'pinned by runs'), or use fewer workers so fewer intermediates are "
                 "pinned at once.")
