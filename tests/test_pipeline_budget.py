@@ -89,6 +89,26 @@ def test_following_the_suggested_minimum_gets_past_the_node(transport, tmp_path)
     assert again.node(failed.name).status == "done", again.format()
 
 
+def test_zerrow_completes_wherever_copy_does_with_no_more_spills(tmp_path):
+    """A ladder of budgets around the largest intermediate, the same for both transports."""
+    from zerrow_pool.pipeline.testing import require_zerrow
+    require_zerrow()
+    data = make_parquet(tmp_path / "d.parquet", rows=200_000, row_group_size=20_000)
+    with zp.Runtime(workers=1, transport="copy") as rt:
+        largest = max(n.bytes for n in rt.run(_pipeline(data)).report.nodes)
+    outcome = {}
+    for transport in ("copy", "zerrow"):
+        for factor in (2.0, 1.5, 1.1, 1.0, 0.9):
+            with zp.Runtime(workers=1, transport=transport, memory_budget=int(largest * factor)) as rt:
+                rep = rt.run(_pipeline(data), raise_on_error=False).report
+            outcome[transport, factor] = (rep.status, rep.spills)
+    completed_by_copy = [f for (t, f), (status, _) in outcome.items() if t == "copy" and status == "done"]
+    assert completed_by_copy, outcome  # the ladder reaches budgets that work
+    for factor in completed_by_copy:
+        (z_status, z_spills), (_, c_spills) = outcome["zerrow", factor], outcome["copy", factor]
+        assert z_status == "done" and z_spills <= c_spills, (factor, outcome)
+
+
 def test_printed_sizes_round_up_when_asked():
     assert zp.fmt_bytes(7.44 * 2**20) == "7.4 MiB" and zp.fmt_bytes(7.44 * 2**20, up=True) == "7.5 MiB"
     assert zp.fmt_bytes(7.4 * 2**20, up=True) == "7.4 MiB" and zp.fmt_bytes(1000.2, up=True) == "1001 B"
