@@ -1,5 +1,5 @@
 """The runtime's rules as plain functions and objects: no process started."""
-from zerrow_pool.pipeline.coordinator import may_retry
+from zerrow_pool.pipeline.run_state import may_retry
 from zerrow_pool.pipeline.decode_cache import DecodeCache
 
 

@@ -1,11 +1,20 @@
-"""The coordinator: schedules DAG runs over a pool of warm workers.
+"""The coordinator: one event loop that runs DAGs over a pool of warm workers.
 
-One event loop drives any number of concurrent runs.  A step becomes ready
-when all its inputs are done; ready tasks are dispatched to idle workers (so
-independent steps run in parallel up to the worker count).  The coordinator
-holds every output as a payload (fds or a file, never mapped) until its last
-consumer has finished, then drops it, so memory is released as the DAG
-advances.  Sources go through the decode cache when the transport supports it.
+The loop does the I/O and nothing else: it dispatches queued tasks to idle
+workers, waits on the busy ones' sockets, turns replies into payloads (fds or
+a file, never mapped) and applies what the rules decide:
+
+- run_state.py: each run's state and its transitions (which steps are ready,
+  what a completion or a failure releases, skips and starts, when a run is
+  finished), returned as ``Effects`` that ``_apply`` carries out;
+- memory_policy.py: what stays in memory, what is spilled first, and when a
+  task may start under the budget (budget.py measures and frees);
+- source_assembly.py and decode_cache.py: sources read through the decode
+  cache, each row group decoded once for every run that waits for it;
+- tasks.py: the tasks and the messages that ask a worker to run them.
+
+Any number of runs share the loop (``run_many``); independent steps run in
+parallel up to the worker count.
 """
 from __future__ import annotations
 
@@ -19,83 +28,26 @@ import warnings
 import weakref
 from collections import deque
 
-from . import rundirs
+from . import run_state, rundirs
 from .budget import BudgetExceeded, ResourceManager, fmt_bytes, parse_budget, parse_size
 from .dag import Pipeline, Source
-from .decode_cache import DecodeCache
-from .payloads import ColumnsPayload, open_input
-from .report import EdgeRecord, NodeRecord, RunReport, RunResult, raise_first_failure
+from .decode_cache import DecodeCache, cache_bound
+from .memory_policy import MemoryPolicy
+from .payloads import open_input
+from .report import RunReport, RunResult, raise_first_failure
+from .run_state import RunState
 from .sandbox import Isolation, make_undumpable, parse_isolation
+from .source_assembly import SourceAssembly
 from .spill import Spiller
-from .states import FINISHED, Event, Op, Status
+from .states import Event, Op, Status
+from .tasks import Task
 from .transports import get_transport
 from .wire import PeerClosed, close_fds, raise_fd_limit
 from .workers import WorkerPool
 
 
-def may_retry(failures: int, retries: int) -> bool:
-    """The one retry rule: a task that failed ``failures`` times runs again
-    while that is at most its step's ``retries``."""
-    return failures <= retries
-
-
 class RunCancelled(RuntimeError):
     """``Runtime.cancel()`` was called while a run was in progress."""
-
-
-class Task:
-    """A unit of work for one worker."""
-
-    def __init__(self, run, name, op, *, estimate=0, read=None, columns=None, schema=None,
-                 filter=None):
-        self.run, self.name, self.op = run, name, op
-        self.estimate = estimate
-        self.held_at_dispatch = 0
-        # decode tasks: a row group, its columns, the file's schema, the source's filter
-        self.read, self.columns, self.schema, self.filter = read, columns, schema, filter
-        self.pinned: list = []
-        self.attempts = 0  # decode tasks: failed attempts so far
-
-    def describe(self) -> str:
-        if self.op == Op.DECODE:
-            return f"decode of {os.path.basename(self.read.file.path)} row group {self.read.row_group}"
-        return f"node {self.name!r}"
-
-
-class SourceAssembly:
-    """A cached source waiting for its column chunks."""
-
-    def __init__(self, run, source, schema, reads):
-        self.run, self.source, self.schema, self.reads = run, source, schema, reads
-        self.slots = {}  # (read index, column) -> entry
-        self.missing = 0
-        self.rows = {}
-
-    def total_slots(self):
-        return len(self.reads) * len(self.schema)
-
-
-class RunState:
-    def __init__(self, pipeline: Pipeline, outputs, report: RunReport, given=None):
-        self.pipeline = pipeline
-        self.sandbox = pipeline.code_identity  # see zygote.py
-        # Steps produced elsewhere (by another machine, on Ray): their payloads, handed in.
-        self.given = dict(given or {})
-        self.report = report
-        self.rec = {s.name: NodeRecord(s.name, s.kind) for s in pipeline.order}
-        report.nodes = list(self.rec.values())
-        self.remaining = {n: len(c) for n, c in pipeline.consumers.items()}
-        self.payloads: dict = {}
-        self.keep = set(pipeline.sinks if outputs is None else outputs)
-        unknown = self.keep - set(pipeline.by_name)
-        if unknown:
-            raise KeyError(f"outputs {sorted(unknown)} are not steps of pipeline {pipeline.name!r}")
-        self.edges: dict = {}
-        self.t0 = time.monotonic()
-        self.done = False
-
-    def status(self, name):
-        return self.rec[name].status
 
 
 class Runtime:
@@ -128,14 +80,14 @@ class Runtime:
         self.n_workers = workers or max(1, os.cpu_count() or 1)
         self.budget = parse_budget(memory_budget) if memory_budget is not None else None
         self.cache_enabled = bool(cache) and self.transport.uses_cache
-        # cache_bytes bounds what cached decodes keep between runs (default: a
-        # quarter of the machine's memory, or ZERROW_CACHE_BYTES).
+        # cache_bytes bounds what cached decodes keep between runs.
         self.cache = (DecodeCache(self._entry_freed,
                                   max_entry_bytes=self.budget // 2 if self.budget else None,
-                                  max_bytes=_cache_bound(cache_bytes))
+                                  max_bytes=cache_bound(cache_bytes))
                       if self.cache_enabled else None)
         self.spiller = Spiller(spill_dir)
         self.resources = ResourceManager(self.budget, self.cache, self.spiller, tolerance)
+        self.memory = MemoryPolicy(self.resources, self._spilled)
         # The copy transport's files: a private run directory (RAM by default).
         self.out_dir = rundirs.make_run_dir(rundirs.copy_base())
         self.on_event = on_event
@@ -201,9 +153,8 @@ class Runtime:
         self.resources.reset_peaks()  # peaks per run_many call
         for run in states:
             self.runs.append(run)
-            for s in run.pipeline.order:
-                if not s.inputs:
-                    self._start_step(run, s)
+            for name in run_state.roots(run):
+                self._start_step(run, name)
         try:
             self._loop(states)
         except BaseException:
@@ -261,7 +212,7 @@ class Runtime:
                     if self.queue:
                         continue
                     for run in states:  # nothing can make progress: settle the run
-                        self._check_finished(run, force=True)
+                        self._settle(run, force=True)
                     continue
                 for w in busy:
                     sel.register(w.sock, selectors.EVENT_READ, w)
@@ -282,76 +233,35 @@ class Runtime:
                                record=run.rec.get(name) if name else None, **info))
 
     # --------------------------------------------------------------- starting
-    def _start_step(self, run, step) -> None:
-        rec = run.rec[step.name]
-        rec.status = Status.RUNNING
-        rec.start = time.monotonic()  # re-set when a worker takes the task
-        if step.name in run.given:
-            self._complete(run, step.name, run.given.pop(step.name), {}, 0)
+    def _start_step(self, run, name) -> None:
+        given = run_state.start(run, name, time.monotonic())
+        if given is not None:
+            self._complete(run, name, given, {}, 0)
             return
+        step = run.pipeline.by_name[name]
         if isinstance(step, Source) and self.cache_enabled:
             try:
                 self._start_cached_source(run, step)
             except Exception as e:  # noqa: BLE001 - planning errors fail the source
-                self._fail(run, step.name, f"{type(e).__name__}: {e}")
+                self._fail(run, name, f"{type(e).__name__}: {e}")
             return
         op = Op.READ if isinstance(step, Source) else Op.NODE
-        est = self.estimates.get((run.pipeline.name, step.name))
+        est = self.estimates.get((run.pipeline.name, name))
         if est is None:  # first run of this step: guess from its inputs
-            est = int(self.transport.estimate_factor
-                      * sum(run.payloads[u].nbytes for u in step.inputs if u in run.payloads))
-        self.queue.append(Task(run, step.name, op, estimate=est))
+            est = int(self.transport.estimate_factor * run_state.input_bytes(run, name))
+        self.queue.append(Task(run, name, op, estimate=est))
 
     def _start_cached_source(self, run, src) -> None:
         self._emit(Event.START, run, src.name)
         schema, full_schema, reads = self.cache.plan(src)
-        assembly = SourceAssembly(run, src, schema, reads)
-        todo = {}
-        for i, read in enumerate(reads):
-            for col in schema.names:
-                key = self.cache.key(read, col)
-                entry = self.cache.get(key)
-                if entry is not None:
-                    assembly.slots[(i, col)] = entry
-                    run.rec[src.name].cache_hits += 1
-                    continue
-                run.rec[src.name].cache_misses += 1
-                assembly.missing += 1
-                if self.cache.wait(key, self._slot_filler(assembly, i, col)):
-                    todo.setdefault(i, []).append(col)
-        for i, cols in todo.items():
-            self.queue.append(Task(run, src.name, Op.DECODE, read=reads[i], columns=cols,
+        rec = run.rec[src.name]  # decode work counts for its source
+        assembly = SourceAssembly(
+            schema, reads, wanted=lambda: run.status(src.name) == Status.RUNNING,
+            done=lambda payload: self._complete(run, src.name, payload, rec.timing, rec.peak),
+            failed=lambda error: self._fail(run, src.name, error))
+        for read, columns in assembly.request(self.cache, rec):
+            self.queue.append(Task(run, src.name, Op.DECODE, read=read, columns=columns,
                                    schema=full_schema, filter=src.filter))
-        if not assembly.missing:
-            self._finish_source(assembly)
-
-    def _slot_filler(self, assembly, i, col):
-        def fill(entry, error=None):
-            if assembly.run.status(assembly.source.name) != Status.RUNNING:
-                return  # the source already failed
-            if error is not None:
-                self._release_assembly(assembly)
-                self._fail(assembly.run, assembly.source.name, error)
-                return
-            assembly.slots[(i, col)] = entry.acquire()
-            assembly.missing -= 1
-            if not assembly.missing:
-                self._finish_source(assembly)
-        return fill
-
-    def _release_assembly(self, assembly):
-        for e in assembly.slots.values():
-            e.release()
-        assembly.slots = {}
-
-    def _finish_source(self, assembly) -> None:
-        cols = [[assembly.slots[(i, c)] for i in range(len(assembly.reads))] for c in assembly.schema.names]
-        rows = sum(assembly.slots[(i, assembly.schema.names[0])].payload.rows
-                   for i in range(len(assembly.reads))) if assembly.schema.names else 0
-        assembly.slots = {}
-        payload = ColumnsPayload(assembly.schema, cols, rows)
-        rec = assembly.run.rec[assembly.source.name]
-        self._complete(assembly.run, assembly.source.name, payload, rec.timing, rec.peak)
 
     # ------------------------------------------------------------ dispatching
     def _dispatch(self) -> None:
@@ -360,7 +270,8 @@ class Runtime:
             task = self.queue.popleft()
             if not self._still_wanted(task):
                 continue
-            if not self._admit(task):
+            own = run_state.inputs(task.run, task.name) if task.op == Op.NODE else []
+            if not self.memory.admit(task.estimate, own, self._running_inputs(), self.runs):
                 deferred.append(task)
                 continue
             self._send(self.pool.idle()[0], task)
@@ -371,69 +282,21 @@ class Runtime:
             return any(self.cache.awaited(self.cache.key(task.read, c)) for c in task.columns)
         return task.run.status(task.name) == Status.RUNNING
 
-    def _pinned(self):
-        out = []
-        for w in self.pool.busy():
-            out += w.task.pinned
-        for run in self.runs:
-            out += [run.payloads[n] for n in run.keep if n in run.payloads]
-        return out
-
-    def _spillable(self):
-        """Cold intermediates, least recently produced first."""
-        out = []
-        for run in self.runs:
-            for name, p in run.payloads.items():
-                if not p.spilled and not p.closed:
-                    out.append((p.produced, p, self._replacer(run, name)))
-        out.sort(key=lambda t: t[0])
-        return [(p, r) for _, p, r in out]
-
-    def _replacer(self, run, name):
-        def replace(new):
-            run.payloads[name] = new
-            run.rec[name].spilled = True
-            run.report.spills += 1
-            run.report.spilled_bytes += new.size
-            self._emit(Event.SPILL, run, name, bytes=new.nbytes)
-        return replace
-
-    def _admit(self, task) -> bool:
-        if self.budget is None:
-            return True
-        # The task's own inputs may be spilled too (last resort): the worker
-        # then memory-maps them from disk instead of shared memory.
-        spillable = self._spillable()
-        if task.op == Op.NODE:
-            own = {id(task.run.payloads[u]) for u in task.run.pipeline.by_name[task.name].inputs}
-            spillable.sort(key=lambda pr: id(pr[0]) in own)
-        fits = self.resources.make_room(task.estimate, self._pinned(), spillable, strict=False)
-        return fits or not self.pool.busy()
+    def _running_inputs(self) -> list:
+        """Per running task, the inputs it was sent."""
+        return [w.task.pinned for w in self.pool.busy()]
 
     def _send(self, w, task) -> None:
-        run = task.run
+        run, rec = task.run, task.run.rec[task.name]
         fds: list = []
-        msg = {"op": task.op, "name": task.name, "out_dir": self.out_dir}
+        limit = None
         if task.op == Op.NODE:
-            step = run.pipeline.by_name[task.name]
-            upstream = [run.payloads[u] for u in step.inputs]
-            task.pinned = upstream
-            msg.update(fn=step.ref, inputs=[p.encode(fds) for p in upstream], inputs_as=step.inputs_as,
-                       memory_limit=self._memory_limit(w, step), sandbox=run.sandbox)
-            for u, p in zip(step.inputs, upstream):
-                zero_copy = 0 if p.spilled else min(p.nbytes, p.stats.get("bytes_zero_copy", 0))
-                run.edges[(u, task.name)] = EdgeRecord(u, task.name, p.nbytes, zero_copy,
-                                                      p.nbytes if p.spilled else p.stats.get("copied", 0))
-            run.rec[task.name].attempts += 1
-        elif task.op == Op.READ:
-            src = run.pipeline.by_name[task.name]
-            msg.update(files=src.files(), columns=src.columns, filter=src.filter)
-            run.rec[task.name].attempts += 1
-        else:
-            msg.update(file=task.read.file.path, row_group=task.read.row_group,
-                       columns=task.columns, filter=task.filter, schema=task.schema)
-        rec = run.rec[task.name]
+            task.pinned = run_state.inputs(run, task.name)
+            run_state.record_edges(run, task.name, task.pinned)
+            limit = self._memory_limit(w, run.pipeline.by_name[task.name])
+        msg = task.message(self.out_dir, fds, limit)
         if task.op != Op.DECODE:
+            rec.attempts += 1
             rec.start = time.monotonic()
             self._emit(Event.START, run, task.name)
         rec.worker_pid = w.pid
@@ -475,7 +338,7 @@ class Runtime:
             w.task = None
             self.pool.replace(w)
             self._task_failed(task, f"worker pid {w.pid} {status} while running "
-                                    f"{task.describe()}", died=True)
+                                    f"{task.describe()}")
             return
         w.task = None
         self.resources.note_worker_peak(task.held_at_dispatch, reply.get("peak", 0))
@@ -512,9 +375,9 @@ class Runtime:
             entry = self.cache.add(self.cache.key(task.read, col), payload,
                                    secs * part.nbytes / total)
             self.cache.resolve(entry.key, entry)
-        self.resources.make_room(0, self._pinned(), self._spillable(), strict=False)
+        self.memory.tidy(self._running_inputs(), self.runs)
 
-    def _task_failed(self, task, error: str, died: bool = False) -> None:
+    def _task_failed(self, task, error: str) -> None:
         run = task.run
         step = run.pipeline.by_name[task.name]  # a source's retries cover its decodes
         if task.op == Op.DECODE:
@@ -524,7 +387,7 @@ class Runtime:
             return
         else:
             failures = run.rec[task.name].attempts
-        if may_retry(failures, step.retries):
+        if run_state.may_retry(failures, step.retries):
             self._emit(Event.RETRY, run, task.name, error=error)
             self.queue.append(task if task.op == Op.DECODE
                               else Task(run, task.name, task.op, estimate=task.estimate))
@@ -534,82 +397,46 @@ class Runtime:
         else:
             self._fail(run, task.name, error)
 
-    # ------------------------------------------------------- state transitions
+    # -------------------------------------------------- applying transitions
     def _complete(self, run, name, payload, timing, peak) -> None:
-        rec = run.rec[name]
         before = self.resources.usage()
-        payload.produced = time.monotonic()
         self.resources.track(payload)
-        run.payloads[name] = payload
-        try:  # the new output itself had to exist in memory: it is pinned here
-            self.resources.make_room(0, self._pinned() + [payload], self._spillable(), strict=True)
+        try:
+            self.memory.hold(payload, self._running_inputs(), self.runs)
         except BudgetExceeded as e:
-            run.payloads.pop(name, None)
-            self.resources.untrack(payload)
-            payload.close()
+            self._release([payload])
             self._fail(run, name, f"BudgetExceeded: {e}")
             return
         self.estimates[(run.pipeline.name, name)] = max(0, self.resources.usage() - before)
-        rec.end = time.monotonic()
-        rec.status = Status.DONE
-        rec.rows, rec.bytes, rec.timing, rec.peak = payload.rows, payload.nbytes, timing, peak
-        rec.bytes_zero_copy = payload.stats.get("bytes_zero_copy", 0)
-        rec.copied = payload.stats.get("copied", 0)
-        rec.exposed = payload.stats.get("exposed", 0)
+        effects = run_state.complete(run, name, payload, time.monotonic(), timing, peak)
         self._emit(Event.DONE, run, name)
-        self._inputs_consumed(run, name)
-        if run.remaining[name] == 0 and name not in run.keep:
-            self._drop(run, name)
-        for c in run.pipeline.consumers[name]:
-            if run.status(c) == Status.PENDING and all(run.status(u) == Status.DONE for u in run.pipeline.by_name[c].inputs):
-                self._start_step(run, run.pipeline.by_name[c])
-        self._check_finished(run)
+        self._apply(run, effects)
 
     def _fail(self, run, name, error: str) -> None:
-        rec = run.rec[name]
-        rec.status, rec.error, rec.end = Status.FAILED, error, time.monotonic()
-        if run.report.error is None:
-            first = error.strip().splitlines()[-1] if error.strip() else error
-            run.report.error = f"node {name!r} of pipeline {run.pipeline.name!r} failed: {first}"
+        effects = run_state.fail(run, name, error, time.monotonic())
         self._emit(Event.FAILED, run, name, error=error)
-        self._inputs_consumed(run, name)
-        todo = list(run.pipeline.consumers[name])
-        while todo:
-            c = todo.pop()
-            if run.status(c) in FINISHED or run.status(c) == Status.RUNNING:
-                continue
-            run.rec[c].status = Status.SKIPPED
-            self._emit(Event.SKIPPED, run, c)
-            self._inputs_consumed(run, c)
-            todo += run.pipeline.consumers[c]
-        self._check_finished(run)
+        self._apply(run, effects)
 
-    def _inputs_consumed(self, run, name) -> None:
-        for up in dict.fromkeys(run.pipeline.by_name[name].inputs):
-            run.remaining[up] -= 1
-            if run.remaining[up] == 0 and up not in run.keep:
-                self._drop(run, up)
+    def _apply(self, run, effects) -> None:
+        for name in effects.skipped:
+            self._emit(Event.SKIPPED, run, name)
+        self._release(effects.release)
+        for name in effects.start:
+            self._start_step(run, name)
+        self._settle(run)
 
-    def _drop(self, run, name) -> None:
-        p = run.payloads.pop(name, None)
-        if p is not None:
+    def _release(self, payloads) -> None:
+        for p in payloads:
             self.resources.untrack(p)
             p.close()
 
-    def _check_finished(self, run, force: bool = False) -> None:
-        if run.done:
+    def _spilled(self, run, name, new) -> None:
+        self._emit(Event.SPILL, run, name, bytes=new.nbytes)
+
+    def _settle(self, run, force: bool = False) -> None:
+        if not run_state.settle(run, time.monotonic(), force=force):
             return
-        pending = [n for n, r in run.rec.items() if r.status not in FINISHED]
-        if pending and not force:
-            return
-        for n in pending:  # only reachable with force: nothing can run them
-            run.rec[n].status = Status.SKIPPED
-        run.done = True
         rep = run.report
-        rep.wall_s = time.monotonic() - run.t0
-        failed = [n for n, r in run.rec.items() if r.status == Status.FAILED]
-        rep.status = Status.FAILED if failed else Status.DONE
-        rep.edges = list(run.edges.values())
         rep.peak_held = self.resources.peak
         rep.peak_pinned = self.resources.peak_pinned
         rep.peak_with_workers = max(self.resources.peak, self.resources.peak_with_workers)
@@ -622,16 +449,13 @@ class Runtime:
 
     # ------------------------------------------------------------ results
     def _collect(self, run) -> dict:
+        taken = run_state.take_outputs(run)
         outputs = {}
-        for name in list(run.keep):
-            p = run.payloads.pop(name, None)
-            if p is None:
-                continue
-            if run.report.status == Status.DONE:
+        if run.report.status == Status.DONE:
+            for name, p in taken.items():
                 fds: list = []
                 outputs[name] = open_input(p.encode(fds), fds)
-            self.resources.untrack(p)
-            p.close()
+        self._release(taken.values())
         self.runs.remove(run)
         return outputs
 
@@ -647,24 +471,12 @@ class Runtime:
         if self.cache:
             self.cache.forget_waiters()
         for run in states:
-            for p in run.given.values():
-                p.close()
-            for name in list(run.payloads):
-                self._drop(run, name)
+            self._release(run_state.abandon(run))
             if run in self.runs:
                 self.runs.remove(run)
 
     def _entry_freed(self, entry) -> None:
         self.resources.untrack(entry.payload)
-
-
-def _cache_bound(cache_bytes) -> int:
-    if cache_bytes is None:
-        cache_bytes = os.environ.get("ZERROW_CACHE_BYTES")
-    if cache_bytes is not None:
-        return parse_size(cache_bytes)
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-
 
 def _shutdown(pool, out_dir, spiller) -> None:
     pool.close()

@@ -31,7 +31,6 @@ class Payload:
         self.nbytes = nbytes
         self.stats = stats or {}
         self.closed = False
-        self.produced = 0.0  # monotonic time its node finished (spilling: oldest first)
 
     def memory(self) -> dict:
         """{segment identity: resident bytes} this payload keeps alive."""
