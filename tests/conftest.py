@@ -8,6 +8,10 @@ import textwrap
 import pyarrow as pa
 import pytest
 
+# Every pipeline run in the tests (in-process, the CLI, the service) checks its
+# runs' invariants at each turn of the coordinator's loop (run_state.check).
+os.environ.setdefault("ZERROW_DEBUG_INVARIANTS", "1")
+
 
 def proc_status(field, pid="self"):
     """A ``kB`` field of /proc/<pid>/status (VmRSS, RssShmem, ...) in bytes."""

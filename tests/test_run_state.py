@@ -75,9 +75,18 @@ def new_run(pipeline=None, outputs=None, given=None):
 
 
 def finish(run, name, payload=None, now=0.0):
-    """Start and complete ``name``; its effects."""
+    """Start and complete ``name`` (starting what it makes ready, as the loop
+    does); its effects."""
     run_state.start(run, name, now)
-    return run_state.complete(run, name, payload or FakePayload(label=name), now, {}, 0)
+    fx = run_state.complete(run, name, payload or FakePayload(label=name), now, {}, 0)
+    apply(run, fx)
+    return fx
+
+
+def apply(run, fx):
+    for step in fx.start:
+        run_state.start(run, step, 0.0)
+    run_state.check(run)
 
 
 def test_roots_then_consumers_become_ready_in_order_once_all_inputs_are_done():
@@ -137,6 +146,7 @@ def test_a_failure_skips_everything_downstream_and_nothing_else():
     run_state.start(run, "a", 0.0)
     run_state.start(run, "b", 0.0)
     fx = run_state.fail(run, "a", "Traceback...\nValueError: bad row", 1.0)
+    apply(run, fx)
     assert sorted(fx.skipped) == ["c", "d", "e"]
     assert run.status("a") == Status.FAILED and run.status("b") == Status.RUNNING
     assert run.report.error == "node 'a' of pipeline 'diamond' failed: ValueError: bad row"
@@ -153,7 +163,7 @@ def test_the_first_failure_is_the_runs_error():
     run = new_run()
     finish(run, "src")
     run_state.fail(run, "a", "first", 1.0)
-    run_state.fail(run, "b", "second", 1.0)
+    apply(run, run_state.fail(run, "b", "second", 1.0))
     assert "'a'" in run.report.error and "first" in run.report.error
 
 
@@ -161,6 +171,7 @@ def test_a_failed_source_releases_nothing_it_never_had_and_skips_all():
     run = new_run()
     run_state.start(run, "src", 0.0)
     fx = run_state.fail(run, "src", "FileNotFoundError: gone", 1.0)
+    apply(run, fx)
     assert sorted(fx.skipped) == ["a", "b", "c", "d", "e"] and fx.release == []
     assert run_state.settle(run, 3.0)
     assert run.report.status == Status.FAILED and run.report.wall_s == pytest.approx(3.0 - run.t0)
@@ -199,6 +210,16 @@ def test_abandon_hands_back_everything_held_or_given():
     finish(run, "src", src)
     assert set(map(id, run_state.abandon(run))) == {id(given), id(src)}
     assert run.payloads == {} and run.given == {}
+
+
+def test_check_names_a_broken_invariant():
+    run = new_run()
+    finish(run, "src")
+    run.remaining["src"] += 1
+    with pytest.raises(AssertionError, match="src: remaining 3"):
+        run_state.check(run)
+    with pytest.raises(AssertionError, match="src: pending with every input done"):
+        run_state.check(new_run())  # its roots not started yet
 
 
 def test_edges_record_what_each_input_cost():

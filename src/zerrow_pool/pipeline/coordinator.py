@@ -46,6 +46,11 @@ from .wire import PeerClosed, close_fds, raise_fd_limit
 from .workers import WorkerPool
 
 
+# Check every run's invariants (run_state.check) at each turn of the loop, as
+# the C++ core does after each transition when built with the same name.
+CHECK_INVARIANTS = os.environ.get("ZERROW_DEBUG_INVARIANTS", "0") not in ("", "0")
+
+
 class RunCancelled(RuntimeError):
     """``Runtime.cancel()`` was called while a run was in progress."""
 
@@ -204,6 +209,10 @@ class Runtime:
         sel.register(self._wake_r, selectors.EVENT_READ, None)
         try:
             while not all(run.done for run in states):
+                if CHECK_INVARIANTS:
+                    for run in states:
+                        if not run.done:
+                            run_state.check(run)
                 if self._cancelled.is_set():
                     raise RunCancelled("the run was cancelled")
                 self._dispatch()

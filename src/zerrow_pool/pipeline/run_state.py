@@ -41,12 +41,14 @@ t0
 done
     The run is settled (every step finished and the report complete).
 
-Invariants, between transitions:
+Invariants of a run not settled, once the loop has applied a transition's
+effects (``check`` verifies them: the tests after every transition, the
+coordinator at each turn of its loop when ``ZERROW_DEBUG_INVARIANTS=1``):
 
-- a step is in ``payloads`` only if it is done and (``remaining[step] > 0``
-  or it is in ``keep``);
+- a step is in ``payloads`` (and ``produced``) only if it is done and
+  (``remaining[step] > 0`` or it is in ``keep``);
 - ``remaining[step]`` is the number of ``consumers[step]`` not finished;
-- a pending step's inputs are never all done (it would have been started).
+- a pending step has an input that is not done (else it would have started).
 """
 from __future__ import annotations
 
@@ -211,6 +213,19 @@ def abandon(run: RunState) -> list:
     run.given.clear()
     run.payloads.clear()
     return out
+
+
+def check(run: RunState) -> None:
+    """Raise ``AssertionError`` naming the first invariant (module docstring) broken."""
+    for name, rec in run.rec.items():
+        unfinished = [c for c in run.pipeline.consumers[name] if run.status(c) not in FINISHED]
+        assert run.remaining[name] == len(unfinished), \
+            f"{name}: remaining {run.remaining[name]}, unfinished consumers {unfinished}"
+        if name in run.payloads:
+            assert rec.status == Status.DONE and name in run.produced, f"{name}: held, {rec.status}"
+            assert unfinished or name in run.keep, f"{name}: held with no reader and not kept"
+        if rec.status == Status.PENDING:
+            assert not _ready(run, name), f"{name}: pending with every input done"
 
 
 # ------------------------------------------------------------------ helpers
