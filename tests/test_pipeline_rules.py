@@ -123,3 +123,15 @@ def test_a_failed_decode_fails_the_source_once_and_lets_go_of_what_it_held():
         cache.fail(cache.key(READS[1], col), "OSError: bad page")
     assert outcome.errors == ["OSError: bad page"] and outcome.payloads == []
     assert all(p.closed for p in held)
+
+
+def test_a_decode_is_stored_per_column_costed_by_bytes_and_tracked_before_it_is_read():
+    cache = DecodeCache(lambda e: None)
+    tracked, got = [], []
+    cache.wait(cache.key(READS[0], "y"), lambda e, err=None: got.append((e, list(tracked))))
+    x, y = FakePayload(nbytes=30), FakePayload(nbytes=10)
+    cache.store(READS[0], ["x", "y"], [x, y], 2.0, tracked.append)
+    entry_x, entry_y = (cache.entries[cache.key(READS[0], c)] for c in ("x", "y"))
+    assert entry_x.payload is x and entry_y.payload is y
+    assert (entry_x.cost_s, entry_y.cost_s) == (1.5, 0.5)
+    assert got == [(entry_y, [x, y])]  # y's waiter ran once y counted as held

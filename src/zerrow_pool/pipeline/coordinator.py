@@ -371,19 +371,14 @@ class Runtime:
     def _on_decoded(self, task, reply, fds) -> None:
         rec = task.run.rec[task.name]  # decode work counts for its source
         rec.peak = max(rec.peak, reply.get("peak", 0))
-        timing = rec.timing
         for k, v in reply["timing"].items():
-            timing[k] = timing.get(k, 0) + v
-        res = reply["result"]
-        total = sum(p.nbytes for p in res.parts) or 1
-        secs = reply["timing"].get("total_s", 0.0)
-        for col, part in zip(task.columns, res.parts):
+            rec.timing[k] = rec.timing.get(k, 0) + v
+        payloads = []
+        for part in reply["result"].parts:
             start, n = part.fds
-            payload = self.transport.payload(part, fds[start:start + n])
-            self.resources.track(payload, cached=True)
-            entry = self.cache.add(self.cache.key(task.read, col), payload,
-                                   secs * part.nbytes / total)
-            self.cache.resolve(entry.key, entry)
+            payloads.append(self.transport.payload(part, fds[start:start + n]))
+        self.cache.store(task.read, task.columns, payloads, reply["timing"].get("total_s", 0.0),
+                         lambda p: self.resources.track(p, cached=True))
         self.memory.tidy(self._running_inputs(), self.runs)
 
     def _task_failed(self, task, error: str) -> None:

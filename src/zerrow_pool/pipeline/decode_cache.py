@@ -161,6 +161,17 @@ class DecodeCache:
             self.entries[key] = e
         return e
 
+    def store(self, read: RowGroupRead, columns, payloads, seconds: float, track) -> None:
+        """A worker decoded ``columns`` of ``read`` into ``payloads`` (one each,
+        in order) in ``seconds``: cache each chunk, costing its share of the time
+        by bytes, and hand it to its waiters. ``track(payload)`` is called on
+        each first, so that its memory counts before anyone reads it."""
+        total = sum(p.nbytes for p in payloads) or 1
+        for col, payload in zip(columns, payloads):
+            track(payload)
+            entry = self.add(self.key(read, col), payload, seconds * payload.nbytes / total)
+            self.resolve(entry.key, entry)
+
     # ---------------------------------------------------------- decodes in flight
     def wait(self, key, waiter) -> bool:
         """Call ``waiter(entry, error)`` once ``key`` is decoded (or failed);
