@@ -73,6 +73,30 @@ def ray_tasks_run(pipeline, threads: int) -> dict:
     return dict(zip(pipeline.sinks, ray.get(sinks)))
 
 
+# ------------------------------------------------- the node functions' own compute
+def compute_only(pipeline, rounds: int) -> dict:
+    """The node functions run in this process on inputs already in memory (sources
+    read once, untimed): no transport, no decode, no scheduling. Median over
+    ``rounds`` of their summed time, per node, and the longest chain of nodes."""
+    tables = {s.name: pads.dataset(s.files(), format="parquet").to_table(columns=s.columns, filter=s.filter)
+              for s in pipeline.order if s.kind == "source"}
+    nodes = [s for s in pipeline.order if s.kind != "source"]
+    per_node = {s.name: [] for s in nodes}
+    for _ in range(rounds + 1):  # the first round warms up
+        outs = dict(tables)
+        for s in nodes:
+            t0 = time.perf_counter()
+            outs[s.name] = s.fn(*[outs[u] for u in s.inputs])
+            per_node[s.name].append(time.perf_counter() - t0)
+    med = {n: statistics.median(t[1:]) for n, t in per_node.items()}
+    chain = {}  # longest path of node time ending at each step
+    for s in pipeline.order:
+        chain[s.name] = med.get(s.name, 0.0) + max((chain[u] for u in getattr(s, "inputs", ())), default=0.0)
+    totals = [sum(t[i] for t in per_node.values()) for i in range(1, rounds + 1)]
+    return {"median_s": statistics.median(totals), "per_node_s": med,
+            "critical_path_s": max(chain.values())}
+
+
 # ---------------------------------------------------------------------- modes
 def interleaved(modes: dict, rounds: int):
     """Per mode: seconds of ``rounds`` timed runs, taken round-robin over the modes
@@ -131,6 +155,11 @@ def single_node(data: str, workers: int, rounds: int) -> dict:
                     print(f"{name:9} {mode:19} median {res[mode]['median_s']:.2f}s  "
                           f"{[round(x, 2) for x in secs[mode]]}", flush=True)
                 med = {m: res[m]["median_s"] for m in modes}
+                res["compute"] = compute_only(p, rounds)
+                res["ceiling"] = med["ray-tasks"] / res["compute"]["median_s"]
+                print(f"{name:9} compute only        median {res['compute']['median_s']:.2f}s "
+                      f"(critical path {res['compute']['critical_path_s']:.2f}s): ceiling ray-tasks / "
+                      f"compute {res['ceiling']:.2f}x", flush=True)
                 for mode in ("local", "zerrow-ray", "zerrow-ray-nocache"):
                     res[f"ray-tasks/{mode}"] = med["ray-tasks"] / med[mode]
                 res["zerrow-ray/local"] = med["zerrow-ray"] / med["local"]
@@ -190,6 +219,7 @@ def main():
         print(f"{name}: ray-tasks / zerrow-ray {r['ray-tasks/zerrow-ray']:.2f}x, "
               f"ray-tasks / zerrow-ray-nocache {r['ray-tasks/zerrow-ray-nocache']:.2f}x, "
               f"zerrow-ray / local {r['zerrow-ray/local']:.2f}x, "
+              f"ceiling ray-tasks / compute {r['ceiling']:.2f}x, "
               f"equal {all(r[m]['equal'] for m in ('local', 'zerrow-ray', 'zerrow-ray-nocache', 'ray-tasks'))}")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from math import nan
 import os
 import platform
 import socket
@@ -298,20 +299,6 @@ class Consumer:
 
 
 # ---------------------------------------------------------------------- the transfers
-def timed(reps: int, once) -> dict:
-    """``once()`` makes one transfer and returns the consumer's result with its
-    ``e2e_s``; one warm-up, then ``reps`` timed ones."""
-    once()
-    runs = []
-    for _ in range(reps):
-        lo = loopback_bytes()
-        res = once()
-        res.update(hold_s=res["e2e_s"] - res["touch_s"], loopback=loopback_bytes() - lo)
-        runs.append(res)
-    med = {k: statistics.median(r[k] for r in runs) for k in ("hold_s", "touch_s", "e2e_s")}
-    return {"runs": runs, **{f"median_{k}": v for k, v in med.items()}, "last": runs[-1]}
-
-
 def clocked(consumer, transfer) -> dict:
     """The consumer's memory baseline, then ``transfer()`` timed from the driver."""
     ray.get(consumer.mark.remote())
@@ -359,6 +346,35 @@ def flight_once(consumer, location, into_zerrow):
     return lambda: clocked(consumer, lambda: ray.get(consumer.flight_get.remote(location, into_zerrow)))
 
 
+def measure(table_info: dict, reps: int, transports: dict) -> dict:
+    """Each transport's ``once()`` makes one transfer and returns the consumer's
+    result with its ``e2e_s``. One warm-up each, then ``reps`` rounds taking the
+    transports in turn (a busy moment of the machine hits them alike); medians."""
+    out, runs = {"table": table_info}, {}
+    for name, once in transports.items():
+        try:
+            once()
+            runs[name] = []
+        except Exception as e:  # noqa: BLE001 - a transport that fails is a finding: recorded
+            out[name] = {"error": f"{type(e).__name__}: {e}"}
+    for _ in range(reps):
+        for name in runs:
+            lo = loopback_bytes()
+            res = transports[name]()
+            res.update(hold_s=res["e2e_s"] - res["touch_s"], loopback=loopback_bytes() - lo)
+            runs[name].append(res)
+    for name, rs in runs.items():
+        out[name] = {"runs": rs, "last": rs[-1], **{
+            f"median_{k}": statistics.median(r[k] for r in rs) for k in ("hold_s", "touch_s", "e2e_s")}}
+    return {k: out[k] for k in ["table", *transports]}
+
+
+def close(*actors) -> None:
+    for a in actors:
+        if a is not None:
+            ray.get(a.close.remote())
+
+
 def same_machine(nbytes: int, reps: int) -> dict:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=STORE,
              runtime_env=RUNTIME_ENV)
@@ -370,19 +386,14 @@ def same_machine(nbytes: int, reps: int) -> dict:
         ray.get(consumer.listen.remote(path))
         ray.get(producer.connect.remote(path))
         ray.get(consumer.accept.remote())
-        out = {"table": info}
-        for name, once in (("object-store", object_store_once(producer, consumer)),
-                           ("zerrow-socket", zerrow_socket_once(producer, consumer)),
-                           ("rdt-zerrow", rdt_once(producer, consumer))):
-            try:
-                out[name] = timed(reps, once)
-            except Exception as e:  # noqa: BLE001 - recorded as the finding it is
-                out[name] = {"error": f"{type(e).__name__}: {e}"}
-        return out
+        return measure(info, reps, {"object-store": object_store_once(producer, consumer),
+                                    "zerrow-socket": zerrow_socket_once(producer, consumer),
+                                    "rdt-zerrow": rdt_once(producer, consumer)})
     finally:
-        for a in (producer, consumer):
-            if a is not None:
-                ray.get(a.close.remote())
+        close(producer, consumer)
+        # Ray 2.60's driver-side RDT monitor thread outlives ray.shutdown() and then
+        # fails on the objects of the finished session: stop it first
+        ray._private.worker.global_worker.rdt_manager.shutdown()
         ray.shutdown()
 
 
@@ -402,17 +413,12 @@ def across_nodes(nbytes: int, reps: int) -> dict:
         if info["node"] == ray.get(consumer.node.remote()):
             raise RuntimeError("producer and consumer landed on one node")
         location = ray.get(producer.serve_flight.remote())
-        out = {"table": info}
-        for name, once in (("object-store", object_store_once(producer, consumer)),
-                           ("object-store+copy", object_store_once(producer, consumer, "get_ref_copy")),
-                           ("flight", flight_once(consumer, location, False)),
-                           ("flight+share", flight_once(consumer, location, True))):
-            out[name] = timed(reps, once)
-        return out
+        return measure(info, reps, {"object-store": object_store_once(producer, consumer),
+                                    "object-store+copy": object_store_once(producer, consumer, "get_ref_copy"),
+                                    "flight": flight_once(consumer, location, False),
+                                    "flight+share": flight_once(consumer, location, True)})
     finally:
-        for a in (producer, consumer):
-            if a is not None:
-                ray.get(a.close.remote())
+        close(producer, consumer)
         ray.shutdown()
         cluster.shutdown()
 
@@ -423,21 +429,25 @@ def mib(n) -> str:
 
 
 def table_rows(title: str, res: dict, base: str) -> list[str]:
+    """Per transport: time until the consumer holds the table, and until it also
+    touched every page of it; bandwidths and ratios against ``base``; bytes."""
     nbytes = res["table"]["nbytes"]
     lines = [f"\n{title}: {res['table']['rows']:,} rows, {mib(nbytes)}",
-             f"{'transport':19} {'hold s':>8} {'GB/s':>6} {'vs ' + base:>16} {'touch s':>8} "
+             f"{'transport':18} {'hold s':>7} {'GB/s':>6} {'ratio':>6} {'+touch s':>8} {'GB/s':>6} {'ratio':>6} "
              f"{'store':>9} {'anon+':>9} {'loopback':>9} {'share copy':>10}  zerrow mem"]
+    ref = res.get(base, {})
     for name, r in res.items():
         if name == "table":
             continue
         if "error" in r:
-            lines.append(f"{name:19} {r['error']}")
+            lines.append(f"{name:18} {r['error']}")
             continue
         last = r["last"]
-        ratio = res[base]["median_hold_s"] / r["median_hold_s"] if "median_hold_s" in res.get(base, {}) else float("nan")
+        hold, e2e = r["median_hold_s"], r["median_e2e_s"]
         lines.append(
-            f"{name:19} {r['median_hold_s']:8.3f} {nbytes / r['median_hold_s'] / 1e9:6.2f} {ratio:15.1f}x "
-            f"{r['median_touch_s']:8.3f} {mib(last.get('store_bytes', 0)):>9} {mib(last['anon_growth']):>9} "
+            f"{name:18} {hold:7.3f} {nbytes / hold / 1e9:6.2f} {ref.get('median_hold_s', nan) / hold:5.1f}x "
+            f"{e2e:8.3f} {nbytes / e2e / 1e9:6.2f} {ref.get('median_e2e_s', nan) / e2e:5.1f}x "
+            f"{mib(last.get('store_bytes', 0)):>9} {mib(last['anon_growth']):>9} "
             f"{mib(last['loopback']):>9} {mib(last.get('share_copied', 0)):>10}  {last['zerrow_memory']}")
     return lines
 
@@ -448,7 +458,13 @@ def main():
     ap.add_argument("--reps", type=int, default=5, help="timed transfers per transport and size")
     ap.add_argument("--only", choices=["same", "across"], help="one of the two settings only")
     ap.add_argument("--out", default=os.path.join(".benchmarks", "ray_transports.json"))
+    ap.add_argument("--print", metavar="JSON", help="print the tables of an earlier run's --out file, run nothing")
     args = ap.parse_args()
+    if args.print:
+        with open(args.print) as f:
+            for key, r in json.load(f)["runs"].items():
+                print("\n".join(table_rows(key, r, "object-store")))
+        return
     sizes = [int(s[:-1]) * UNITS[s[-1].upper()] for s in args.sizes.split(",")]
     results = {"ray": ray.__version__, "pyarrow": pa.__version__, "reps": args.reps,
                "cpu": platform.processor() or platform.machine(), "ncpu": os.cpu_count(), "runs": {}}
