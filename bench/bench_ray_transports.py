@@ -21,7 +21,9 @@ Same machine (one Ray node):
   (``register_tensor_transport``, one-sided): the producer's method, declared
   ``@ray.method(tensor_transport="ZERROW")``, returns the table; Ray calls the
   transport to share it, and the consumer's side attaches the fds it opens through
-  ``/proc/PID/fd`` of the producer.
+  ``/proc/PID/fd`` of the producer (a second producer/consumer pair);
+- ``object-store after-rdt``: ``object-store`` between that second pair: what the
+  RDT registration does to the ordinary ``ray.put`` of a table in those actors.
 
 Across Ray nodes (``ray.cluster_utils.Cluster``, two nodes on this machine, custom
 resources placing the producer on one and the consumer on the other):
@@ -378,9 +380,12 @@ def close(*actors) -> None:
 def same_machine(nbytes: int, reps: int) -> dict:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=STORE,
              runtime_env=RUNTIME_ENV)
-    producer = consumer = None
+    actors = []
     try:
-        producer, consumer = Producer.remote(nbytes), Consumer.remote()
+        # RDT gets a pair of actors of its own: once an actor ran an RDT method for
+        # pa.Table, Ray pickles every pa.Table it puts in-band (see "after-rdt")
+        producer, consumer, rdt_producer, rdt_consumer = actors = [
+            Producer.remote(nbytes), Consumer.remote(), Producer.remote(nbytes), Consumer.remote()]
         info = ray.get(producer.describe.remote())
         path = os.path.join(tempfile.mkdtemp(prefix="zerrow-bench-"), "s")
         ray.get(consumer.listen.remote(path))
@@ -388,9 +393,10 @@ def same_machine(nbytes: int, reps: int) -> dict:
         ray.get(consumer.accept.remote())
         return measure(info, reps, {"object-store": object_store_once(producer, consumer),
                                     "zerrow-socket": zerrow_socket_once(producer, consumer),
-                                    "rdt-zerrow": rdt_once(producer, consumer)})
+                                    "rdt-zerrow": rdt_once(rdt_producer, rdt_consumer),
+                                    "object-store after-rdt": object_store_once(rdt_producer, rdt_consumer)})
     finally:
-        close(producer, consumer)
+        close(*actors)
         # Ray 2.60's driver-side RDT monitor thread outlives ray.shutdown() and then
         # fails on the objects of the finished session: stop it first
         ray._private.worker.global_worker.rdt_manager.shutdown()
@@ -433,19 +439,19 @@ def table_rows(title: str, res: dict, base: str) -> list[str]:
     touched every page of it; bandwidths and ratios against ``base``; bytes."""
     nbytes = res["table"]["nbytes"]
     lines = [f"\n{title}: {res['table']['rows']:,} rows, {mib(nbytes)}",
-             f"{'transport':18} {'hold s':>7} {'GB/s':>6} {'ratio':>6} {'+touch s':>8} {'GB/s':>6} {'ratio':>6} "
+             f"{'transport':22} {'hold s':>7} {'GB/s':>6} {'ratio':>6} {'+touch s':>8} {'GB/s':>6} {'ratio':>6} "
              f"{'store':>9} {'anon+':>9} {'loopback':>9} {'share copy':>10}  zerrow mem"]
     ref = res.get(base, {})
     for name, r in res.items():
         if name == "table":
             continue
         if "error" in r:
-            lines.append(f"{name:18} {r['error']}")
+            lines.append(f"{name:22} {r['error']}")
             continue
         last = r["last"]
         hold, e2e = r["median_hold_s"], r["median_e2e_s"]
         lines.append(
-            f"{name:18} {hold:7.3f} {nbytes / hold / 1e9:6.2f} {ref.get('median_hold_s', nan) / hold:5.1f}x "
+            f"{name:22} {hold:7.3f} {nbytes / hold / 1e9:6.2f} {ref.get('median_hold_s', nan) / hold:5.1f}x "
             f"{e2e:8.3f} {nbytes / e2e / 1e9:6.2f} {ref.get('median_e2e_s', nan) / e2e:5.1f}x "
             f"{mib(last.get('store_bytes', 0)):>9} {mib(last['anon_growth']):>9} "
             f"{mib(last['loopback']):>9} {mib(last.get('share_copied', 0)):>10}  {last['zerrow_memory']}")
