@@ -397,9 +397,12 @@ def same_machine(nbytes: int, reps: int) -> dict:
                                     "object-store after-rdt": object_store_once(rdt_producer, rdt_consumer)})
     finally:
         close(*actors)
-        # Ray 2.60's driver-side RDT monitor thread outlives ray.shutdown() and then
-        # fails on the objects of the finished session: stop it first
-        ray._private.worker.global_worker.rdt_manager.shutdown()
+        # Ray 2.60 keeps the driver's RDT manager (its monitor thread and queue of
+        # transfers) across ray.shutdown(); the next session's monitor then fails on
+        # the finished session's objects. Stop it and let the next session make its own.
+        worker = ray._private.worker.global_worker
+        worker.rdt_manager.shutdown()
+        worker._rdt_manager = None
         ray.shutdown()
 
 
