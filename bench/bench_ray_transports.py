@@ -35,7 +35,9 @@ resources placing the producer on one and the consumer on the other):
 - ``flight``: a ``pyarrow.flight`` server in the producer's process, ``do_get`` +
   ``read_all`` in the consumer;
 - ``flight+share``: the same read inside ``zerrow_pool.scope()``, then shared: how
-  many more bytes a zerrow agent would copy to hand it to its workers.
+  many more bytes a zerrow agent would copy to hand it to its workers;
+- ``flight+share preload``: the same in a consumer run under zerrow's preload library
+  (Arrow's C++ default pool routed into zerrow memory too).
 """
 from __future__ import annotations
 
@@ -56,6 +58,7 @@ os.environ.setdefault("RAY_worker_niceness", "0")
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import ray  # noqa: E402
+import zerrow_pool  # noqa: E402
 from ray.experimental import (  # noqa: E402
     CommunicatorMetadata, TensorTransportManager, TensorTransportMetadata, register_tensor_transport)
 
@@ -248,7 +251,7 @@ class Consumer:
 
         self.held = table
         after = memory_kib()
-        out = {"rows": table.num_rows, "zerrow_memory": zp.owns(table),
+        out = {"rows": table.num_rows, "zerrow_memory": zp.owns(table), "preload": zp.preload_active,
                "anon_growth": (after["RssAnon"] - self.base["RssAnon"]) * 1024}
         out["touch_s"] = touch_pages(table)
         touched = memory_kib()
@@ -411,23 +414,31 @@ def across_nodes(nbytes: int, reps: int) -> dict:
 
     cluster = Cluster(initialize_head=True, head_node_args=dict(
         num_cpus=1, resources={"node_a": 1}, object_store_memory=STORE, include_dashboard=False))
-    producer = consumer = None
+    actors = []
     try:
         cluster.add_node(num_cpus=1, resources={"node_b": 1}, object_store_memory=STORE)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False, runtime_env=RUNTIME_ENV)
-        producer = Producer.options(resources={"node_a": 0.01}).remote(nbytes)
-        consumer = Consumer.options(resources={"node_b": 0.01}).remote()
+        on_b = {"resources": {"node_b": 0.01}}
+        # a second consumer under zerrow's preload library, which routes Arrow's C++
+        # default pool into zerrow memory: does a Flight read land there?
+        preload = zerrow_pool.preload_env({})["LD_PRELOAD"]
+        preloaded = {"env_vars": {**RUNTIME_ENV["env_vars"], "LD_PRELOAD": preload}}
+        producer, consumer, consumer_preloaded = actors = [
+            Producer.options(resources={"node_a": 0.01}).remote(nbytes), Consumer.options(**on_b).remote(),
+            Consumer.options(**on_b, runtime_env=preloaded).remote()]
         info = ray.get(producer.describe.remote())
         if info["node"] == ray.get(consumer.node.remote()):
             raise RuntimeError("producer and consumer landed on one node")
         location = ray.get(producer.serve_flight.remote())
-        return measure(info, reps, {"object-store": object_store_once(producer, consumer),
-                                    "object-store+copy": object_store_once(producer, consumer, "get_ref_copy"),
-                                    "flight": flight_once(consumer, location, False),
-                                    "flight+share": flight_once(consumer, location, True)})
+        return measure(info, reps, {
+            "object-store": object_store_once(producer, consumer),
+            "object-store+copy": object_store_once(producer, consumer, "get_ref_copy"),
+            "flight": flight_once(consumer, location, False),
+            "flight+share": flight_once(consumer, location, True),
+            "flight+share preload": flight_once(consumer_preloaded, location, True)})
     finally:
-        close(producer, consumer)
+        close(*actors)
         ray.shutdown()
         cluster.shutdown()
 
