@@ -99,9 +99,7 @@ class ZerrowTransport(TensorTransportManager):
         return True
 
     def extract_tensor_transport_metadata(self, obj_id, rdt_object):
-        import zerrow_pool as zp
-
-        shares = [zp.share(t) for t in rdt_object]
+        shares = [zerrow_pool.share(t) for t in rdt_object]
         self.live[obj_id] = shares
         return ZerrowTransportMeta(
             tensor_meta=[(t.num_rows, "arrow") for t in rdt_object], tensor_device="cpu",
@@ -111,13 +109,11 @@ class ZerrowTransport(TensorTransportManager):
         return CommunicatorMetadata()
 
     def recv_multiple_tensors(self, obj_id, meta, communicator_meta, target_buffers=None):
-        import zerrow_pool as zp
-
         tables = []
         for descriptor, fds in meta.shares:
             mine = [os.open(f"/proc/{meta.pid}/fd/{fd}", os.O_RDONLY) for fd in fds]
             try:
-                tables.append(zp.attach(descriptor, mine))
+                tables.append(zerrow_pool.attach(descriptor, mine))
             finally:
                 for fd in mine:
                     os.close(fd)
@@ -173,9 +169,7 @@ def touch_pages(table) -> float:
 @ray.remote(num_cpus=0, enable_tensor_transport=True)
 class Producer:
     def __init__(self, nbytes: int):
-        import zerrow_pool as zp
-
-        with zp.scope():
+        with zerrow_pool.scope():
             self.table = make_table(nbytes)
         self.sock = None
         self.flight = None
@@ -192,9 +186,7 @@ class Producer:
         self.sock.connect(path)
 
     def send_share(self) -> dict:
-        import zerrow_pool as zp
-
-        c = zp.send(self.sock, self.table)
+        c = zerrow_pool.send(self.sock, self.table)
         return {"copied": int(c.bytes_copied), "zero_copy": int(c.bytes_zero_copy)}
 
     @ray.method(tensor_transport="ZERROW")
@@ -247,11 +239,10 @@ class Consumer:
         self.base = memory_kib()
 
     def _hold(self, table, extra: dict | None = None) -> dict:
-        import zerrow_pool as zp
-
         self.held = table
         after = memory_kib()
-        out = {"rows": table.num_rows, "zerrow_memory": zp.owns(table), "preload": zp.preload_active,
+        out = {"rows": table.num_rows, "zerrow_memory": zerrow_pool.owns(table),
+               "preload": zerrow_pool.preload_active,
                "anon_growth": (after["RssAnon"] - self.base["RssAnon"]) * 1024}
         out["touch_s"] = touch_pages(table)
         touched = memory_kib()
@@ -264,37 +255,31 @@ class Consumer:
         return self._hold(ray.get(refs[0]))
 
     def get_ref_copy(self, refs: list) -> dict:
-        import zerrow_pool as zp
+        return self._hold_in_zerrow(ray.get(refs[0]))
 
-        view = ray.get(refs[0])
-        share = zp.share(view, seal=False)  # foreign buffers: copied once into zerrow memory
-        table = share.attach()
+    def _hold_in_zerrow(self, table) -> dict:
+        """Hold ``table`` as a zerrow agent would hand it to its workers: in zerrow
+        memory (``share`` copies the buffers that are not there yet)."""
+        share = zerrow_pool.share(table, seal=False)
+        held = share.attach()
         share.close()
-        del view
-        return self._hold(table, {"share_copied": int(share.bytes_copied)})
+        del table
+        return self._hold(held, {"share_copied": int(share.bytes_copied)})
 
     def recv_share(self) -> dict:
-        import zerrow_pool as zp
-
-        return self._hold(zp.recv(self.sock))
+        return self._hold(zerrow_pool.recv(self.sock))
 
     def take(self, table) -> dict:
         return self._hold(table)
 
     def flight_get(self, location: str, into_zerrow: bool) -> dict:
         import pyarrow.flight as fl
-        import zerrow_pool as zp
 
         client = fl.FlightClient(location)
         if not into_zerrow:
             return self._hold(client.do_get(fl.Ticket(b"t")).read_all())
-        with zp.scope():
-            table = client.do_get(fl.Ticket(b"t")).read_all()
-        share = zp.share(table, seal=False)
-        held = share.attach()
-        share.close()
-        del table
-        return self._hold(held, {"share_copied": int(share.bytes_copied)})
+        with zerrow_pool.scope():
+            return self._hold_in_zerrow(client.do_get(fl.Ticket(b"t")).read_all())
 
     def close(self) -> None:
         self.held = None
