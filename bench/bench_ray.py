@@ -13,7 +13,11 @@ round by round, per mode:
 - ``zerrow-ray-nocache``: the same, the decode cache off;
 - ``ray-tasks``: what a Ray user writes today: every source and node one Ray task
   (the same node functions), tables passed as ObjectRefs, sources read with
-  ``pyarrow.dataset`` in their task.
+  ``pyarrow.dataset`` in their task;
+- ``compute only``: the node functions run one after another in this process on
+  inputs already in memory (no transport, no decode, no scheduling): what bounds
+  any runtime, so ``ray-tasks`` / ``compute only`` is the ceiling of the ratio
+  ``ray-tasks`` / ``zerrow-ray`` on this machine.
 
 Fairness: Ray starts its workers at nice 15 with OMP_NUM_THREADS=1 (Arrow sizes its
 thread pool from it). Here RAY_worker_niceness=0, and both the plain tasks and the
