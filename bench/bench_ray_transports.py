@@ -369,13 +369,14 @@ def same_machine(nbytes: int, reps: int) -> dict:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=STORE,
              runtime_env=RUNTIME_ENV)
     actors = []
+    sockdir = tempfile.TemporaryDirectory(prefix="zerrow-bench-")
     try:
         # RDT gets a pair of actors of its own: once an actor ran an RDT method for
         # pa.Table, Ray pickles every pa.Table it puts in-band (see "after-rdt")
         producer, consumer, rdt_producer, rdt_consumer = actors = [
             Producer.remote(nbytes), Consumer.remote(), Producer.remote(nbytes), Consumer.remote()]
         info = ray.get(producer.describe.remote())
-        path = os.path.join(tempfile.mkdtemp(prefix="zerrow-bench-"), "s")
+        path = os.path.join(sockdir.name, "s")
         ray.get(consumer.listen.remote(path))
         ray.get(producer.connect.remote(path))
         ray.get(consumer.accept.remote())
@@ -385,6 +386,7 @@ def same_machine(nbytes: int, reps: int) -> dict:
                                     "object-store after-rdt": object_store_once(rdt_producer, rdt_consumer)})
     finally:
         close(*actors)
+        sockdir.cleanup()
         # Ray 2.60 keeps the driver's RDT manager (its monitor thread and queue of
         # transfers) across ray.shutdown(); the next session's monitor then fails on
         # the finished session's objects. Stop it and let the next session make its own.
