@@ -361,9 +361,9 @@ def _ratios(reports, machine=None) -> list:
             continue
         zm, cm = machine.get(("zerrow", attempt)), machine.get(("copy", attempt))
         memory = (f"{zm / max(1, cm):.2f}x the machine's memory at peak" if zm is not None and cm is not None
-                  else f"{z.peak_held / max(1, c.peak_held):.2f}x the peak shared memory held")
-        out.append(f"zerrow vs copy, {what}: {c.wall_s / z.wall_s:.1f}x as fast, {memory} "
-                   f"({z.peak_pinned / max(1, c.peak_pinned):.2f}x pinned by the run)")
+                  else f"{z.peak_held / max(1, c.peak_held):.2f}x the peak shared memory held "
+                       f"({z.peak_pinned / max(1, c.peak_pinned):.2f}x pinned by the run)")
+        out.append(f"zerrow vs copy, {what}: {c.wall_s / z.wall_s:.1f}x as fast, {memory}")
     return [""] + out if out else []
 
 
