@@ -27,7 +27,7 @@ Running::
 or from the shell: ``zerrow run my_pipeline.py --workers 2``.
 """
 from .budget import BudgetExceeded, fmt_bytes, parse_size
-from .coordinator import Runtime, run
+from .runtime import Runtime, run
 from .frames import NodeOutputError
 from .dag import Node, Pipeline, PipelineDefinitionError, Source, load_pipeline_file, node, parquet
 from .report import NodeFailed, OutputNotKept, RunReport, RunResult

@@ -13,12 +13,12 @@ a file, never mapped) and applies what the rules decide:
   cache, each row group decoded once for every run that waits for it;
 - tasks.py: the tasks and the messages that ask a worker to run them.
 
-Any number of runs share the loop (``run_many``); independent steps run in
+``Coordinator`` holds the loop; ``Runtime`` (runtime.py) is its public face
+and options.py its tunables. Any number of runs share the loop (``run_many``); independent steps run in
 parallel up to the worker count.
 """
 from __future__ import annotations
 
-import os
 import selectors
 import shutil
 import socket
@@ -29,14 +29,14 @@ import weakref
 from collections import deque
 
 from . import run_state, rundirs
-from .budget import BudgetExceeded, ResourceManager, fmt_bytes, parse_budget, parse_size
-from .dag import Pipeline, Source
-from .decode_cache import DecodeCache, cache_bound
+from .budget import BudgetExceeded, ResourceManager
+from .dag import Source
+from .decode_cache import DecodeCache
 from .memory_policy import MemoryPolicy
+from .options import RuntimeOptions
 from .payloads import open_input
-from .report import RunReport, RunResult, raise_first_failure
-from .run_state import RunState
-from .sandbox import Isolation, make_undumpable, parse_isolation
+from .report import RunResult
+from .sandbox import Isolation, make_undumpable
 from .source_assembly import SourceAssembly
 from .spill import Spiller
 from .states import Event, Op, Status
@@ -46,65 +46,39 @@ from .wire import PeerClosed, close_fds, raise_fd_limit
 from .workers import WorkerPool
 
 
-# Check every run's invariants (run_state.check) at each turn of the loop, as
-# the C++ core does after each transition when built with the same name.
-CHECK_INVARIANTS = os.environ.get("ZERROW_DEBUG_INVARIANTS", "0") not in ("", "0")
-
-
 class RunCancelled(RuntimeError):
     """``Runtime.cancel()`` was called while a run was in progress."""
 
 
-class Runtime:
-    """Warm workers + coordinator.  Use as a context manager::
+class Coordinator:
+    """The event loop and the machinery it drives; ``Runtime`` (runtime.py) is its
+    public face. Everything tunable comes in ``options`` (options.py)."""
 
-        with Runtime(workers=2, transport="zerrow", memory_budget="4G") as rt:
-            result = rt.run(pipeline)
-            print(result.report.format())
-
-    ``Runtime(ray="auto" | "local" | ADDRESS, ...)`` runs the same pipelines on a
-    Ray cluster instead (zerrow_pool.ray; docs/DISTRIBUTED.md).
-    """
-
-    def __init__(self, workers: int | None = None, transport: str = "zerrow", *,
-                 memory_budget=None, cache: bool = True, spill_dir: str | None = None,
-                 preload: bool = True, on_event=None, tolerance: float = 0.10,
-                 strict_budget: bool = False, cache_bytes=None, isolation: str = "process",
-                 node_memory_limit=None, ray=None):
+    def __init__(self, options: RuntimeOptions, on_event=None):
         raise_fd_limit()
-        self.isolation = parse_isolation(isolation)
-        self.node_memory_limit = (None if node_memory_limit is None
-                                  else parse_size(node_memory_limit))
+        self.options = options
         # Nodes must not read this process's descriptors (the decode cache,
         # every intermediate) through /proc, nor its memory: see sandbox.py.
         make_undumpable()
         self._warned_no_cgroup = False
-        self.transport = get_transport(transport, preload=preload)
-        if workers is not None and workers < 1:
-            raise ValueError(f"workers must be at least 1, not {workers}")
-        self.n_workers = workers or max(1, os.cpu_count() or 1)
-        self.budget = parse_budget(memory_budget) if memory_budget is not None else None
-        self.cache_enabled = bool(cache) and self.transport.uses_cache
+        self.transport = get_transport(options.transport, preload=options.preload)
+        self.n_workers = options.workers
+        self.budget = options.memory_budget
+        self.cache_enabled = options.cache
         # cache_bytes bounds what cached decodes keep between runs.
         self.cache = (DecodeCache(self._entry_freed,
                                   max_entry_bytes=self.budget // 2 if self.budget else None,
-                                  max_bytes=cache_bound(cache_bytes))
+                                  max_bytes=options.cache_bytes)
                       if self.cache_enabled else None)
-        self.spiller = Spiller(spill_dir)
-        self.resources = ResourceManager(self.budget, self.cache, self.spiller, tolerance)
+        self.spiller = Spiller(options.spill_dir)
+        self.resources = ResourceManager(self.budget, self.cache, self.spiller, options.tolerance)
         self.memory = MemoryPolicy(self.resources, self._spilled)
         # The copy transport's files: a private run directory (RAM by default).
-        self.out_dir = rundirs.make_run_dir(rundirs.copy_base())
+        self.out_dir = rundirs.make_run_dir(options.copy_dir)
         self.on_event = on_event
-        # strict_budget: a worker whose task allocates more than its share of
-        # the budget's headroom is stopped and the node fails (BudgetExceeded).
-        # Allocations are sampled every few ms: a spike shorter than that can
-        # slip through.
-        self.strict_budget = bool(strict_budget) and self.budget is not None
         self.queue: deque = deque()
         self.estimates: dict = {}
         self.runs: list = []
-        self.closed = False
         # cancel() may come from another thread: a flag, and a socket that wakes the loop.
         self._cancelled = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -113,41 +87,15 @@ class Runtime:
         # own when this process goes: their sockets close).
         self._finalizer = weakref.finalize(self, _remove_dirs, self.out_dir, self.spiller)
         try:
-            self.pool = WorkerPool(self.n_workers, self.transport, self.isolation)
+            self.pool = WorkerPool(self.n_workers, self.transport, options.isolation)
         except BaseException:
             self._finalizer()
             raise
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _shutdown, self.pool, self.out_dir, self.spiller)
 
-    def __new__(cls, *args, ray=None, **kwargs):
-        # Runtime(ray=ADDRESS): the same API, with the DAG spread over a Ray cluster.
-        if ray is not None:
-            from ..ray import connect
-
-            return connect(ray, *args, **kwargs)
-        return super().__new__(cls)
-
-    # ------------------------------------------------------------------ public
-    def run(self, pipeline: Pipeline, *, outputs=None, raise_on_error: bool = True) -> RunResult:
-        """Run one pipeline; returns its RunResult (sink tables by default)."""
-        return self.run_many([pipeline], outputs=outputs, raise_on_error=raise_on_error)[0]
-
-    def run_many(self, pipelines, *, outputs=None, raise_on_error: bool = True) -> list:
-        """Run several pipelines concurrently; they share workers and the decode cache."""
-        return self.run_states([self.new_state(p, outputs) for p in pipelines], raise_on_error)
-
-    def new_state(self, pipeline: Pipeline, outputs=None, given=None) -> RunState:
-        """A run of ``pipeline`` to pass to ``run_states``; ``given`` maps steps produced
-        elsewhere to their payloads, which the run takes over."""
-        rep = RunReport(pipeline.name, self.transport.name, self.n_workers, self.cache_enabled,
-                        budget=self.budget)
-        return RunState(pipeline, outputs, rep, given)
-
-    def run_states(self, states, raise_on_error: bool = True) -> list:
-        """Run prepared ``new_state`` runs concurrently; their RunResults in order."""
-        if self.closed:
-            raise RuntimeError("runtime is closed")
+    def _run(self, states) -> list:
+        """Run ``states`` to the end; their RunResults in order."""
         self._cancelled.clear()
         try:
             while self._wake_r.recv(64):
@@ -171,37 +119,7 @@ class Runtime:
             results.append(RunResult(run.report, self._collect(run)))
         if self.cache:
             self.cache.trim()
-        if raise_on_error:
-            raise_first_failure(results)
         return results
-
-    def cancel(self) -> None:
-        """Stop the run in progress (callable from any thread): ``run`` raises
-        ``RunCancelled`` within a moment, its busy workers are killed and
-        replaced, and the runtime stays usable."""
-        self._cancelled.set()
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self._wake_r.close()
-        self._wake_w.close()
-        if self.cache:
-            self.cache.clear()
-        for p in list(self.resources.live.values()):
-            p.close()
-        self._finalizer()  # stops the workers, removes the directories
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     # ------------------------------------------------------------- event loop
     def _loop(self, states) -> None:
@@ -209,7 +127,7 @@ class Runtime:
         sel.register(self._wake_r, selectors.EVENT_READ, None)
         try:
             while not all(run.done for run in states):
-                if CHECK_INVARIANTS:
+                if self.options.check_invariants:
                     for run in states:
                         if not run.done:
                             run_state.check(run)
@@ -313,7 +231,7 @@ class Runtime:
         # Intermediates live until their consumers finish; cached decodes may
         # live for the runtime's life and must not pin more than their pages.
         msg["keep_free"] = self.resources.limit is None and task.op == Op.NODE
-        if self.strict_budget:
+        if self.options.strict_budget:
             running = len(self.pool.busy()) + 1
             msg["mem_cap"] = max(1, (self.resources.limit - task.held_at_dispatch) // running)
         w.task = task
@@ -327,11 +245,13 @@ class Runtime:
             self.queue.appendleft(task)
 
     def _memory_limit(self, w, step):
-        limit = step.memory_limit if step.memory_limit is not None else self.node_memory_limit
+        isolation = self.options.isolation
+        limit = (step.memory_limit if step.memory_limit is not None
+                 else self.options.node_memory_limit)
         if limit and not self._warned_no_cgroup and (
-                self.isolation != Isolation.PROCESS or w.cgroup_error):
+                isolation != Isolation.PROCESS or w.cgroup_error):
             self._warned_no_cgroup = True
-            why = (w.cgroup_error if self.isolation == Isolation.PROCESS
+            why = (w.cgroup_error if isolation == Isolation.PROCESS
                    else 'isolation "none" runs many nodes in one process')
             warnings.warn(f"zerrow: node memory limits are enforced by zerrow's pool, not by the "
                           f"kernel: {why}", RuntimeWarning, stacklevel=1)
@@ -482,6 +402,7 @@ class Runtime:
     def _entry_freed(self, entry) -> None:
         self.resources.untrack(entry.payload)
 
+
 def _shutdown(pool, out_dir, spiller) -> None:
     pool.close()
     _remove_dirs(out_dir, spiller)
@@ -490,17 +411,3 @@ def _shutdown(pool, out_dir, spiller) -> None:
 def _remove_dirs(out_dir, spiller) -> None:
     shutil.rmtree(out_dir, ignore_errors=True)
     spiller.cleanup()
-
-
-def run(pipeline: Pipeline, **kwargs) -> RunResult:
-    """One-shot helper: start a Runtime, run ``pipeline``, shut it down.
-
-    Keyword arguments go to ``Runtime`` except ``outputs`` and
-    ``raise_on_error``, which go to ``Runtime.run``.
-    """
-    run_kw = {k: kwargs.pop(k) for k in ("outputs", "raise_on_error") if k in kwargs}
-    with Runtime(**kwargs) as rt:
-        return rt.run(pipeline, **run_kw)
-
-
-__all__ = ["Runtime", "run", "BudgetExceeded", "fmt_bytes"]

@@ -19,18 +19,6 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from .budget import parse_size
-
-
-def cache_bound(cache_bytes=None) -> int:
-    """What idle entries may hold between runs: ``cache_bytes``, else
-    ``$ZERROW_CACHE_BYTES``, else a quarter of the machine's memory."""
-    if cache_bytes is None:
-        cache_bytes = os.environ.get("ZERROW_CACHE_BYTES")
-    if cache_bytes is not None:
-        return parse_size(cache_bytes)
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-
 
 @dataclass(frozen=True)
 class FileId:

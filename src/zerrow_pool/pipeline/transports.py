@@ -140,10 +140,16 @@ class ZerrowTransport(Transport):
         return spec, list(share.fds), share.close
 
 
+def transport_class(name: str) -> type:
+    """The Transport class named ``name``; raises a clear error for an unknown name."""
+    if name == "copy":
+        return CopyTransport
+    if name == "zerrow":
+        return ZerrowTransport
+    raise ValueError(f"unknown transport {name!r}: use 'zerrow' or 'copy'")
+
+
 def get_transport(name: str, *, preload: bool = True) -> Transport:
     """``"zerrow"`` or ``"copy"``; raises a clear error for anything else."""
-    if name == "copy":
-        return CopyTransport()
-    if name == "zerrow":
-        return ZerrowTransport(preload=preload)
-    raise ValueError(f"unknown transport {name!r}: use 'zerrow' or 'copy'")
+    cls = transport_class(name)
+    return ZerrowTransport(preload=preload) if cls is ZerrowTransport else cls()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import socket
 
-from ..pipeline.coordinator import Runtime
+from ..pipeline.runtime import Runtime
 from ..pipeline.dag import Source
 from ..pipeline.payloads import SharePayload
 from ..pipeline.zerrow_api import require
