@@ -360,16 +360,8 @@ class Coordinator:
     def _settle(self, run, force: bool = False) -> None:
         if not run_state.settle(run, time.monotonic(), force=force):
             return
-        rep = run.report
-        rep.peak_held = self.resources.peak
-        rep.peak_pinned = self.resources.peak_pinned
-        rep.peak_with_workers = max(self.resources.peak, self.resources.peak_with_workers)
-        if self.cache:
-            rep.cache_hits = sum(r.cache_hits for r in run.rec.values())
-            rep.cache_misses = sum(r.cache_misses for r in run.rec.values())
-            rep.cache_evictions = self.cache.evictions
-            rep.decoded_bytes = self.cache.decoded_bytes
-        self._emit(Event.FINISHED, run, None, report=rep)
+        run.report.record_totals(self.resources, self.cache)
+        self._emit(Event.FINISHED, run, None, report=run.report)
 
     # ------------------------------------------------------------ results
     def _collect(self, run) -> dict:

@@ -72,6 +72,18 @@ class RunReport:
     workers_replaced: int = 0
     error: str | None = None
 
+    def record_totals(self, resources, cache) -> None:
+        """When the run finishes: the runtime's memory peaks (a ResourceManager)
+        and, with a decode cache, its counters (hits and misses of this run's nodes)."""
+        self.peak_held = resources.peak
+        self.peak_pinned = resources.peak_pinned
+        self.peak_with_workers = max(resources.peak, resources.peak_with_workers)
+        if cache:
+            self.cache_hits = sum(n.cache_hits for n in self.nodes)
+            self.cache_misses = sum(n.cache_misses for n in self.nodes)
+            self.cache_evictions = cache.evictions
+            self.decoded_bytes = cache.decoded_bytes
+
     def node(self, name: str) -> NodeRecord:
         for n in self.nodes:
             if n.name == name:
