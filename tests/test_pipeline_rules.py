@@ -1,10 +1,24 @@
 """The runtime's rules as plain functions and objects: no process started."""
-import pyarrow as pa
+import warnings
+from types import SimpleNamespace
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from zerrow_pool.pipeline import run_state
+from zerrow_pool.pipeline.budget import ResourceManager
+from zerrow_pool.pipeline.dag import Pipeline, node, parquet
 from zerrow_pool.pipeline.decode_cache import DecodeCache, FileId, RowGroupRead
-from zerrow_pool.pipeline.report import NodeRecord
-from zerrow_pool.pipeline.run_state import may_retry
+from zerrow_pool.pipeline.options import RuntimeOptions
+from zerrow_pool.pipeline.report import NodeRecord, RunReport
+from zerrow_pool.pipeline.run_state import RunState, may_retry
+from zerrow_pool.pipeline.sandbox import Isolation
 from zerrow_pool.pipeline.source_assembly import SourceAssembly
+from zerrow_pool.pipeline.source_reads import SourceReads
+from zerrow_pool.pipeline.specs import Kind, Published, PublishedColumns
+from zerrow_pool.pipeline.states import Op
+from zerrow_pool.pipeline.tasks import Messages, Task
 
 
 class FakePayload:
@@ -135,3 +149,146 @@ def test_a_decode_is_stored_per_column_costed_by_bytes_and_tracked_before_it_is_
     assert entry_x.payload is x and entry_y.payload is y
     assert (entry_x.cost_s, entry_y.cost_s) == (1.5, 0.5)
     assert got == [(entry_y, [x, y])]  # y's waiter ran once y counted as held
+
+
+# ------------------------------------------- sources read through the cache
+class FakeTransport:
+    """Turns a decoded part into a fake payload, keeping the fds it was given."""
+
+    def payload(self, part, fds):
+        out = FakePayload(nbytes=part.nbytes, rows=part.rows)
+        out.fds = fds
+        return out
+
+
+class Steps:
+    """What the loop was told: sources done or failed, entries tracked."""
+
+    def __init__(self):
+        self.done, self.failed, self.tracked = [], [], []
+
+    def reads(self, cache):
+        return SourceReads(cache, FakeTransport(), self.tracked.append,
+                           done=lambda run, name, payload, timing, peak:
+                           self.done.append((name, payload, dict(timing), peak)),
+                           failed=lambda run, name, error: self.failed.append((name, error)))
+
+
+def source_run(path, retries=0):
+    pipeline = Pipeline("read", [parquet("src", str(path), columns=["x"], retries=retries)])
+    run = RunState(pipeline, None, RunReport("read", "zerrow", 1, True))
+    run_state.start(run, "src", 0.0)
+    return run
+
+
+def decode_reply(task, rows, peak, total_s):
+    """A worker's reply to decode ``task``: one part per column, two fds each."""
+    parts = [Published(Kind.SHARE, rows, 8 * rows, fds=(2 * i, 2)) for i in range(len(task.columns))]
+    timing = {"total_s": total_s, "decode_s": total_s / 2}
+    return {"ok": True, "peak": peak, "timing": timing,
+            "result": PublishedColumns(parts, rows)}, list(range(10, 10 + 2 * len(parts)))
+
+
+@pytest.fixture
+def two_row_groups(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"x": [1, 2, 3, 4, 5], "y": list("abcde")}), path, row_group_size=3)
+    return path
+
+
+def test_a_cached_source_is_planned_into_decodes_that_later_runs_wait_for(two_row_groups):
+    steps, cache = Steps(), DecodeCache(lambda e: None)
+    reads = steps.reads(cache)
+    first, second = source_run(two_row_groups), source_run(two_row_groups)
+    tasks = reads.start(first, first.pipeline.by_name["src"])
+    assert [(t.op, t.read.row_group, t.columns) for t in tasks] == [
+        (Op.DECODE, 0, ["x"]), (Op.DECODE, 1, ["x"])]
+    assert tasks[0].schema.names == ["x", "y"]  # the file's schema: the worker reads by it
+    assert reads.start(second, second.pipeline.by_name["src"]) == []  # the same decodes serve it
+    assert all(reads.wanted(t) for t in tasks)
+    reads.decoded(tasks[0], *decode_reply(tasks[0], rows=3, peak=50, total_s=2.0))
+    assert steps.done == [] and len(steps.tracked) == 1  # tracked as soon as it is stored
+    assert steps.tracked[0].fds == [10, 11]
+    reads.decoded(tasks[1], *decode_reply(tasks[1], rows=2, peak=30, total_s=1.0))
+    assert not any(reads.wanted(t) for t in tasks)
+    (name, payload, timing, peak), _ = steps.done
+    assert name == "src" and payload.rows == 5 and payload.schema.names == ["x"]
+    assert timing == {"total_s": 3.0, "decode_s": 1.5} and peak == 50  # the first run's decodes
+    third = source_run(two_row_groups)
+    assert reads.start(third, third.pipeline.by_name["src"]) == []  # all cached: done at once
+    assert len(steps.done) == 3 and steps.done[2][1].rows == 5
+
+
+def test_a_decode_is_retried_within_its_sources_retries_then_fails_every_waiter(two_row_groups):
+    steps, cache = Steps(), DecodeCache(lambda e: None)
+    reads = steps.reads(cache)
+    run, other = source_run(two_row_groups, retries=1), source_run(two_row_groups, retries=1)
+    tasks = reads.start(run, run.pipeline.by_name["src"])
+    reads.start(other, other.pipeline.by_name["src"])
+    assert reads.decode_failed(tasks[0], "OSError: bad page")  # the first failure is retried
+    assert steps.failed == [] and reads.wanted(tasks[0])
+    assert not reads.decode_failed(tasks[0], "OSError: bad page")
+    assert steps.failed == [("src", "OSError: bad page")] * 2 and not reads.wanted(tasks[0])
+
+
+def test_a_source_that_cannot_be_planned_raises_and_queues_nothing(tmp_path):
+    steps = Steps()
+    run = source_run(tmp_path / "missing.parquet")
+    with pytest.raises(FileNotFoundError):
+        steps.reads(DecodeCache(lambda e: None)).start(run, run.pipeline.by_name["src"])
+
+
+# ------------------------------------------------------- worker messages
+@node(memory_limit="64M")
+def limited(src):
+    return src
+
+
+@node
+def unlimited(src):
+    return src
+
+
+def message_for(step_name, op=Op.NODE, *, source=__file__, budget=None, strict=False, isolation=Isolation.PROCESS,
+                node_limit=None, cgroup_error=None, held=0, running=1, messages=None):
+    pipeline = Pipeline("msg", [parquet("src", source), limited, unlimited])
+    run = RunState(pipeline, None, RunReport("msg", "zerrow", 1, False))
+    if messages is None:
+        options = RuntimeOptions(workers=1, memory_budget=budget, strict_budget=strict,
+                                 isolation=isolation, node_memory_limit=node_limit)
+        messages = Messages(options, "/out", ResourceManager(budget, None, None, 0.0))
+    task = Task(run, step_name, op)
+    task.held_at_dispatch = held
+    msg, fds = messages.build(task, SimpleNamespace(cgroup_error=cgroup_error), running)
+    return msg, messages
+
+
+def test_only_nodes_without_a_budget_give_freed_pages_back_at_once(two_row_groups):
+    assert message_for("unlimited")[0]["keep_free"]
+    assert not message_for("src", Op.READ, source=two_row_groups)[0]["keep_free"]
+    assert not message_for("unlimited", budget=1000)[0]["keep_free"]
+
+
+def test_a_strict_budget_caps_each_task_at_its_share_of_the_headroom(two_row_groups):
+    msg, _ = message_for("src", Op.READ, source=two_row_groups, budget=1000, strict=True, held=400, running=3)
+    assert msg["mem_cap"] == 200
+    assert "mem_cap" not in message_for("unlimited", budget=1000)[0]
+
+
+def test_a_nodes_own_memory_limit_wins_over_the_runtimes():
+    assert message_for("limited", node_limit=1 << 30)[0]["memory_limit"] == 64 << 20
+    assert message_for("unlimited", node_limit=1 << 30)[0]["memory_limit"] == 1 << 30
+    assert message_for("unlimited")[0]["memory_limit"] is None
+
+
+def test_a_limit_the_kernel_cannot_enforce_warns_once_per_runtime():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        message_for("limited")  # in a sandbox's cgroup: no warning
+        message_for("unlimited", cgroup_error="no cgroup v2 here")  # no limit: no warning
+        _, messages = message_for("limited", cgroup_error="no cgroup v2 here")
+        message_for("limited", cgroup_error="no cgroup v2 here", messages=messages)
+        message_for("limited", isolation=Isolation.NONE)  # another runtime
+    assert [w.category for w in caught] == [RuntimeWarning] * 2
+    assert str(caught[0].message).endswith("not by the kernel: no cgroup v2 here")
+    assert 'isolation "none" runs many nodes in one process' in str(caught[1].message)

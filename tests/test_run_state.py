@@ -195,6 +195,18 @@ def test_forced_settle_skips_what_nothing_can_run():
     assert run.report.status == Status.DONE
 
 
+def test_forced_settle_releases_what_only_skipped_steps_read():
+    run = new_run(outputs=["a", "d"])
+    src, a_out = FakePayload(label="src"), FakePayload(label="a")
+    finish(run, "src", src)
+    finish(run, "a", a_out)  # b and e running; c waits for b
+    fx = run_state.settle(run, 1.0, force=True)
+    assert run.payloads == {"a": a_out} and run.produced.keys() == {"a"}  # a is kept
+    assert fx.release == [src] and fx.skipped == ["b", "c", "d", "e"]
+    assert not any(p.closed for p in (src, a_out))  # closing is the loop's job
+    run_state.check(run)
+
+
 def test_a_given_step_is_taken_over_when_it_starts():
     given = FakePayload(label="a")
     run = new_run(given={"a": given})

@@ -9,9 +9,11 @@ a file, never mapped) and applies what the rules decide:
   finished), returned as ``Effects`` that ``_apply`` carries out;
 - memory_policy.py: what stays in memory, what is spilled first, and when a
   task may start under the budget (budget.py measures and frees);
-- source_assembly.py and decode_cache.py: sources read through the decode
-  cache, each row group decoded once for every run that waits for it;
-- tasks.py: the tasks and the messages that ask a worker to run them.
+- source_reads.py (over source_assembly.py and decode_cache.py): sources
+  read through the decode cache, each row group decoded once for every run
+  that waits for it;
+- tasks.py: the tasks and the messages that ask a worker to run them, with
+  their memory terms.
 
 ``Coordinator`` holds the loop; ``Runtime`` (runtime.py) is its public face
 and options.py its tunables. Any number of runs share the loop (``run_many``); independent steps run in
@@ -24,7 +26,6 @@ import shutil
 import socket
 import threading
 import time
-import warnings
 import weakref
 from collections import deque
 
@@ -36,11 +37,11 @@ from .memory_policy import MemoryPolicy
 from .options import RuntimeOptions
 from .payloads import open_input
 from .report import RunResult
-from .sandbox import Isolation, make_undumpable
-from .source_assembly import SourceAssembly
+from .sandbox import make_undumpable
+from .source_reads import SourceReads
 from .spill import Spiller
 from .states import Event, Op, Status
-from .tasks import Task
+from .tasks import Messages, Task
 from .transports import get_transport
 from .wire import PeerClosed, close_fds, raise_fd_limit
 from .workers import WorkerPool
@@ -60,7 +61,6 @@ class Coordinator:
         # Nodes must not read this process's descriptors (the decode cache,
         # every intermediate) through /proc, nor its memory: see sandbox.py.
         make_undumpable()
-        self._warned_no_cgroup = False
         self.transport = get_transport(options.transport, preload=options.preload)
         self.n_workers = options.workers
         self.budget = options.memory_budget
@@ -75,6 +75,11 @@ class Coordinator:
         self.memory = MemoryPolicy(self.resources, self._spilled)
         # The copy transport's files: a private run directory (RAM by default).
         self.out_dir = rundirs.make_run_dir(options.copy_dir)
+        self.messages = Messages(options, self.out_dir, self.resources)
+        self.sources = (SourceReads(self.cache, self.transport,
+                                    lambda p: self.resources.track(p, cached=True),
+                                    done=self._complete, failed=self._fail)
+                        if self.cache else None)
         self.on_event = on_event
         self.queue: deque = deque()
         self.estimates: dict = {}
@@ -166,9 +171,10 @@ class Coordinator:
             self._complete(run, name, given, {}, 0)
             return
         step = run.pipeline.by_name[name]
-        if isinstance(step, Source) and self.cache_enabled:
+        if isinstance(step, Source) and self.sources:
+            self._emit(Event.START, run, name)
             try:
-                self._start_cached_source(run, step)
+                self.queue.extend(self.sources.start(run, step))
             except Exception as e:  # noqa: BLE001 - planning errors fail the source
                 self._fail(run, name, f"{type(e).__name__}: {e}")
             return
@@ -177,18 +183,6 @@ class Coordinator:
         if est is None:  # first run of this step: guess from its inputs
             est = int(self.transport.estimate_factor * run_state.input_bytes(run, name))
         self.queue.append(Task(run, name, op, estimate=est))
-
-    def _start_cached_source(self, run, src) -> None:
-        self._emit(Event.START, run, src.name)
-        schema, full_schema, reads = self.cache.plan(src)
-        rec = run.rec[src.name]  # decode work counts for its source
-        assembly = SourceAssembly(
-            schema, reads, wanted=lambda: run.status(src.name) == Status.RUNNING,
-            done=lambda payload: self._complete(run, src.name, payload, rec.timing, rec.peak),
-            failed=lambda error: self._fail(run, src.name, error))
-        for read, columns in assembly.request(self.cache, rec):
-            self.queue.append(Task(run, src.name, Op.DECODE, read=read, columns=columns,
-                                   schema=full_schema, filter=src.filter))
 
     # ------------------------------------------------------------ dispatching
     def _dispatch(self) -> None:
@@ -206,7 +200,7 @@ class Coordinator:
 
     def _still_wanted(self, task) -> bool:
         if task.op == Op.DECODE:  # may serve waiters of several runs
-            return any(self.cache.awaited(self.cache.key(task.read, c)) for c in task.columns)
+            return self.sources.wanted(task)
         return task.run.status(task.name) == Status.RUNNING
 
     def _running_inputs(self) -> list:
@@ -215,25 +209,16 @@ class Coordinator:
 
     def _send(self, w, task) -> None:
         run, rec = task.run, task.run.rec[task.name]
-        fds: list = []
-        limit = None
         if task.op == Op.NODE:
             task.pinned = run_state.inputs(run, task.name)
             run_state.record_edges(run, task.name, task.pinned)
-            limit = self._memory_limit(w, run.pipeline.by_name[task.name])
-        msg = task.message(self.out_dir, fds, limit)
+        task.held_at_dispatch = self.resources.usage()
+        msg, fds = self.messages.build(task, w, running=len(self.pool.busy()) + 1)
         if task.op != Op.DECODE:
             rec.attempts += 1
             rec.start = time.monotonic()
             self._emit(Event.START, run, task.name)
         rec.worker_pid = w.pid
-        task.held_at_dispatch = self.resources.usage()
-        # Intermediates live until their consumers finish; cached decodes may
-        # live for the runtime's life and must not pin more than their pages.
-        msg["keep_free"] = self.resources.limit is None and task.op == Op.NODE
-        if self.options.strict_budget:
-            running = len(self.pool.busy()) + 1
-            msg["mem_cap"] = max(1, (self.resources.limit - task.held_at_dispatch) // running)
         w.task = task
         try:
             w.send(msg, fds)
@@ -243,19 +228,6 @@ class Coordinator:
             if task.op != Op.DECODE:
                 rec.attempts -= 1
             self.queue.appendleft(task)
-
-    def _memory_limit(self, w, step):
-        isolation = self.options.isolation
-        limit = (step.memory_limit if step.memory_limit is not None
-                 else self.options.node_memory_limit)
-        if limit and not self._warned_no_cgroup and (
-                isolation != Isolation.PROCESS or w.cgroup_error):
-            self._warned_no_cgroup = True
-            why = (w.cgroup_error if isolation == Isolation.PROCESS
-                   else 'isolation "none" runs many nodes in one process')
-            warnings.warn(f"zerrow: node memory limits are enforced by zerrow's pool, not by the "
-                          f"kernel: {why}", RuntimeWarning, stacklevel=1)
-        return limit
 
     # --------------------------------------------------------------- replies
     def _on_reply(self, w) -> None:
@@ -279,7 +251,8 @@ class Coordinator:
             self._task_failed(task, reply["error"])
             return
         if task.op == Op.DECODE:
-            self._on_decoded(task, reply, fds)
+            self.sources.decoded(task, reply, fds)
+            self.memory.tidy(self._running_inputs(), self.runs)
             return
         run = task.run
         if run.status(task.name) != Status.RUNNING:
@@ -288,38 +261,19 @@ class Coordinator:
         payload = self.transport.payload(reply["result"], fds)
         self._complete(run, task.name, payload, reply.get("timing", {}), reply.get("peak", 0))
 
-    def _on_decoded(self, task, reply, fds) -> None:
-        rec = task.run.rec[task.name]  # decode work counts for its source
-        rec.peak = max(rec.peak, reply.get("peak", 0))
-        for k, v in reply["timing"].items():
-            rec.timing[k] = rec.timing.get(k, 0) + v
-        payloads = []
-        for part in reply["result"].parts:
-            start, n = part.fds
-            payloads.append(self.transport.payload(part, fds[start:start + n]))
-        self.cache.store(task.read, task.columns, payloads, reply["timing"].get("total_s", 0.0),
-                         lambda p: self.resources.track(p, cached=True))
-        self.memory.tidy(self._running_inputs(), self.runs)
-
     def _task_failed(self, task, error: str) -> None:
-        run = task.run
-        step = run.pipeline.by_name[task.name]  # a source's retries cover its decodes
-        if task.op == Op.DECODE:
-            task.attempts += 1
-            failures = task.attempts
-        elif run.status(task.name) != Status.RUNNING:
+        run, name = task.run, task.name
+        if task.op == Op.DECODE:  # if not retried, its waiters' sources fail
+            retry = self.sources.decode_failed(task, error)
+        elif run.status(name) != Status.RUNNING:
             return
         else:
-            failures = run.rec[task.name].attempts
-        if run_state.may_retry(failures, step.retries):
-            self._emit(Event.RETRY, run, task.name, error=error)
-            self.queue.append(task if task.op == Op.DECODE
-                              else Task(run, task.name, task.op, estimate=task.estimate))
-        elif task.op == Op.DECODE:
-            for col in task.columns:
-                self.cache.fail(self.cache.key(task.read, col), error)
-        else:
-            self._fail(run, task.name, error)
+            retry = run_state.may_retry(run.rec[name].attempts, run.pipeline.by_name[name].retries)
+            if not retry:
+                self._fail(run, name, error)
+        if retry:
+            self._emit(Event.RETRY, run, name, error=error)
+            self.queue.append(task.again())
 
     # -------------------------------------------------- applying transitions
     def _complete(self, run, name, payload, timing, peak) -> None:
@@ -358,8 +312,11 @@ class Coordinator:
         self._emit(Event.SPILL, run, name, bytes=new.nbytes)
 
     def _settle(self, run, force: bool = False) -> None:
-        if not run_state.settle(run, time.monotonic(), force=force):
+        effects = run_state.settle(run, time.monotonic(), force=force)
+        if effects is None:
             return
+        # Forced skips emit no SKIPPED event: that event says an upstream step failed.
+        self._release(effects.release)
         run.report.record_totals(self.resources, self.cache)
         self._emit(Event.FINISHED, run, None, report=run.report)
 

@@ -91,7 +91,7 @@ class Effects:
 
     start: list = field(default_factory=list)  # steps now ready, in pipeline order
     release: list = field(default_factory=list)  # payloads nobody will read: untrack and close
-    skipped: list = field(default_factory=list)  # steps skipped because of a failure, in order
+    skipped: list = field(default_factory=list)  # steps skipped (upstream failure or forced)
 
 
 def may_retry(failures: int, retries: int) -> bool:
@@ -182,24 +182,27 @@ def spilled(run: RunState, name: str, new) -> None:
     run.report.spilled_bytes += new.size
 
 
-def settle(run: RunState, now: float, *, force: bool = False) -> bool:
+def settle(run: RunState, now: float, *, force: bool = False) -> Effects | None:
     """Close the run once every step finished; ``force``: nothing can make
-    progress any more, so steps not finished are skipped. True when the run
-    was settled by this call (the loop then completes the report's totals)."""
+    progress any more, so steps not finished are skipped and release their
+    inputs, as a failure's skips do. The effects when the run was settled by
+    this call (the loop then completes the report's totals), else None."""
     if run.done:
-        return False
+        return None
     pending = [n for n, r in run.rec.items() if r.status not in FINISHED]
     if pending and not force:
-        return False
+        return None
+    fx = Effects(skipped=pending)
     for n in pending:
         run.rec[n].status = Status.SKIPPED
+        fx.release += _consume_inputs(run, n)
     run.done = True
     rep = run.report
     rep.wall_s = now - run.t0
     failed = any(r.status == Status.FAILED for r in run.rec.values())
     rep.status = Status.FAILED if failed else Status.DONE
     rep.edges = list(run.edges.values())
-    return True
+    return fx
 
 
 def take_outputs(run: RunState) -> dict:

@@ -4,12 +4,15 @@ A task is a node (``Op.NODE``: call its function on its inputs), a whole
 Parquet source (``Op.READ``, without the decode cache), or the decode of one
 row group's missing columns into decode-cache entries (``Op.DECODE``; it may
 serve several runs, see ``DecodeCache.wait``). The message is a plain dict
-pickled by wire.py, the payloads' descriptors travelling beside it.
+pickled by wire.py, the payloads' descriptors travelling beside it;
+``Messages`` adds the memory terms the runtime's options set for each task.
 """
 from __future__ import annotations
 
 import os
+import warnings
 
+from .sandbox import Isolation
 from .states import Op
 
 
@@ -33,6 +36,13 @@ class Task:
         self.read, self.columns, self.schema, self.filter = read, columns, schema, filter
         self.attempts = 0
 
+    def again(self) -> "Task":
+        """The task to queue for another attempt: a decode counts its attempts
+        on itself; a node starts afresh (its inputs are pinned when it is sent)."""
+        if self.op == Op.DECODE:
+            return self
+        return Task(self.run, self.name, self.op, estimate=self.estimate)
+
     def describe(self) -> str:
         if self.op == Op.DECODE:
             return f"decode of {os.path.basename(self.read.file.path)} row group {self.read.row_group}"
@@ -53,3 +63,48 @@ class Task:
             msg.update(file=self.read.file.path, row_group=self.read.row_group,
                        columns=self.columns, filter=self.filter, schema=self.schema)
         return msg
+
+
+class Messages:
+    """Builds the message that asks a worker to run a task, with the memory
+    terms of ``options`` (a ``RuntimeOptions``) and of ``resources`` (a
+    ``ResourceManager``):
+
+    - ``memory_limit``: a node's limit (its own, else the runtime's); the
+      kernel enforces it in a sandbox's cgroup, else the worker's pool does,
+      and the first such node warns (once per runtime);
+    - ``keep_free``: without a budget, a node's worker returns freed pages
+      at once (cached decodes are kept whole: they may live for the runtime);
+    - ``mem_cap``: with ``strict_budget``, the task's share of the budget's
+      headroom left when it is sent.
+    """
+
+    def __init__(self, options, out_dir: str, resources):
+        self.options, self.out_dir, self.resources = options, out_dir, resources
+        self._warned_no_cgroup = False
+
+    def build(self, task: Task, worker, running: int) -> tuple:
+        """``(message, fds)`` asking ``worker`` to run ``task``, which is sent
+        holding ``task.held_at_dispatch``; ``running``: tasks running with it."""
+        fds: list = []
+        node = task.op == Op.NODE
+        limit = self._node_limit(task, worker) if node else None
+        msg = task.message(self.out_dir, fds, limit)
+        msg["keep_free"] = self.resources.limit is None and node
+        if self.options.strict_budget:
+            msg["mem_cap"] = max(1, (self.resources.limit - task.held_at_dispatch) // running)
+        return msg, fds
+
+    def _node_limit(self, task: Task, worker):
+        step = task.run.pipeline.by_name[task.name]
+        isolation = self.options.isolation
+        limit = (step.memory_limit if step.memory_limit is not None
+                 else self.options.node_memory_limit)
+        if limit and not self._warned_no_cgroup and (
+                isolation != Isolation.PROCESS or worker.cgroup_error):
+            self._warned_no_cgroup = True
+            why = (worker.cgroup_error if isolation == Isolation.PROCESS
+                   else 'isolation "none" runs many nodes in one process')
+            warnings.warn(f"zerrow: node memory limits are enforced by zerrow's pool, not by the "
+                          f"kernel: {why}", RuntimeWarning, stacklevel=1)
+        return limit
