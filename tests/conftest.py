@@ -29,11 +29,9 @@ def rss_shmem(pid="self"):
 
 def meminfo(field="Shmem"):
     """A field of /proc/meminfo in bytes (machine-wide; other processes move it too)."""
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
+    from zerrow_pool.pipeline.machine_memory import meminfo as fields
+
+    return fields()[field] * 1024
 
 
 def memfd_mapping_of(address):

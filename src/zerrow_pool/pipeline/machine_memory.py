@@ -19,15 +19,21 @@ import threading
 SAMPLE_INTERVAL_S = 0.01
 
 
-def machine_memory() -> int:
-    """``AnonPages + Shmem`` from /proc/meminfo, in bytes."""
-    fields = {}
+def meminfo() -> dict:
+    """/proc/meminfo as ``{field: number}``, as the kernel writes it: kB for
+    sizes, plain counts for the ``HugePages_*`` fields."""
+    out = {}
     with open("/proc/meminfo") as f:
         for line in f:
-            name, value = line.split(":", 1)
-            if name in ("AnonPages", "Shmem"):
-                fields[name] = int(value.split()[0]) * 1024
-    return fields["AnonPages"] + fields["Shmem"]
+            key, _, rest = line.partition(":")
+            out[key] = int(rest.split()[0])
+    return out
+
+
+def machine_memory() -> int:
+    """``AnonPages + Shmem`` from /proc/meminfo, in bytes."""
+    info = meminfo()
+    return (info["AnonPages"] + info["Shmem"]) * 1024
 
 
 class PeakSampler:

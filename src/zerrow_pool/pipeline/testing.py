@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import zerrow_api
+from .machine_memory import meminfo
 
 
 def zerrow_params():
@@ -51,11 +52,7 @@ def make_parquet(path, rows: int = 10_000, row_group_size: int = 2_500, seed: in
 
 def shmem_bytes() -> int:
     """The system-wide ``Shmem`` figure of /proc/meminfo, in bytes."""
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("Shmem:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no Shmem line in /proc/meminfo")
+    return meminfo()["Shmem"] * 1024
 
 
 def open_fds() -> int:
