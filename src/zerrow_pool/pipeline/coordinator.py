@@ -62,16 +62,14 @@ class Coordinator:
         # every intermediate) through /proc, nor its memory: see sandbox.py.
         make_undumpable()
         self.transport = get_transport(options.transport, preload=options.preload)
-        self.n_workers = options.workers
-        self.budget = options.memory_budget
-        self.cache_enabled = options.cache
+        budget = options.memory_budget
         # cache_bytes bounds what cached decodes keep between runs.
         self.cache = (DecodeCache(self._entry_freed,
-                                  max_entry_bytes=self.budget // 2 if self.budget else None,
+                                  max_entry_bytes=budget // 2 if budget else None,
                                   max_bytes=options.cache_bytes)
-                      if self.cache_enabled else None)
+                      if options.cache else None)
         self.spiller = Spiller(options.spill_dir)
-        self.resources = ResourceManager(self.budget, self.cache, self.spiller, options.tolerance)
+        self.resources = ResourceManager(budget, self.cache, self.spiller, options.tolerance)
         self.memory = MemoryPolicy(self.resources, self._spilled)
         # The copy transport's files: a private run directory (RAM by default).
         self.out_dir = rundirs.make_run_dir(options.copy_dir)
@@ -92,12 +90,25 @@ class Coordinator:
         # own when this process goes: their sockets close).
         self._finalizer = weakref.finalize(self, _remove_dirs, self.out_dir, self.spiller)
         try:
-            self.pool = WorkerPool(self.n_workers, self.transport, options.isolation)
+            self.pool = WorkerPool(options.workers, self.transport, options.isolation)
         except BaseException:
             self._finalizer()
             raise
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _shutdown, self.pool, self.out_dir, self.spiller)
+
+    # The options read most often, under the names callers use.
+    @property
+    def n_workers(self) -> int:
+        return self.options.workers
+
+    @property
+    def budget(self) -> int | None:
+        return self.options.memory_budget
+
+    @property
+    def cache_enabled(self) -> bool:
+        return self.options.cache
 
     def _run(self, states) -> list:
         """Run ``states`` to the end; their RunResults in order."""
