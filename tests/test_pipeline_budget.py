@@ -38,6 +38,13 @@ def data(tmp_path_factory):
                         row_group_size=10_000)
 
 
+@pytest.fixture(scope="module")
+def larger_data(tmp_path_factory):
+    """Enough rows that budgets around the largest intermediate fall between the steps' sizes."""
+    return make_parquet(tmp_path_factory.mktemp("budget") / "larger.parquet", rows=200_000,
+                        row_group_size=20_000)
+
+
 @pytest.mark.parametrize("transport", zerrow_params())
 def test_spills_within_budget(transport, data):
     with zp.Runtime(workers=1, transport=transport) as rt:
@@ -67,14 +74,14 @@ def test_cannot_fit_fails_clearly(transport, data):
 
 
 @pytest.mark.parametrize("transport", zerrow_params())
-def test_following_the_suggested_minimum_gets_past_the_node(transport, tmp_path):
+def test_following_the_suggested_minimum_gets_past_the_node(transport, larger_data):
     """BudgetExceeded names a budget; given it, the run gets past the node that failed.
 
     It once suggested (pinned / 1.1) rounded down: following "at least 7.4 MiB"
     failed again at the same node with the same suggestion."""
     import re
 
-    data = make_parquet(tmp_path / "d.parquet", rows=200_000, row_group_size=20_000)
+    data = larger_data
     with zp.Runtime(workers=1, transport=transport) as rt:
         largest = max(n.bytes for n in rt.run(_pipeline(data)).report.nodes)
     with zp.Runtime(workers=1, transport=transport, memory_budget=int(largest * 0.9)) as rt:
@@ -89,11 +96,11 @@ def test_following_the_suggested_minimum_gets_past_the_node(transport, tmp_path)
     assert again.node(failed.name).status == "done", again.format()
 
 
-def test_zerrow_completes_wherever_copy_does_with_no_more_spills(tmp_path):
+def test_zerrow_completes_wherever_copy_does_with_no_more_spills(larger_data):
     """A ladder of budgets around the largest intermediate, the same for both transports."""
     from zerrow_pool.pipeline.testing import require_zerrow
     require_zerrow()
-    data = make_parquet(tmp_path / "d.parquet", rows=200_000, row_group_size=20_000)
+    data = larger_data
     with zp.Runtime(workers=1, transport="copy") as rt:
         largest = max(n.bytes for n in rt.run(_pipeline(data)).report.nodes)
     outcome = {}
