@@ -193,6 +193,15 @@ def test_run_bad_pipeline_paths(tmp_path):
     assert "cli.py" not in r.stderr and "importlib" not in r.stderr and "dag.py" not in r.stderr
 
 
+@pytest.mark.parametrize("args, message", [(["--rows", "-3"], "argument --rows: must be at least 1, not -3"),
+                                           (["--workers", "0"], "argument --workers: must be at least 1, not 0"),
+                                           (["--rows", "lots"], "argument --rows: 'lots' is not a whole number")])
+def test_demo_refuses_bad_numbers_without_a_traceback(args, message):
+    r = _zerrow("demo", *args)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_demo_comparison_marks_failed_runs():
     from zerrow_pool.cli import _compare
     from zerrow_pool.pipeline import RunReport

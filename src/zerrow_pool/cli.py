@@ -469,6 +469,17 @@ its workers are killed and its files removed).
 """
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zerrow", description="zero-copy Arrow pipelines")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -517,12 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--json", action="store_true", help="status as JSON")
     sv.set_defaults(fn=cmd_service)
     d = sub.add_parser("demo", help="generate the synthetic dataset and compare transports")
-    d.add_argument("--rows", type=int, default=None,
+    d.add_argument("--rows", type=_positive_int, default=None,
                    help="trips to generate (default 28M: ~0.7 GB of snappy Parquet, "
                         "~2.2 GB decoded)")
     d.add_argument("--compression", default="snappy", choices=["snappy", "zstd", "none"],
                    help="Parquet compression of the generated files")
-    d.add_argument("--workers", type=int, default=2)
+    d.add_argument("--workers", type=_positive_int, default=2)
     d.add_argument("--pipeline", choices=["movement", "zones", "both"], default="both")
     d.add_argument("-q", "--quiet", action="store_true", help="no live progress")
     d.set_defaults(fn=cmd_demo)
