@@ -11,6 +11,7 @@ from zerrow_pool.pipeline.budget import ResourceManager
 from zerrow_pool.pipeline.dag import Pipeline, node, parquet
 from zerrow_pool.pipeline.decode_cache import DecodeCache, FileId, RowGroupRead
 from zerrow_pool.pipeline.options import RuntimeOptions
+from zerrow_pool.pipeline.protocol import Done
 from zerrow_pool.pipeline.report import NodeRecord, RunReport
 from zerrow_pool.pipeline.run_state import RunState, may_retry
 from zerrow_pool.pipeline.sandbox import Isolation
@@ -185,8 +186,7 @@ def decode_reply(task, rows, peak, total_s):
     """A worker's reply to decode ``task``: one part per column, two fds each."""
     parts = [Published(Kind.SHARE, rows, 8 * rows, fds=(2 * i, 2)) for i in range(len(task.columns))]
     timing = {"total_s": total_s, "decode_s": total_s / 2}
-    return {"ok": True, "peak": peak, "timing": timing,
-            "result": PublishedColumns(parts, rows)}, list(range(10, 10 + 2 * len(parts)))
+    return Done(PublishedColumns(parts, rows), timing, peak), list(range(10, 10 + 2 * len(parts)))
 
 
 @pytest.fixture
@@ -264,21 +264,21 @@ def message_for(step_name, op=Op.NODE, *, source=__file__, budget=None, strict=F
 
 
 def test_only_nodes_without_a_budget_give_freed_pages_back_at_once(two_row_groups):
-    assert message_for("unlimited")[0]["keep_free"]
-    assert not message_for("src", Op.READ, source=two_row_groups)[0]["keep_free"]
-    assert not message_for("unlimited", budget=1000)[0]["keep_free"]
+    assert message_for("unlimited")[0].keep_free
+    assert not message_for("src", Op.READ, source=two_row_groups)[0].keep_free
+    assert not message_for("unlimited", budget=1000)[0].keep_free
 
 
 def test_a_strict_budget_caps_each_task_at_its_share_of_the_headroom(two_row_groups):
     msg, _ = message_for("src", Op.READ, source=two_row_groups, budget=1000, strict=True, held=400, running=3)
-    assert msg["mem_cap"] == 200
-    assert "mem_cap" not in message_for("unlimited", budget=1000)[0]
+    assert msg.mem_cap == 200
+    assert message_for("unlimited", budget=1000)[0].mem_cap is None
 
 
 def test_a_nodes_own_memory_limit_wins_over_the_runtimes():
-    assert message_for("limited", node_limit=1 << 30)[0]["memory_limit"] == 64 << 20
-    assert message_for("unlimited", node_limit=1 << 30)[0]["memory_limit"] == 1 << 30
-    assert message_for("unlimited")[0]["memory_limit"] is None
+    assert message_for("limited", node_limit=1 << 30)[0].memory_limit == 64 << 20
+    assert message_for("unlimited", node_limit=1 << 30)[0].memory_limit == 1 << 30
+    assert message_for("unlimited")[0].memory_limit is None
 
 
 def test_a_limit_the_kernel_cannot_enforce_warns_once_per_runtime():

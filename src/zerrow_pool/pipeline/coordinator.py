@@ -253,13 +253,13 @@ class Coordinator:
                                     f"{task.describe()}")
             return
         w.task = None
-        self.resources.note_worker_peak(task.held_at_dispatch, reply.get("peak", 0))
-        if reply.get("exiting"):  # the worker ends itself after this reply
+        self.resources.note_worker_peak(task.held_at_dispatch, reply.peak)
+        if reply.exiting:  # the worker ends itself after this reply
             w.exit_status()
             self.pool.replace(w)
-        if not reply["ok"]:
+        if not reply.ok:
             close_fds(fds)
-            self._task_failed(task, reply["error"])
+            self._task_failed(task, reply.error)
             return
         if task.op == Op.DECODE:
             self.sources.decoded(task, reply, fds)
@@ -269,8 +269,8 @@ class Coordinator:
         if run.status(task.name) != Status.RUNNING:
             close_fds(fds)
             return
-        payload = self.transport.payload(reply["result"], fds)
-        self._complete(run, task.name, payload, reply.get("timing", {}), reply.get("peak", 0))
+        payload = self.transport.payload(reply.result, fds)
+        self._complete(run, task.name, payload, reply.timing, reply.peak)
 
     def _task_failed(self, task, error: str) -> None:
         run, name = task.run, task.name

@@ -49,19 +49,18 @@ class SourceReads:
         return any(self.cache.awaited(self.cache.key(task.read, c)) for c in task.columns)
 
     def decoded(self, task, reply, fds) -> None:
-        """A worker decoded ``task`` (``reply``, its parts' descriptors in ``fds``):
-        its time and peak go to the source's record, each chunk into the cache
-        and to whoever waits for it."""
+        """A worker decoded ``task`` (``reply``, a ``Done``; its parts'
+        descriptors in ``fds``): its time and peak go to the source's record,
+        each chunk into the cache and to whoever waits for it."""
         rec = task.run.rec[task.name]
-        rec.peak = max(rec.peak, reply.get("peak", 0))
-        for k, v in reply["timing"].items():
+        rec.peak = max(rec.peak, reply.peak)
+        for k, v in reply.timing.items():
             rec.timing[k] = rec.timing.get(k, 0) + v
         payloads = []
-        for part in reply["result"].parts:
+        for part in reply.result.parts:
             start, n = part.fds
             payloads.append(self.transport.payload(part, fds[start:start + n]))
-        self.cache.store(task.read, task.columns, payloads, reply["timing"].get("total_s", 0.0),
-                         self._track)
+        self.cache.store(task.read, task.columns, payloads, reply.timing["total_s"], self._track)
 
     def decode_failed(self, task, error: str) -> bool:
         """Decode ``task`` failed: True when it may run again; else every run

@@ -3,15 +3,16 @@
 A task is a node (``Op.NODE``: call its function on its inputs), a whole
 Parquet source (``Op.READ``, without the decode cache), or the decode of one
 row group's missing columns into decode-cache entries (``Op.DECODE``; it may
-serve several runs, see ``DecodeCache.wait``). The message is a plain dict
-pickled by wire.py, the payloads' descriptors travelling beside it;
-``Messages`` adds the memory terms the runtime's options set for each task.
+serve several runs, see ``DecodeCache.wait``). The message is a request of
+protocol.py, pickled by wire.py, the payloads' descriptors travelling beside
+it; ``Messages`` adds the memory terms the runtime's options set for each task.
 """
 from __future__ import annotations
 
 import os
 import warnings
 
+from .protocol import DecodeRequest, NodeRequest, ReadRequest, Request
 from .sandbox import Isolation
 from .states import Op
 
@@ -48,21 +49,22 @@ class Task:
             return f"decode of {os.path.basename(self.read.file.path)} row group {self.read.row_group}"
         return f"node {self.name!r}"
 
-    def message(self, out_dir: str, fds: list, memory_limit=None) -> dict:
-        """The worker's message; appends the descriptors to send to ``fds``.
-        A node's inputs are the payloads in ``pinned``."""
-        msg = {"op": self.op, "name": self.name, "out_dir": out_dir}
+    def message(self, out_dir: str, fds: list, memory_limit=None, **terms) -> Request:
+        """The worker's request, with memory ``terms`` (``keep_free``,
+        ``mem_cap``); appends the descriptors to send to ``fds``. A node's
+        inputs are the payloads in ``pinned``."""
         step = self.run.pipeline.by_name[self.name]
         if self.op == Op.NODE:
-            msg.update(fn=step.ref, inputs=[p.encode(fds) for p in self.pinned],
-                       inputs_as=step.inputs_as, memory_limit=memory_limit,
-                       sandbox=self.run.sandbox)
-        elif self.op == Op.READ:
-            msg.update(files=step.files(), columns=step.columns, filter=step.filter)
-        else:
-            msg.update(file=self.read.file.path, row_group=self.read.row_group,
-                       columns=self.columns, filter=self.filter, schema=self.schema)
-        return msg
+            return NodeRequest(name=self.name, out_dir=out_dir, fn=step.ref,
+                               inputs=[p.encode(fds) for p in self.pinned],
+                               inputs_as=step.inputs_as, memory_limit=memory_limit,
+                               sandbox=self.run.sandbox, **terms)
+        if self.op == Op.READ:
+            return ReadRequest(name=self.name, out_dir=out_dir, files=step.files(),
+                               columns=step.columns, filter=step.filter, **terms)
+        return DecodeRequest(name=self.name, out_dir=out_dir, file=self.read.file.path,
+                             row_group=self.read.row_group, columns=self.columns,
+                             filter=self.filter, schema=self.schema, **terms)
 
 
 class Messages:
@@ -84,16 +86,16 @@ class Messages:
         self._warned_no_cgroup = False
 
     def build(self, task: Task, worker, running: int) -> tuple:
-        """``(message, fds)`` asking ``worker`` to run ``task``, which is sent
+        """``(request, fds)`` asking ``worker`` to run ``task``, which is sent
         holding ``task.held_at_dispatch``; ``running``: tasks running with it."""
         fds: list = []
         node = task.op == Op.NODE
         limit = self._node_limit(task, worker) if node else None
-        msg = task.message(self.out_dir, fds, limit)
-        msg["keep_free"] = self.resources.limit is None and node
-        if self.options.strict_budget:
-            msg["mem_cap"] = max(1, (self.resources.limit - task.held_at_dispatch) // running)
-        return msg, fds
+        cap = (max(1, (self.resources.limit - task.held_at_dispatch) // running)
+               if self.options.strict_budget else None)
+        request = task.message(self.out_dir, fds, limit, mem_cap=cap,
+                               keep_free=self.resources.limit is None and node)
+        return request, fds
 
     def _node_limit(self, task: Task, worker):
         step = task.run.pipeline.by_name[task.name]

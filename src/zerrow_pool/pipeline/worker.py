@@ -4,9 +4,10 @@ Started once by the coordinator (``python -m zerrow_pool.pipeline.worker FD
 TRANSPORT ISOLATION``, with the zerrow preload library in LD_PRELOAD). With
 isolation "none" it runs every task itself, reused for every node of every
 run; with "process" it is a zygote (``zygote.py``) that forks a fresh
-process per task, which runs it with ``execute`` below.  Each task arrives as one message on the worker's socket, with the
-read-only fds of exactly the inputs it needs; the reply carries the published
-output (descriptor + fds, or an IPC file path) or the traceback.
+process per task, which runs it with ``execute`` below.  Each task arrives as
+one request (protocol.py) on the worker's socket, with the read-only fds of
+exactly the inputs it needs; the reply (``Done`` or ``Failed``) carries the
+published output (descriptor + fds, or an IPC file path) or the traceback.
 
 Task kinds: ``node`` (call a pipeline function), ``read`` (read a Parquet
 source whole) and ``decode`` (decode one row group into per-column shares for
@@ -30,6 +31,7 @@ import pyarrow as pa
 from .dag import user_traceback
 from .frames import NodeOutputError, convert_input, to_table
 from .payloads import open_input
+from .protocol import Done, Failed, Hello, NodeRequest, Stop
 from .specs import PublishedColumns
 from .states import Op
 from .transports import CopyDirFull, get_transport
@@ -109,8 +111,8 @@ class PeakSampler:
 def _read_source(task):
     import pyarrow.dataset as ds
 
-    dataset = ds.dataset(task["files"], format="parquet")
-    return dataset.to_table(columns=task["columns"], filter=task["filter"], batch_size=BATCH_ROWS)
+    dataset = ds.dataset(task.files, format="parquet")
+    return dataset.to_table(columns=task.columns, filter=task.filter, batch_size=BATCH_ROWS)
 
 
 def _decode_row_group(task):
@@ -118,9 +120,9 @@ def _decode_row_group(task):
 
     from pyarrow.fs import LocalFileSystem
 
-    frag = ds.ParquetFileFormat().make_fragment(task["file"], filesystem=LocalFileSystem(),
-                                                row_groups=[task["row_group"]])
-    return frag.to_table(schema=task["schema"], columns=task["columns"], filter=task["filter"],
+    frag = ds.ParquetFileFormat().make_fragment(task.file, filesystem=LocalFileSystem(),
+                                                row_groups=[task.row_group])
+    return frag.to_table(schema=task.schema, columns=task.columns, filter=task.filter,
                          batch_size=BATCH_ROWS)
 
 
@@ -143,25 +145,25 @@ def run_task(transport, task, fds, on_exceed=None):
     timing = {}
     cap = memory_cap(task)
     with transport.scope(), PeakSampler(cap and cap[0], on_exceed) as peak:
-        if task["op"] == Op.NODE:
-            kinds = task.get("inputs_as") or ["arrow"] * len(task["inputs"])
+        if task.op == Op.NODE:
+            kinds = task.inputs_as or ["arrow"] * len(task.inputs)
             inputs = [convert_input(open_input(spec, fds), kind)
-                      for spec, kind in zip(task["inputs"], kinds)]
+                      for spec, kind in zip(task.inputs, kinds)]
             timing["input_s"] = time.perf_counter() - t0
-            fn = load_function(task["fn"])
+            fn = load_function(task.fn)
             t1 = time.perf_counter()
-            out = to_table(fn(*inputs), task["name"])
+            out = to_table(fn(*inputs), task.name)
             timing["compute_s"] = time.perf_counter() - t1
             del inputs
-        elif task["op"] == Op.READ:
+        elif task.op == Op.READ:
             out = _read_source(task)
-        elif task["op"] == Op.DECODE:
+        elif task.op == Op.DECODE:
             out = _decode_row_group(task)
         else:
-            raise ValueError(f"unknown task {task['op']!r}")
+            raise ValueError(f"unknown task {task.op!r}")
         t2 = time.perf_counter()
-        keep_free = task.get("keep_free", False)  # the coordinator's call
-        if task["op"] == Op.DECODE:
+        keep_free = task.keep_free  # the coordinator's call
+        if task.op == Op.DECODE:
             # Cache entries outlive the task, and a shared segment is never
             # allocated from again: published from the decode's own segments,
             # they would take the decode's temporaries (decompressed pages,
@@ -171,7 +173,7 @@ def run_task(transport, task, fds, on_exceed=None):
             # decode's segments come back to this worker warm, as spares.
             with transport.scope():
                 out = _compact(out)
-                results = [transport.publish(_nonempty(col), task["out_dir"], keep_free)
+                results = [transport.publish(_nonempty(col), task.out_dir, keep_free)
                            for col in out.columns]
             parts, out_fds, dones = [], [], []
             for s, f, d in results:
@@ -180,7 +182,7 @@ def run_task(transport, task, fds, on_exceed=None):
                 dones.append(d)
             spec = PublishedColumns(parts, out.num_rows)
         else:
-            spec, out_fds, done = transport.publish(out, task["out_dir"], keep_free)
+            spec, out_fds, done = transport.publish(out, task.out_dir, keep_free)
             dones = [done]
         timing["publish_s"] = time.perf_counter() - t2
         del out
@@ -189,8 +191,7 @@ def run_task(transport, task, fds, on_exceed=None):
     timing["cpu_user_s"] = ru1.ru_utime - ru0.ru_utime
     timing["cpu_sys_s"] = ru1.ru_stime - ru0.ru_stime
     timing["minor_faults"] = ru1.ru_minflt - ru0.ru_minflt
-    reply = {"ok": True, "result": spec, "timing": timing, "peak": peak.peak}
-    return reply, out_fds, dones
+    return Done(spec, timing, peak.peak), out_fds, dones
 
 
 def _describe_error(e: BaseException) -> str:
@@ -217,10 +218,10 @@ def memory_cap(task):
     ``mem_cap`` is the task's share of a strict budget; ``memory_limit`` a
     node's own limit, checked here only when no cgroup enforces it."""
     caps = []
-    if task.get("mem_cap"):
-        caps.append((task["mem_cap"], "budget"))
-    if task.get("memory_limit") and not task.get("limit_by_kernel"):
-        caps.append((task["memory_limit"], "limit"))
+    if task.mem_cap:
+        caps.append((task.mem_cap, "budget"))
+    if isinstance(task, NodeRequest) and task.memory_limit and not task.limit_by_kernel:
+        caps.append((task.memory_limit, "limit"))
     return min(caps) if caps else None
 
 
@@ -231,18 +232,18 @@ def _over_cap(sock, task, peak) -> None:
 
     cap, why = memory_cap(task)
     if why == "limit":
-        msg = (f"MemoryLimitExceeded: {task['name']!r} allocated {fmt_bytes(peak)}, more than its "
+        msg = (f"MemoryLimitExceeded: {task.name!r} allocated {fmt_bytes(peak)}, more than its "
                f"memory limit of {fmt_bytes(cap)} (enforced by zerrow's pool: no memory cgroup "
                "here); raise the node's memory_limit or --node-memory-limit")
         kind = "MemoryLimitExceeded"
     else:
-        msg = (f"BudgetExceeded: {task['name']!r} allocated {fmt_bytes(peak)} in its worker, more "
+        msg = (f"BudgetExceeded: {task.name!r} allocated {fmt_bytes(peak)} in its worker, more "
                f"than its allowance of {fmt_bytes(cap)} (its share of the memory budget "
                "left when it started); raise --memory-budget or use fewer workers")
         kind = "BudgetExceeded"
     with _SEND_LOCK:
         try:
-            send_msg(sock, {"ok": False, "error": msg, "error_type": kind, "exiting": True})
+            send_msg(sock, Failed(msg, kind, exiting=True))
         finally:
             os._exit(3)
 
@@ -254,7 +255,7 @@ def execute(sock, transport, task, fds):
     try:
         return run_task(transport, task, fds, lambda peak: _over_cap(sock, task, peak))
     except BaseException as e:  # noqa: BLE001 - report everything to the coordinator
-        return {"ok": False, "error": _describe_error(e), "error_type": type(e).__name__}, [], []
+        return Failed(_describe_error(e), type(e).__name__), [], []
     finally:
         close_fds(fds)
 
@@ -277,7 +278,7 @@ def serve_tasks(sock: socket.socket, transport, max_tasks: int | None = None) ->
             task, fds = recv_msg(sock)
         except (ConnectionError, OSError):
             return
-        if task.get("op") == Op.STOP:
+        if isinstance(task, Stop):
             close_fds(fds)
             return
         reply(sock, *execute(sock, transport, task, fds))
@@ -291,7 +292,7 @@ def serve(sock: socket.socket, transport_name: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_fd_limit()
     transport = get_transport(transport_name)
-    send_msg(sock, {"ready": os.getpid(), "preload_active": _preload_active()})
+    send_msg(sock, Hello(os.getpid(), _preload_active()))
     serve_tasks(sock, transport)
 
 

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from .states import Op
+from .protocol import Hello, Stop
 from .wire import PeerClosed, recv_msg, send_msg
 
 START_TIMEOUT_S = 120.0
@@ -71,10 +71,10 @@ class Worker:
                 "its stderr is above") from e
         finally:
             self.sock.settimeout(None)
-        if "ready" not in msg:
-            raise WorkerStartError(f"worker {self.id} sent {msg!r} instead of ready")
-        self.preload_active = msg.get("preload_active", False)
-        self.cgroup_error = msg.get("cgroup_error")  # zygotes: why no cgroup can be made
+        if not isinstance(msg, Hello):
+            raise WorkerStartError(f"worker {self.id} sent {msg!r} instead of its hello")
+        self.preload_active = msg.preload_active
+        self.cgroup_error = msg.cgroup_error  # zygotes: why no cgroup can be made
 
     def send(self, task, fds=()) -> None:
         send_msg(self.sock, task, fds)
@@ -104,7 +104,7 @@ class Worker:
             self.proc.kill()
         if self.proc.poll() is None:
             try:
-                send_msg(self.sock, {"op": Op.STOP})
+                send_msg(self.sock, Stop())
             except OSError:
                 pass
 

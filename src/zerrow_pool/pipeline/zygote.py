@@ -33,6 +33,7 @@ hostile sandbox cannot corrupt the coordinator's stream, and the slot goes on.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import signal
@@ -44,6 +45,7 @@ from collections import OrderedDict
 from . import sandbox, worker
 from .budget import fmt_bytes
 from .cgroups import CgroupError, MemoryCgroups
+from .protocol import Done, Failed, Hello, NodeRequest, Stop
 from .states import Op
 from .transports import get_transport
 from .wire import PeerClosed, close_fds, raise_fd_limit, recv_msg, send_msg
@@ -85,7 +87,7 @@ class Sandbox:
 
     def stop(self) -> None:
         try:
-            send_msg(self.sock, {"op": Op.STOP})
+            send_msg(self.sock, Stop())
         except OSError:
             pass
         self.reap()
@@ -104,15 +106,14 @@ class Zygote:
             self.cgroups, self.cgroup_error = None, str(e)
 
     def serve(self) -> None:
-        send_msg(self.sock, {"ready": os.getpid(), "preload_active": worker._preload_active(),
-                             "cgroup_error": self.cgroup_error})
+        send_msg(self.sock, Hello(os.getpid(), worker._preload_active(), self.cgroup_error))
         try:
             while True:
                 try:
                     task, fds = recv_msg(self.sock)
                 except (ConnectionError, OSError):
                     return
-                if task.get("op") == Op.STOP:
+                if isinstance(task, Stop):
                     close_fds(fds)
                     return
                 msg, out_fds = self.handle(task, fds)
@@ -129,17 +130,17 @@ class Zygote:
     # ------------------------------------------------------------ one task
     def handle(self, task, fds):
         """Run ``task`` in its sandbox; returns (reply, fds). Closes ``fds``."""
-        limit = task.get("memory_limit") if task["op"] == Op.NODE else None
+        node = isinstance(task, NodeRequest)
+        limit = task.memory_limit if node else None
         try:
             if limit:
-                sb, key = self._fork_for_limit(task, limit), None
+                (sb, task), key = self._fork_for_limit(task, limit), None
             else:
-                key = task.get("sandbox", "") if task["op"] == Op.NODE else TRUSTED
+                key = task.sandbox if node else TRUSTED
                 sb = self._warm_sandbox(key)
         except OSError as e:
             close_fds(fds)
-            return {"ok": False, "error": f"cannot start a sandbox for {task['name']!r}: {e}",
-                    "error_type": type(e).__name__}, []
+            return Failed(f"cannot start a sandbox for {task.name!r}: {e}", type(e).__name__), []
         try:
             send_msg(sb.sock, task, fds)
         except OSError:
@@ -151,12 +152,15 @@ class Zygote:
         except (PeerClosed, OSError):
             msg, out_fds = None, []
         if sb.forked is not None:  # fork to this reply: the cold start (p50/p99 in bench/)
-            if msg is not None:
-                timing = msg.setdefault("timing", {})
-                timing["sandbox_start_s"] = time.perf_counter() - sb.forked
-                timing["forked_at"] = sb.forked  # CLOCK_MONOTONIC: comparable across processes
+            if isinstance(msg, Done):
+                msg = dataclasses.replace(msg, timing={
+                    **msg.timing, "sandbox_start_s": time.perf_counter() - sb.forked,
+                    "forked_at": sb.forked})  # CLOCK_MONOTONIC: comparable across processes
             sb.forked = None
-        if msg is None or msg.pop("exiting", False) or key is None:
+        exiting = msg is not None and msg.exiting
+        if exiting:  # the sandbox ends, not this zygote: the coordinator need not know
+            msg = dataclasses.replace(msg, exiting=False)
+        if msg is None or exiting or key is None:
             if key is not None:
                 del self.warm[key]
             sb.reap(kill=msg is None)
@@ -176,18 +180,19 @@ class Zygote:
         self.warm[key] = sb
         return sb
 
-    def _fork_for_limit(self, task, limit) -> Sandbox:
+    def _fork_for_limit(self, task: NodeRequest, limit) -> tuple:
+        """A sandbox of its own for ``task``, and the request to send it."""
         cg = None
         if self.cgroups:
             self.count += 1
             try:
                 cg = self.cgroups.create(f"sandbox-{self.count}", limit)
-                task["limit_by_kernel"] = True
+                task = dataclasses.replace(task, limit_by_kernel=True)
             except OSError as e:  # the pool's allowance stands in (worker.memory_cap)
-                warnings.warn(f"zerrow: no memory cgroup for {task['name']!r} ({e}); its limit "
+                warnings.warn(f"zerrow: no memory cgroup for {task.name!r} ({e}); its limit "
                               "is enforced by the pool", RuntimeWarning, stacklevel=1)
-        task["keep_free"] = False  # the sandbox exits after this task
-        return self._fork(cg, 1)
+        task = dataclasses.replace(task, keep_free=False)  # the sandbox exits after this task
+        return self._fork(cg, 1), task
 
     def _fork(self, cgroup, max_tasks) -> Sandbox:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -215,8 +220,8 @@ class Zygote:
             except BaseException as e:  # noqa: BLE001 - the zygote reports what we say
                 code = 1
                 try:
-                    send_msg(theirs, {"ok": False, "error_type": type(e).__name__,
-                                      "error": f"the sandbox could not be set up: {e}"})
+                    send_msg(theirs, Failed(f"the sandbox could not be set up: {e}",
+                                            type(e).__name__))
                 except OSError:
                     pass
             finally:
@@ -225,16 +230,15 @@ class Zygote:
         return Sandbox(pid, ours, cgroup, forked)
 
     @staticmethod
-    def _died(task, sb: Sandbox, limit) -> dict:
-        what = (f"node {task['name']!r}" if task["op"] == Op.NODE
-                else f"{task['op']} task of {task['name']!r}")
+    def _died(task, sb: Sandbox, limit) -> Failed:
+        what = (f"node {task.name!r}" if task.op == Op.NODE
+                else f"{task.op} task of {task.name!r}")
         if sb.oom_killed:
-            return {"ok": False, "error_type": "MemoryLimitExceeded",
-                    "error": f"MemoryLimitExceeded: {what} went over its memory limit of "
-                             f"{fmt_bytes(limit)} and the kernel stopped it; raise the node's "
-                             "memory_limit (or --node-memory-limit)"}
-        return {"ok": False, "error_type": "SandboxDied",
-                "error": f"the sandbox running {what} (pid {sb.pid}) {describe_exit(sb.exit_code)}"}
+            return Failed(f"MemoryLimitExceeded: {what} went over its memory limit of "
+                          f"{fmt_bytes(limit)} and the kernel stopped it; raise the node's "
+                          "memory_limit (or --node-memory-limit)", "MemoryLimitExceeded")
+        return Failed(f"the sandbox running {what} (pid {sb.pid}) {describe_exit(sb.exit_code)}",
+                      "SandboxDied")
 
 
 def serve(sock: socket.socket, transport_name: str) -> None:
