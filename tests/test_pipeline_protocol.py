@@ -115,7 +115,7 @@ def source(tmp_path):
 
 
 def build(task, *, budget=None, strict=False, held=0, running=1):
-    options = RuntimeOptions(workers=1, memory_budget=budget, strict_budget=strict)
+    options = RuntimeOptions.resolve(workers=1, memory_budget=budget, strict_budget=strict)
     messages = Messages(options, "/out", ResourceManager(budget, None, None, 0.0))
     task.held_at_dispatch = held
     return messages.build(task, SimpleNamespace(cgroup_error=None), running)

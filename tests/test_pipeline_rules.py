@@ -254,8 +254,8 @@ def message_for(step_name, op=Op.NODE, *, source=__file__, budget=None, strict=F
     pipeline = Pipeline("msg", [parquet("src", source), limited, unlimited])
     run = RunState(pipeline, None, RunReport("msg", "zerrow", 1, False))
     if messages is None:
-        options = RuntimeOptions(workers=1, memory_budget=budget, strict_budget=strict,
-                                 isolation=isolation, node_memory_limit=node_limit)
+        options = RuntimeOptions.resolve(workers=1, memory_budget=budget, strict_budget=strict,
+                                         isolation=isolation, node_memory_limit=node_limit)
         messages = Messages(options, "/out", ResourceManager(budget, None, None, 0.0))
     task = Task(run, step_name, op)
     task.held_at_dispatch = held

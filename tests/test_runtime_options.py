@@ -105,3 +105,52 @@ def test_directories_default_to_ram_for_copies_and_disk_for_spills(clean_env):
 def test_invariant_checks_from_the_environment(clean_env, value, on):
     clean_env.setenv("ZERROW_DEBUG_INVARIANTS", value)
     assert RuntimeOptions.resolve().check_invariants is on
+
+
+def test_options_are_named_once_with_their_defaults(clean_env):
+    from zerrow_pool.pipeline.options import OPTIONS
+
+    given = RuntimeOptions.arguments()
+    assert given == {o.name: o.default for o in OPTIONS}
+    assert list(given)[:2] == ["workers", "transport"]
+    assert RuntimeOptions.arguments(2, "copy", isolation="none") == {
+        **given, "workers": 2, "transport": "copy", "isolation": "none"}
+    o = RuntimeOptions.resolve(2, "copy")  # workers and transport may come positionally
+    assert (o.workers, o.transport) == (2, "copy")
+
+
+@pytest.mark.parametrize("args, kwargs, message", [
+    ((), dict(budget="1G"), "unknown runtime option 'budget'; the options are: workers, "
+                            "transport, memory_budget,"),
+    ((), dict(b=1, a=2), "unknown runtime options 'a', 'b'; the options are:"),
+    ((2,), dict(workers=3), "option 'workers' given twice"),
+    ((2, "copy", 3), {}, "at most 2 options may be given without their names"),
+])
+def test_unknown_options_are_refused_naming_the_valid_ones(clean_env, args, kwargs, message):
+    with pytest.raises(TypeError, match=re.escape(message)):
+        RuntimeOptions.resolve(*args, **kwargs)
+
+
+def test_a_runtime_refuses_an_unknown_option_before_starting_anything(clean_env):
+    from zerrow_pool.pipeline import Runtime
+
+    with pytest.raises(TypeError, match="unknown runtime option 'worker'; the options are"):
+        Runtime(worker=2)
+
+
+def test_runtimes_document_every_option_in_their_signature_and_docstring():
+    import inspect
+
+    from zerrow_pool.pipeline import Runtime
+    from zerrow_pool.pipeline.options import OPTIONS
+    from zerrow_pool.ray.driver import RayRuntime
+
+    for cls, first, last in [(Runtime, [], ["on_event", "ray"]),
+                             (RayRuntime, ["address"], ["on_event", "pins"])]:
+        params = inspect.signature(cls).parameters
+        assert list(params) == first + [o.name for o in OPTIONS] + last
+        for o in OPTIONS:
+            assert params[o.name].default == o.default
+            assert f"    {o.name} : default {o.default!r}\n" in cls.__doc__
+        assert params["workers"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        assert params["memory_budget"].kind is inspect.Parameter.KEYWORD_ONLY

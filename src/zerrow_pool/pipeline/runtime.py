@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from .coordinator import Coordinator
 from .dag import Pipeline
-from .options import RuntimeOptions
+from .options import RuntimeOptions, keyword, takes_options
 from .report import RunReport, RunResult, raise_first_failure
 from .run_state import RunState
 
 
+@takes_options(
+    (keyword("on_event"), "Called with a dict per event of a run (states.Event: a node "
+                          "started, done, failed, retried, spilled...)."),
+    (keyword("ray"), '"auto", "local" or a Ray address: run the same pipelines on a Ray '
+                     "cluster instead (zerrow_pool.ray; docs/DISTRIBUTED.md)."))
 class Runtime(Coordinator):
     """Warm workers + coordinator.  Use as a context manager::
 
@@ -22,21 +27,12 @@ class Runtime(Coordinator):
             result = rt.run(pipeline)
             print(result.report.format())
 
-    The keyword arguments are ``RuntimeOptions``' (options.py: what each
-    means, its default and its environment override).
-    ``Runtime(ray="auto" | "local" | ADDRESS, ...)`` runs the same pipelines on a
-    Ray cluster instead (zerrow_pool.ray; docs/DISTRIBUTED.md).
+    The options are listed below (options.py: each one's environment
+    override); an unknown one raises TypeError.
     """
 
-    def __init__(self, workers: int | None = None, transport: str = "zerrow", *,
-                 memory_budget=None, cache: bool = True, spill_dir: str | None = None,
-                 preload: bool = True, on_event=None, tolerance: float = 0.10,
-                 strict_budget: bool = False, cache_bytes=None, isolation: str = "process",
-                 node_memory_limit=None, ray=None):
-        options = RuntimeOptions.resolve(
-            workers, transport, memory_budget=memory_budget, cache=cache, spill_dir=spill_dir,
-            preload=preload, tolerance=tolerance, strict_budget=strict_budget,
-            cache_bytes=cache_bytes, isolation=isolation, node_memory_limit=node_memory_limit)
+    def __init__(self, *args, on_event=None, ray=None, **options):
+        options = RuntimeOptions.resolve(*args, **options)
         self.closed = False
         super().__init__(options, on_event)
 
