@@ -11,9 +11,11 @@ fails naming the lost machine.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import time
 import uuid
 
+from ..pipeline.options import RuntimeOptions, keyword, takes_options
 from ..pipeline.report import EdgeRecord, NodeRecord, RunReport, RunResult, raise_first_failure
 from ..pipeline.states import Status
 from . import require_ray
@@ -27,20 +29,23 @@ NAMESPACE = "zerrow"
 _RESOURCE_SKIP = ("CPU", "GPU", "memory", "object_store_memory")
 
 
+@takes_options(
+    (keyword("on_event"), "Accepted as Runtime takes it; progress is not forwarded from "
+                          "agents (docs/DISTRIBUTED.md)."),
+    (keyword("pins"), "Maps step names to custom Ray resources: such a step runs on a node "
+                      "offering that resource (while one is alive)."),
+    leading=[inspect.Parameter("address", inspect.Parameter.POSITIONAL_OR_KEYWORD)])
 class RayRuntime:
     """``Runtime`` on a Ray cluster: same ``run`` / ``run_many`` / context manager.
 
     ``address``: ``"auto"`` (a running cluster), ``"local"`` (start a Ray
-    instance here, shut down by ``close``) or a Ray address. The other options
-    configure each machine's agent Runtime (``workers`` defaults to the node's
-    CPUs). ``pins`` maps step names to custom Ray resources: such a step runs
-    on a node offering that resource (while one is alive).
+    instance here, shut down by ``close``) or a Ray address. The options
+    below configure each machine's agent Runtime (``workers`` defaults to the
+    node's CPUs); an unknown one raises TypeError.
     """
 
-    def __init__(self, address, workers=None, transport="zerrow", *, memory_budget=None,
-                 cache=True, strict_budget=False, cache_bytes=None, spill_dir=None, preload=True,
-                 on_event=None, tolerance=0.10, isolation="process", node_memory_limit=None,
-                 pins=None):
+    def __init__(self, address, *args, on_event=None, pins=None, **options):
+        options = RuntimeOptions.arguments(*args, **options)  # each agent resolves them
         ray = self.ray = require_ray()
         self.owns_ray = False
         if not ray.is_initialized():
@@ -55,10 +60,7 @@ class RayRuntime:
                         f"no Ray cluster to connect to at {address!r} ({str(e).splitlines()[0]}); "
                         "start one with `ray start --head`, or use --ray local / "
                         "Runtime(ray='local') to start one for this run") from None
-        self.options = dict(workers=workers, transport=transport, memory_budget=memory_budget,
-                            cache=cache, strict_budget=strict_budget, cache_bytes=cache_bytes,
-                            spill_dir=spill_dir, preload=preload, tolerance=tolerance,
-                            isolation=isolation, node_memory_limit=node_memory_limit)
+        self.options = options
         self.pins = dict(pins or {})
         self.n_workers = 0
         self.agents: dict = {}  # node id -> actor handle
