@@ -132,5 +132,3 @@ class Failed:
     error_type: str
     exiting: bool = False
 
-
-Reply = Done | Failed
