@@ -54,6 +54,14 @@ arrow::Status Arena::AddHeap(size_t at_least) {
   size_t capacity = options_.segment_capacity;
   if (at_least > capacity / 4) capacity = RoundUp(at_least * 2, kHugeAlign);  // room to grow in place
   if (spares_ != nullptr) {
+    bool hinted;
+    {
+      std::lock_guard lock(large_mu_);
+      hinted = expected_bytes_ != 0 && adopted_warm_ < expected_bytes_;
+    }
+    // A scope that says what it will take gets it from one warm spare, its
+    // first slab included (the coldest spare would be a second one).
+    if (hinted && AdoptWarmSpare(at_least)) return arrow::Status::OK();
     if (SegmentHeap* heap = spares_->TakeCold(at_least)) {
       std::lock_guard lock(large_mu_);
       AdoptLocked(heap);
@@ -72,10 +80,24 @@ arrow::Status Arena::AddHeap(size_t at_least) {
 
 bool Arena::AdoptWarmSpare(size_t need) {
   if (spares_ == nullptr) return false;
-  SegmentHeap* heap = spares_->TakeWarm(need);
+  size_t target = need, cap = SIZE_MAX;
+  {
+    std::lock_guard lock(large_mu_);
+    if (expected_bytes_ != 0) {
+      // Once warm memory for what the scope expects is adopted, the rest comes
+      // from fresh pages of our own heaps, leaving other spares whole; so does
+      // a shortfall that only a spare more than twice its size would cover.
+      if (adopted_warm_ >= expected_bytes_) return false;
+      target = std::max(need, expected_bytes_ - adopted_warm_);
+      if (adopted_warm_ != 0) cap = 2 * target;
+    }
+  }
+  SegmentHeap* heap = spares_->TakeWarm(need, target, cap);
   if (heap == nullptr) return false;
   std::lock_guard lock(large_mu_);
   AdoptLocked(heap);
+  for (const auto& [off, fe] : heap->free_extents_)
+    if (fe.dirty) adopted_warm_ += fe.length;
   return true;
 }
 
@@ -559,6 +581,12 @@ void Arena::NoteLive(int64_t delta) {
 void Arena::Retire() { retired_.store(true, std::memory_order_release); }
 
 void Arena::Reopen() { retired_.store(false, std::memory_order_release); }
+
+void Arena::ExpectBytes(size_t bytes) {
+  std::lock_guard lock(large_mu_);
+  expected_bytes_ = bytes;
+  adopted_warm_ = 0;
+}
 
 std::vector<const void*> Arena::EmptyHeapBases(bool only_collectable) {
   std::lock_guard lock(large_mu_);

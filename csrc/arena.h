@@ -38,9 +38,10 @@ class SpareHeaps {
   // The spare heap of at least `capacity` bytes with the least resident
   // memory, or nullptr.
   virtual SegmentHeap* TakeCold(size_t capacity) = 0;
-  // The spare heap whose resident free run of at least `need` bytes is the
-  // smallest such, or nullptr.
-  virtual SegmentHeap* TakeWarm(size_t need) = 0;
+  // Among spares with a resident free run of at least `need` and at most
+  // `cap` bytes: the one whose smallest run of at least `target` (>= need) is
+  // the smallest such; else the one whose run is the longest; nullptr if none.
+  virtual SegmentHeap* TakeWarm(size_t need, size_t target, size_t cap) = 0;
 };
 
 struct ArenaOptions {
@@ -96,6 +97,13 @@ class Arena {
   void Retire();
   // A dead arena (retired, no heaps left) may serve a new scope.
   void Reopen();
+  // How much the scope expects to allocate at most (0: no idea), e.g. what the
+  // same code took last time. Warm spares are then adopted to cover that much
+  // and no more: one spare that fits it rather than the smallest warm run for
+  // each allocation, which would scatter the scope's buffers over several
+  // spares and, once they are shared, strand the rest of each spare's warm
+  // memory until every reader lets go. Call before the first allocation.
+  void ExpectBytes(size_t bytes);
   bool retired() const { return retired_.load(std::memory_order_acquire); }
   // Returns resident free memory to the kernel.
   void ReleaseRetained();
@@ -191,6 +199,8 @@ class Arena {
   std::set<IndexKey> dirty_index_, clean_index_;
   std::set<IndexKey>& IndexOf(bool dirty) { return dirty ? dirty_index_ : clean_index_; }
   std::atomic<int64_t> retained_{0};  // bytes in dirty free extents
+  size_t expected_bytes_ = 0;  // see ExpectBytes; large_mu_
+  size_t adopted_warm_ = 0;    // resident free bytes of the spares adopted since; large_mu_
   std::atomic<int64_t> live_bytes_{0};
   std::atomic<int64_t> peak_live_bytes_{0};
   void NoteLive(int64_t delta);

@@ -18,10 +18,12 @@ void SegmentHeap::Thaw() {
   frozen_.store(false, std::memory_order_release);
 }
 
-size_t SegmentHeap::SmallestDirtyFit(size_t need) const {
+size_t SegmentHeap::DirtyFit(size_t need, size_t cap, bool longest) const {
   size_t best = 0;
   for (const auto& [off, fe] : free_extents_)
-    if (fe.dirty && fe.length >= need && (best == 0 || fe.length < best)) best = fe.length;
+    if (fe.dirty && fe.length >= need && fe.length <= cap &&
+        (best == 0 || (longest ? fe.length > best : fe.length < best)))
+      best = fe.length;
   return best;
 }
 
@@ -51,7 +53,7 @@ SegmentHeap* SegmentCache::TakeCold(size_t capacity) {
   return best == spares_.end() ? nullptr : TakeSpareLocked(best);
 }
 
-SegmentHeap* SegmentCache::TakeWarm(size_t need) {
+SegmentHeap* SegmentCache::TakeWarm(size_t need, size_t target, size_t cap) {
   // Readers let go of lent heaps at any time; asking the kernel costs two
   // syscalls per lent heap, so a stream of large allocations asks once a ms.
   const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -62,13 +64,21 @@ SegmentHeap* SegmentCache::TakeWarm(size_t need) {
     ReclaimLentRegistryLocked();
   }
   std::lock_guard lock(mu_);
+  // Smallest run that covers the target, else the longest that covers need.
   auto best = spares_.end();
   size_t best_len = 0;
+  bool best_covers = false;
   for (auto it = spares_.begin(); it != spares_.end(); ++it) {
-    const size_t len = (*it)->SmallestDirtyFit(need);
-    if (len != 0 && (best == spares_.end() || len < best_len)) {
+    const size_t covering = (*it)->DirtyFit(target, cap, /*longest=*/false);
+    const size_t len = covering != 0 ? covering : (*it)->DirtyFit(need, cap, /*longest=*/true);
+    if (len == 0) continue;
+    const bool covers = covering != 0;
+    const bool better = best == spares_.end() || (covers && !best_covers) ||
+                        (covers == best_covers && (covers ? len < best_len : len > best_len));
+    if (better) {
       best = it;
       best_len = len;
+      best_covers = covers;
     }
   }
   return best == spares_.end() ? nullptr : TakeSpareLocked(best);

@@ -41,7 +41,7 @@ class SegmentCache final : public SpareHeaps {
 
   // SpareHeaps: an arena adopting a segment. Both look at lent heaps first.
   SegmentHeap* TakeCold(size_t capacity) override;
-  SegmentHeap* TakeWarm(size_t need) override;
+  SegmentHeap* TakeWarm(size_t need, size_t target, size_t cap) override;
 
   // A heap just detached from its arena (Arena::DetachHeapRegistryLocked):
   // lent if frozen, else a spare within budget; destroyed otherwise.

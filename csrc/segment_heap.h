@@ -49,8 +49,9 @@ class SegmentHeap {
   // dirty where pages are resident (zeroed as they are handed out again, see
   // Arena::AdoptLocked), and it is no longer frozen.
   void Thaw();
-  // The length of the smallest dirty free extent of at least `need` bytes; 0 if none.
-  size_t SmallestDirtyFit(size_t need) const;
+  // The length of the smallest (or with `longest`, the longest) dirty free
+  // extent of `need` to `cap` bytes; 0 if none.
+  size_t DirtyFit(size_t need, size_t cap, bool longest) const;
 
  private:
   friend class Arena;

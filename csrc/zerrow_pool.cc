@@ -226,7 +226,7 @@ void ZerrowPool::ReleaseUnused() {
   }
 }
 
-uint64_t ZerrowPool::PushScope() {
+uint64_t ZerrowPool::PushScope(size_t expected_bytes) {
   std::lock_guard lock(scope_mu_);
   Arena* arena;
   if (!dead_arenas_.empty()) {
@@ -237,6 +237,7 @@ uint64_t ZerrowPool::PushScope() {
     scope_arenas_.push_back(std::make_unique<Arena>(&registry_, options_, &cache_));
     arena = scope_arenas_.back().get();
   }
+  arena->ExpectBytes(expected_bytes);
   uint64_t token = next_token_++;
   scope_stack_.emplace_back(token, arena);
   current_.store(arena, std::memory_order_release);

@@ -72,7 +72,9 @@ class ZerrowPool final : public arrow::MemoryPool {
 
   // Scopes: while open, all allocations from any thread go to a fresh arena
   // whose segments hold nothing else. Scopes nest; the innermost receives.
-  uint64_t PushScope();
+  // `expected_bytes`: what the scope is expected to allocate at most, 0 if
+  // unknown (see Arena::ExpectBytes).
+  uint64_t PushScope(size_t expected_bytes = 0);
   // Fails (Invalid) if `token` is not an open scope's.
   arrow::Status PopScope(uint64_t token);
 

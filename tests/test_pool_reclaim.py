@@ -205,3 +205,45 @@ def test_spare_budget_reads_size_suffixes():
     assert tight["segments_reclaimed"] >= 1 and roomy["segments_reclaimed"] >= 1, (tight, roomy)
     assert tight["faults"] > 3000, tight   # 16 MB of fresh pages
     assert roomy["faults"] < 1500, roomy
+
+
+def test_a_scope_with_expected_bytes_takes_one_spare_that_fits_it():
+    """Without a hint a scope's first slab takes the coldest spare and each
+    large allocation the smallest warm run that fits it, which scatters the
+    scope over every warm spare (and, once its buffers are shared, strands
+    the rest of each). With ``expected_bytes`` the scope takes the one spare
+    that covers it and leaves the others whole."""
+    body = r"""
+    SMALL, BIG, PART = 6_000_000, 25_000_000, 5_000_000   # int64s: 48, 200 and 40 MB
+    src = {n: pa.array(np.arange(n, dtype=np.int64)) for n in (SMALL, BIG, PART)}
+    def made(n, seed):
+        with z.scope():
+            return pc.add(src[n], seed)
+    small, big = made(SMALL, 1), made(BIG, 1)   # two warm spares once freed
+    del small, big
+    out = {"spares_before": z.stats()["spare_segments"]}
+    f0 = faults()
+    with z.scope(expected_bytes=EXPECTED):
+        parts = [pc.add(src[PART], i) for i in range(4)]
+        out["spares_during"] = z.stats()["spare_segments"]
+    out["faults"] = faults() - f0
+    del parts
+    f1 = faults()
+    out["rows"] = len(made(SMALL, 2))   # the small spare's pages, warm either way
+    out["faults_small"] = faults() - f1
+    try:
+        with z.scope(expected_bytes=-1):
+            pass
+    except ValueError as e:
+        out["negative"] = str(e)
+    print(json.dumps(out))
+    """
+    hinted = run(body.replace("EXPECTED", str(4 * 5_000_000 * 8)))
+    unhinted = run(body.replace("EXPECTED", "0"))
+    for r in (hinted, unhinted):
+        assert r["spares_before"] == 2, r
+        assert r["faults"] < 2000, r   # 160 MB from warm pages (fresh ones: ~40k faults)
+        assert r["faults_small"] < 2000 and r["rows"] == 6_000_000, r
+        assert "expected_bytes must be >= 0" in r["negative"]
+    assert hinted["spares_during"] == 1, hinted    # the big one alone
+    assert unhinted["spares_during"] == 0, unhinted  # both: the scope is scattered

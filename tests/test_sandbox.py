@@ -221,6 +221,43 @@ def test_limit_without_cgroup_falls_back_to_the_pool():
     assert rep.node("after_hog").status == "done"
 
 
+@zp.node
+def sandbox_pid(rows):
+    return pa.table({"pid": [os.getpid()], "rows": [rows.num_rows]})
+
+
+def _memfd_inodes(pid) -> set:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:"):
+                inodes.add(os.stat(f"/proc/{pid}/fd/{fd}").st_ino)
+        except OSError:  # closed meanwhile
+            pass
+    return inodes
+
+
+def test_sandbox_keeps_no_descriptor_of_the_task_it_was_forked_for(tmp_path):
+    """The zygote forks a sandbox while it holds the first task's input
+    descriptors. The sandbox must close its copies: else each input's segment
+    stays open for the sandbox's life, so its producer can never take it back
+    and a decode-cache entry is never freed (and the next run's nodes fault in
+    fresh memory instead of reusing it)."""
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"x": range(200_000)}), path, row_group_size=50_000)
+    pipe = zp.Pipeline("fd_inherit", [zp.parquet("rows", str(path)), sandbox_pid])
+    with zp.Runtime(workers=1) as rt:
+        res = rt.run(pipe)
+        assert res["sandbox_pid"]["rows"][0].as_py() == 200_000
+        pid = res["sandbox_pid"]["pid"][0].as_py()
+        del res
+        cached = _memfd_inodes(os.getpid())  # the decode-cache entries, held here
+        assert len(cached) >= 4, "expected one cached segment per row group at least"
+        assert not _memfd_inodes(pid) & cached
+
+
 def test_runtime_processes_are_not_dumpable():
     from zerrow_pool.pipeline.sandbox import is_dumpable
 

@@ -34,7 +34,7 @@ cdef extern from "zerrow_pool.h" namespace "zerrow" nogil:
         @staticmethod
         ZerrowPool* Instance()
         SegmentRegistry& registry()
-        uint64_t PushScope()
+        uint64_t PushScope(size_t expected_bytes)
         CStatus PopScope(uint64_t token)
         PoolStats Stats()
         void ReleaseUnused()
@@ -80,8 +80,8 @@ def pool():
     return _pool
 
 
-def push_scope():
-    return ZerrowPool.Instance().PushScope()
+def push_scope(size_t expected_bytes=0):
+    return ZerrowPool.Instance().PushScope(expected_bytes)
 
 
 def pop_scope(uint64_t token):

@@ -8,7 +8,7 @@ from . import _core
 
 
 @contextlib.contextmanager
-def scope():
+def scope(expected_bytes: int = 0):
     """Run a block with the zerrow pool as pyarrow's default, in segments of its own.
 
     Inside the block, ``pa.default_memory_pool()`` is the zerrow pool and every
@@ -29,6 +29,18 @@ def scope():
     land in zerrow memory only when the process runs with the preload library
     (see :func:`zerrow_pool.preload_path`).
 
+    Parameters
+    ----------
+    expected_bytes : int, default 0
+        How much the block is expected to allocate at most (0: unknown), for
+        instance what the same code took the last time it ran. The scope then
+        reuses warm memory left by finished scopes from one spare segment that
+        fits it, rather than from the smallest fit for each allocation: its
+        buffers stay together, and the other spares stay whole for the code
+        that runs next (once a segment is shared, its free memory is not
+        reused until every reader has let go). A hint only: allocating more
+        or less is fine.
+
     Yields
     ------
     pyarrow.MemoryPool
@@ -43,7 +55,9 @@ def scope():
     True
     """
     previous = pa.default_memory_pool()
-    token = _core.push_scope()
+    if expected_bytes < 0:
+        raise ValueError(f"expected_bytes must be >= 0, got {expected_bytes}")
+    token = _core.push_scope(int(expected_bytes))
     pa.set_memory_pool(_core.pool())
     try:
         yield _core.pool()

@@ -43,8 +43,9 @@ class Transport:
         """Extra environment for worker processes."""
         return {}
 
-    def scope(self):
-        """Context manager a node runs in (worker side)."""
+    def scope(self, expected_bytes: int = 0):
+        """Context manager a node runs in (worker side); ``expected_bytes``:
+        what the node allocated at most last time, 0 if unknown."""
         return contextlib.nullcontext()
 
     def publish(self, obj, out_dir: str, keep_free: bool = False):
@@ -122,8 +123,8 @@ class ZerrowTransport(Transport):
             return {}
         return {"LD_PRELOAD": ld_preload_with(self.preload, os.environ.get("LD_PRELOAD"))}
 
-    def scope(self):
-        return self.zp.scope()
+    def scope(self, expected_bytes: int = 0):
+        return self.zp.scope(expected_bytes=expected_bytes)
 
     def publish(self, obj, out_dir, keep_free=False):
         # Unsealed: readers still get read-only fds, and the worker's pool takes

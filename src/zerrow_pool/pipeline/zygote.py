@@ -134,10 +134,10 @@ class Zygote:
         limit = task.memory_limit if node else None
         try:
             if limit:
-                (sb, task), key = self._fork_for_limit(task, limit), None
+                (sb, task), key = self._fork_for_limit(task, limit, fds), None
             else:
                 key = task.sandbox if node else TRUSTED
-                sb = self._warm_sandbox(key)
+                sb = self._warm_sandbox(key, fds)
         except OSError as e:
             close_fds(fds)
             return Failed(f"cannot start a sandbox for {task.name!r}: {e}", type(e).__name__), []
@@ -168,7 +168,7 @@ class Zygote:
             msg = self._died(task, sb, limit)
         return msg, out_fds
 
-    def _warm_sandbox(self, key: str) -> Sandbox:
+    def _warm_sandbox(self, key: str, task_fds: list) -> Sandbox:
         sb = self.warm.get(key)
         if sb is not None:
             self.warm.move_to_end(key)
@@ -176,11 +176,11 @@ class Zygote:
         while len(self.warm) >= self.max_warm:
             _, old = self.warm.popitem(last=False)
             old.stop()
-        sb = self._fork(None, None)
+        sb = self._fork(None, None, task_fds)
         self.warm[key] = sb
         return sb
 
-    def _fork_for_limit(self, task: NodeRequest, limit) -> tuple:
+    def _fork_for_limit(self, task: NodeRequest, limit, task_fds: list) -> tuple:
         """A sandbox of its own for ``task``, and the request to send it."""
         cg = None
         if self.cgroups:
@@ -192,9 +192,11 @@ class Zygote:
                 warnings.warn(f"zerrow: no memory cgroup for {task.name!r} ({e}); its limit "
                               "is enforced by the pool", RuntimeWarning, stacklevel=1)
         task = dataclasses.replace(task, keep_free=False)  # the sandbox exits after this task
-        return self._fork(cg, 1), task
+        return self._fork(cg, 1, task_fds), task
 
-    def _fork(self, cgroup, max_tasks) -> Sandbox:
+    def _fork(self, cgroup, max_tasks, task_fds: list) -> Sandbox:
+        """A new sandbox; ``task_fds``: the descriptors of the task it is forked
+        for, which the zygote holds until it has passed them on."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         forked = time.perf_counter()
         try:
@@ -212,6 +214,11 @@ class Zygote:
                 self.sock.close()  # the coordinator's stream is the zygote's alone
                 for sb in self.warm.values():
                     sb.sock.close()  # its siblings' streams too
+                # The copies of the task's descriptors forked with us: the task
+                # brings its own, and these would keep its inputs' segments
+                # open for this sandbox's life, so that their producers could
+                # never take them back (nor the decode cache free an entry).
+                close_fds(task_fds)
                 sandbox.kill_me_with_parent(os.getppid())
                 if cgroup:
                     cgroup.join()
