@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import selectors
 import shutil
-import socket
-import threading
 import time
 import weakref
 from collections import deque
 
 from . import run_state, rundirs
 from .budget import BudgetExceeded, ResourceManager
+from .cancellation import Cancellation, RunCancelled
 from .dag import Source
 from .decode_cache import DecodeCache
 from .memory_policy import MemoryPolicy
@@ -45,10 +44,6 @@ from .tasks import Messages, Task
 from .transports import get_transport
 from .wire import PeerClosed, close_fds, raise_fd_limit
 from .workers import WorkerPool
-
-
-class RunCancelled(RuntimeError):
-    """``Runtime.cancel()`` was called while a run was in progress."""
 
 
 class Coordinator:
@@ -82,10 +77,7 @@ class Coordinator:
         self.queue: deque = deque()
         self.estimates: dict = {}
         self.runs: list = []
-        # cancel() may come from another thread: a flag, and a socket that wakes the loop.
-        self._cancelled = threading.Event()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
+        self.cancellation = Cancellation()  # cancel() may come from another thread
         # Files left behind if close() is never called (workers exit on their
         # own when this process goes: their sockets close).
         self._finalizer = weakref.finalize(self, _remove_dirs, self.out_dir, self.spiller)
@@ -112,12 +104,7 @@ class Coordinator:
 
     def _run(self, states) -> list:
         """Run ``states`` to the end; their RunResults in order."""
-        self._cancelled.clear()
-        try:
-            while self._wake_r.recv(64):
-                pass
-        except BlockingIOError:
-            pass
+        self.cancellation.arm()
         replaced0 = self.pool.replaced
         self.resources.reset_peaks()  # peaks per run_many call
         for run in states:
@@ -140,14 +127,14 @@ class Coordinator:
     # ------------------------------------------------------------- event loop
     def _loop(self, states) -> None:
         sel = selectors.DefaultSelector()
-        sel.register(self._wake_r, selectors.EVENT_READ, None)
+        sel.register(self.cancellation, selectors.EVENT_READ, None)
         try:
             while not all(run.done for run in states):
                 if self.options.check_invariants:
                     for run in states:
                         if not run.done:
                             run_state.check(run)
-                if self._cancelled.is_set():
+                if self.cancellation.cancelled:
                     raise RunCancelled("the run was cancelled")
                 self._dispatch()
                 busy = self.pool.busy()

@@ -72,18 +72,13 @@ class Runtime(Coordinator):
         """Stop the run in progress (callable from any thread): ``run`` raises
         ``RunCancelled`` within a moment, its busy workers are killed and
         replaced, and the runtime stays usable."""
-        self._cancelled.set()
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
+        self.cancellation.cancel()
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        self._wake_r.close()
-        self._wake_w.close()
+        self.cancellation.close()
         if self.cache:
             self.cache.clear()
         for p in list(self.resources.live.values()):

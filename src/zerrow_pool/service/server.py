@@ -160,7 +160,7 @@ class Service:
 
     def _run_locked(self, conn, req) -> None:
         from ..pipeline import load_pipeline_file
-        from ..pipeline.coordinator import RunCancelled
+        from ..pipeline.cancellation import RunCancelled
 
         try:
             pipe = load_pipeline_file(req["pipeline"])
