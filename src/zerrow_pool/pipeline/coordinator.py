@@ -22,85 +22,39 @@ parallel up to the worker count.
 from __future__ import annotations
 
 import selectors
-import shutil
 import time
-import weakref
 from collections import deque
 
-from . import run_state, rundirs
-from .budget import BudgetExceeded, ResourceManager
+from . import run_state
+from .budget import BudgetExceeded
 from .cancellation import Cancellation, RunCancelled
 from .dag import Source
-from .decode_cache import DecodeCache
-from .memory_policy import MemoryPolicy
+from .machinery import Machinery
 from .options import RuntimeOptions
 from .payloads import open_input
 from .report import RunResult
-from .sandbox import make_undumpable
-from .source_reads import SourceReads
-from .spill import Spiller
 from .states import Event, Op, Status
-from .tasks import Messages, Task
-from .transports import get_transport
-from .wire import PeerClosed, close_fds, raise_fd_limit
-from .workers import WorkerPool
+from .tasks import Task
+from .wire import PeerClosed, close_fds
 
 
 class Coordinator:
-    """The event loop and the machinery it drives; ``Runtime`` (runtime.py) is its
-    public face. Everything tunable comes in ``options`` (options.py)."""
+    """The event loop over a ``Machinery`` (machinery.py); ``Runtime`` (runtime.py)
+    is its public face. Everything tunable comes in ``options`` (options.py)."""
 
     def __init__(self, options: RuntimeOptions, on_event=None):
-        raise_fd_limit()
-        self.options = options
-        # Nodes must not read this process's descriptors (the decode cache,
-        # every intermediate) through /proc, nor its memory: see sandbox.py.
-        make_undumpable()
-        self.transport = get_transport(options.transport, preload=options.preload)
-        budget = options.memory_budget
-        # cache_bytes bounds what cached decodes keep between runs.
-        self.cache = (DecodeCache(self._entry_freed,
-                                  max_entry_bytes=budget // 2 if budget else None,
-                                  max_bytes=options.cache_bytes)
-                      if options.cache else None)
-        self.spiller = Spiller(options.spill_dir)
-        self.resources = ResourceManager(budget, self.cache, self.spiller, options.tolerance)
-        self.memory = MemoryPolicy(self.resources, self._spilled)
-        # The copy transport's files: a private run directory (RAM by default).
-        self.out_dir = rundirs.make_run_dir(options.copy_dir)
-        self.messages = Messages(options, self.out_dir, self.resources)
-        self.sources = (SourceReads(self.cache, self.transport,
-                                    lambda p: self.resources.track(p, cached=True),
-                                    done=self._complete, failed=self._fail)
-                        if self.cache else None)
-        self.on_event = on_event
+        self.options, self.on_event = options, on_event
+        self.machinery = m = Machinery(options, spilled=self._spilled, done=self._complete,
+                                       failed=self._fail)
+        # The parts the loop drives, under the names callers read too (rt.cache, rt.pool...).
+        self.transport, self.cache, self.spiller, self.out_dir = (
+            m.transport, m.cache, m.spiller, m.out_dir)
+        self.resources, self.memory, self.messages, self.sources, self.pool = (
+            m.resources, m.memory, m.messages, m.sources, m.pool)
+        self.cancellation = Cancellation()  # cancel() may come from another thread
         self.queue: deque = deque()
         self.estimates: dict = {}
         self.runs: list = []
-        self.cancellation = Cancellation()  # cancel() may come from another thread
-        # Files left behind if close() is never called (workers exit on their
-        # own when this process goes: their sockets close).
-        self._finalizer = weakref.finalize(self, _remove_dirs, self.out_dir, self.spiller)
-        try:
-            self.pool = WorkerPool(options.workers, self.transport, options.isolation)
-        except BaseException:
-            self._finalizer()
-            raise
-        self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _shutdown, self.pool, self.out_dir, self.spiller)
-
-    # The options read most often, under the names callers use.
-    @property
-    def n_workers(self) -> int:
-        return self.options.workers
-
-    @property
-    def budget(self) -> int | None:
-        return self.options.memory_budget
-
-    @property
-    def cache_enabled(self) -> bool:
-        return self.options.cache
 
     def _run(self, states) -> list:
         """Run ``states`` to the end; their RunResults in order."""
@@ -345,16 +299,3 @@ class Coordinator:
             self._release(run_state.abandon(run))
             if run in self.runs:
                 self.runs.remove(run)
-
-    def _entry_freed(self, entry) -> None:
-        self.resources.untrack(entry.payload)
-
-
-def _shutdown(pool, out_dir, spiller) -> None:
-    pool.close()
-    _remove_dirs(out_dir, spiller)
-
-
-def _remove_dirs(out_dir, spiller) -> None:
-    shutil.rmtree(out_dir, ignore_errors=True)
-    spiller.cleanup()

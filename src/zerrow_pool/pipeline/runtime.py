@@ -44,6 +44,19 @@ class Runtime(Coordinator):
             return connect(ray, *args, **kwargs)
         return super().__new__(cls)
 
+    # The options read most often, under the names callers use.
+    @property
+    def n_workers(self) -> int:
+        return self.options.workers
+
+    @property
+    def budget(self) -> int | None:
+        return self.options.memory_budget
+
+    @property
+    def cache_enabled(self) -> bool:
+        return self.options.cache
+
     def run(self, pipeline: Pipeline, *, outputs=None, raise_on_error: bool = True) -> RunResult:
         """Run one pipeline; returns its RunResult (sink tables by default)."""
         return self.run_many([pipeline], outputs=outputs, raise_on_error=raise_on_error)[0]
@@ -79,11 +92,7 @@ class Runtime(Coordinator):
             return
         self.closed = True
         self.cancellation.close()
-        if self.cache:
-            self.cache.clear()
-        for p in list(self.resources.live.values()):
-            p.close()
-        self._finalizer()  # stops the workers, removes the directories
+        self.machinery.close()  # frees what is held, stops the workers, removes the directories
 
     def __enter__(self):
         return self
