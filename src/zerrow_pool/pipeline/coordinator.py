@@ -35,7 +35,8 @@ from .payloads import open_input
 from .report import RunResult
 from .states import Event, Op, Status
 from .tasks import Task
-from .wire import PeerClosed, close_fds
+from .wire import close_fds
+from .workers import WorkerLost
 
 
 class Coordinator:
@@ -171,12 +172,7 @@ class Coordinator:
             rec.start = time.monotonic()
             self._emit(Event.START, run, task.name)
         rec.worker_pid = w.pid
-        w.task = task
-        try:
-            w.send(msg, fds)
-        except OSError:  # the worker died while idle: replace it and try again
-            w.task = None
-            self.pool.replace(w)
+        if not self.pool.give(w, task, msg, fds):  # w had died while idle: try again
             if task.op != Op.DECODE:
                 rec.attempts -= 1
             self.queue.appendleft(task)
@@ -185,19 +181,11 @@ class Coordinator:
     def _on_reply(self, w) -> None:
         task = w.task
         try:
-            reply, fds = w.receive()
-        except (PeerClosed, OSError):
-            status = w.exit_status()
-            w.task = None
-            self.pool.replace(w)
-            self._task_failed(task, f"worker pid {w.pid} {status} while running "
-                                    f"{task.describe()}")
+            reply, fds = self.pool.take_reply(w)
+        except WorkerLost as e:
+            self._task_failed(task, f"{e} while running {task.describe()}")
             return
-        w.task = None
         self.resources.note_worker_peak(task.held_at_dispatch, reply.peak)
-        if reply.exiting:  # the worker ends itself after this reply
-            w.exit_status()
-            self.pool.replace(w)
         if not reply.ok:
             close_fds(fds)
             self._task_failed(task, reply.error)
@@ -290,9 +278,7 @@ class Coordinator:
         belongs to ``states``. Busy workers are killed (their tasks cannot be
         recalled) and replaced."""
         self.queue.clear()
-        for w in self.pool.busy():
-            w.task = None
-            self.pool.replace(w)
+        self.pool.replace_busy()
         if self.cache:
             self.cache.forget_waiters()
         for run in states:

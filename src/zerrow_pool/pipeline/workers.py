@@ -7,6 +7,11 @@ that forks a fresh sandboxed process per task (``zygote.py``).  A worker that di
 with its coordinator, however the coordinator ends (see
 ``worker.die_with_parent``); closing the pool stops idle workers politely and
 kills busy ones at once (their task is abandoned).
+
+The coordinator's loop ``give``s an idle worker its task and ``take_reply``s
+from a busy one; a worker found dead either way is replaced (``take_reply``
+raises ``WorkerLost``, saying how it died), and ``replace_busy`` kills and
+replaces the busy ones when a run is aborted.
 """
 from __future__ import annotations
 
@@ -26,6 +31,10 @@ START_TIMEOUT_S = 120.0
 
 class WorkerStartError(RuntimeError):
     """A worker process could not start."""
+
+
+class WorkerLost(RuntimeError):
+    """A busy worker died before replying (the message says how); it was replaced."""
 
 
 def _package_root() -> str:
@@ -172,6 +181,42 @@ class WorkerPool:
         self.workers[self.workers.index(dead)] = new
         self.replaced += 1
         return new
+
+    def give(self, w: Worker, task, msg, fds) -> bool:
+        """Send idle worker ``w`` the message ``msg`` (with ``fds``) asking it to run
+        ``task``; False when ``w`` had died while idle (it is replaced, ``task`` not taken)."""
+        w.task = task
+        try:
+            w.send(msg, fds)
+        except OSError:
+            w.task = None
+            self.replace(w)
+            return False
+        return True
+
+    def take_reply(self, w: Worker):
+        """Busy worker ``w``'s reply and the reply's fds; ``w`` is idle again, or
+        replaced when the reply says it ends itself. Raises ``WorkerLost`` when
+        ``w`` died instead (it is replaced)."""
+        try:
+            reply, fds = w.receive()
+        except (PeerClosed, OSError):
+            status = w.exit_status()
+            w.task = None
+            self.replace(w)
+            raise WorkerLost(f"worker pid {w.pid} {status}") from None
+        w.task = None
+        if reply.exiting:
+            w.exit_status()
+            self.replace(w)
+        return reply, fds
+
+    def replace_busy(self) -> None:
+        """Kill the busy workers (their tasks cannot be recalled) and start fresh
+        ones in their slots."""
+        for w in self.busy():
+            w.task = None
+            self.replace(w)
 
     def close(self) -> None:
         for w in self.workers:  # all at once: each takes a moment to exit
