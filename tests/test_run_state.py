@@ -5,7 +5,7 @@ import pytest
 from zerrow_pool.pipeline import run_state
 from zerrow_pool.pipeline.budget import BudgetExceeded, ResourceManager
 from zerrow_pool.pipeline.dag import Pipeline, node, parquet
-from zerrow_pool.pipeline.memory_policy import MemoryPolicy
+from zerrow_pool.pipeline.memory_policy import Estimates, MemoryPolicy
 from zerrow_pool.pipeline.report import RunReport
 from zerrow_pool.pipeline.run_state import RunState
 from zerrow_pool.pipeline.states import Status
@@ -326,3 +326,17 @@ def test_holding_a_new_output_spills_cold_ones_or_raises():
     with pytest.raises(BudgetExceeded, match="cannot hold this run"):
         memory.hold(too_big, [[run.payloads["a"]]], [run])
     assert spiller.spilled == ["diamond.b"]  # a was pinned, the new output too
+
+
+def test_estimates_guess_from_the_inputs_then_learn_per_pipeline_and_step():
+    estimates = Estimates(1.5)
+    run = new_run()
+    finish(run, "src", FakePayload(100))
+    assert estimates.of(run, "a") == 150  # first time: its inputs' bytes times the factor
+    estimates.learn(run, "a", 40)
+    assert estimates.of(run, "a") == 40 and estimates.of(run, "b") == 150
+    estimates.learn(run, "a", -10)  # held memory fell while it completed: it added nothing
+    assert estimates.of(run, "a") == 0
+    other = new_run(diamond("other"))
+    finish(other, "src", FakePayload(100))
+    assert estimates.of(other, "a") == 150  # another pipeline's step of the same name

@@ -30,6 +30,7 @@ from .budget import BudgetExceeded
 from .cancellation import Cancellation, RunCancelled
 from .dag import Source
 from .machinery import Machinery
+from .memory_policy import Estimates
 from .options import RuntimeOptions
 from .payloads import open_input
 from .report import RunResult
@@ -54,7 +55,7 @@ class Coordinator:
             m.resources, m.memory, m.messages, m.sources, m.pool)
         self.cancellation = Cancellation()  # cancel() may come from another thread
         self.queue: deque = deque()
-        self.estimates: dict = {}
+        self.estimates = Estimates(self.transport.estimate_factor)
         self.runs: list = []
 
     def _run(self, states) -> list:
@@ -132,10 +133,7 @@ class Coordinator:
                 self._fail(run, name, f"{type(e).__name__}: {e}")
             return
         op = Op.READ if isinstance(step, Source) else Op.NODE
-        est = self.estimates.get((run.pipeline.name, name))
-        if est is None:  # first run of this step: guess from its inputs
-            est = int(self.transport.estimate_factor * run_state.input_bytes(run, name))
-        self.queue.append(Task(run, name, op, estimate=est))
+        self.queue.append(Task(run, name, op, estimate=self.estimates.of(run, name)))
 
     # ------------------------------------------------------------ dispatching
     def _dispatch(self) -> None:
@@ -225,7 +223,7 @@ class Coordinator:
             self._release([payload])
             self._fail(run, name, f"BudgetExceeded: {e}")
             return
-        self.estimates[(run.pipeline.name, name)] = max(0, self.resources.usage() - before)
+        self.estimates.learn(run, name, self.resources.usage() - before)
         effects = run_state.complete(run, name, payload, time.monotonic(), timing, peak)
         self._emit(Event.DONE, run, name)
         self._apply(run, effects)
