@@ -32,7 +32,7 @@ from .dag import Source
 from .machinery import Machinery
 from .memory_policy import Estimates
 from .options import RuntimeOptions
-from .payloads import open_input
+from .payloads import open_output
 from .report import RunResult
 from .states import Event, Op, Status
 from .tasks import Task
@@ -261,11 +261,8 @@ class Coordinator:
     # ------------------------------------------------------------ results
     def _collect(self, run) -> dict:
         taken = run_state.take_outputs(run)
-        outputs = {}
-        if run.report.status == Status.DONE:
-            for name, p in taken.items():
-                fds: list = []
-                outputs[name] = open_input(p.encode(fds), fds)
+        done = run.report.status == Status.DONE
+        outputs = {name: open_output(p) for name, p in taken.items()} if done else {}
         self._release(taken.values())
         self.runs.remove(run)
         return outputs

@@ -6,6 +6,7 @@ read-only fds, a ``FilePayload`` is an Arrow IPC file (without a name, in /dev/s
 for the copy transport, on local disk once spilled).  ``memory()`` tells how many bytes
 of RAM the payload keeps alive, keyed by the segment/file identity so that
 memory shared by several payloads (resharing) is counted once.
+``open_output(payload)`` opens a finished run's output for its caller.
 
 Worker side: ``open_input(spec, fds)`` turns an encoded payload back into a
 ``pyarrow.Table`` without copying.
@@ -156,6 +157,13 @@ class ColumnsPayload(Payload):
                     e.release()
             self.columns = []
         super().close()
+
+
+def open_output(payload: Payload):
+    """The table ``payload`` holds, opened in this process (a run's outputs,
+    handed to the caller); closing ``payload`` afterwards leaves it readable."""
+    fds: list = []
+    return open_input(payload.encode(fds), fds)
 
 
 # --------------------------------------------------------------- worker side
