@@ -53,10 +53,12 @@ class RuntimeKey:
 
     @classmethod
     def of(cls, req: dict) -> "RuntimeKey":
-        rt = req["runtime"]
-        return cls(rt.get("transport", "zerrow"), rt.get("workers"), rt.get("memory_budget"),
-                   bool(rt.get("cache", True)), bool(rt.get("strict_budget", False)),
-                   rt.get("isolation", "process"), rt.get("node_memory_limit"),
+        """The key of a run request; raises TypeError on an unknown option."""
+        from ..pipeline.options import RuntimeOptions
+
+        rt = RuntimeOptions.arguments(**req["runtime"])  # the defaults of those left out
+        return cls(rt["transport"], rt["workers"], rt["memory_budget"], bool(rt["cache"]),
+                   bool(rt["strict_budget"]), rt["isolation"], rt["node_memory_limit"],
                    req["cwd"], tuple(sorted(req["env"].items())))
 
 
