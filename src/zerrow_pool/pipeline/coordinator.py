@@ -1,22 +1,25 @@
 """The coordinator: one event loop that runs DAGs over a pool of warm workers.
 
 The loop does the I/O and nothing else: it dispatches queued tasks to idle
-workers, waits on the busy ones' sockets, turns replies into payloads (fds or
-a file, never mapped) and applies what the rules decide:
+workers, waits on the busy ones' sockets (and the cancel wake-up), turns
+replies into payloads (fds or a file, never mapped) and applies what the
+rules decide. Each part it uses lives in a file named for its job:
 
+- machinery.py: builds the transport, cache, spiller, memory accounting,
+  run directory and workers, and closes them in order;
 - run_state.py: each run's state and its transitions (which steps are ready,
   what a completion or a failure releases, skips and starts, when a run is
   finished), returned as ``Effects`` that ``_apply`` carries out;
-- memory_policy.py: what stays in memory, what is spilled first, and when a
-  task may start under the budget (budget.py measures and frees);
-- source_reads.py (over source_assembly.py and decode_cache.py): sources
-  read through the decode cache, each row group decoded once for every run
-  that waits for it;
-- tasks.py: the tasks and the messages that ask a worker to run them, with
-  their memory terms.
+- memory_policy.py: what stays in memory, what is spilled first, when a task
+  may start under the budget and what it is expected to add (``Estimates``);
+- source_reads.py: sources read through the decode cache, each row group
+  decoded once for every run that waits for it;
+- tasks.py: the tasks and the messages that ask a worker to run them;
+- workers.py: giving a worker its task, taking its reply, replacing the dead;
+- cancellation.py: ``cancel`` from another thread, waking the loop.
 
-``Coordinator`` holds the loop; ``Runtime`` (runtime.py) is its public face
-and options.py its tunables. Any number of runs share the loop (``run_many``); independent steps run in
+``Runtime`` (runtime.py) is the loop's public face, options.py its tunables.
+Any number of runs share the loop (``run_many``); independent steps run in
 parallel up to the worker count.
 """
 from __future__ import annotations
