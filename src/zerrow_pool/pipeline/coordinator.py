@@ -80,7 +80,13 @@ class Coordinator:
                         if self.cache else None)
         self.on_event = on_event
         self.queue: deque = deque()
+        # What each step did in its last run, by (pipeline name, step name): its
+        # output's bytes (admission), the most it allocated (its pool's hint)
+        # and the worker slot it ran in (the next run prefers it: that
+        # worker's warm memory is the one sized for the step).
         self.estimates: dict = {}
+        self.peaks: dict = {}
+        self.slots: dict = {}
         self.runs: list = []
         # cancel() may come from another thread: a flag, and a socket that wakes the loop.
         self._cancelled = threading.Event()
@@ -190,10 +196,11 @@ class Coordinator:
                 self._fail(run, name, f"{type(e).__name__}: {e}")
             return
         op = Op.READ if isinstance(step, Source) else Op.NODE
-        est = self.estimates.get((run.pipeline.name, name))
+        key = (run.pipeline.name, name)
+        est = self.estimates.get(key)
         if est is None:  # first run of this step: guess from its inputs
             est = int(self.transport.estimate_factor * run_state.input_bytes(run, name))
-        self.queue.append(Task(run, name, op, estimate=est))
+        self.queue.append(Task(run, name, op, estimate=est, expected_peak=self.peaks.get(key, 0)))
 
     # ------------------------------------------------------------ dispatching
     def _dispatch(self) -> None:
@@ -206,7 +213,8 @@ class Coordinator:
             if not self.memory.admit(task.estimate, own, self._running_inputs(), self.runs):
                 deferred.append(task)
                 continue
-            self._send(self.pool.idle()[0], task)
+            last_slot = self.slots.get((task.run.pipeline.name, task.name))
+            self._send(self.pool.pick_idle(last_slot), task)
         self.queue.extendleft(reversed(deferred))
 
     def _still_wanted(self, task) -> bool:
@@ -230,6 +238,8 @@ class Coordinator:
             rec.start = time.monotonic()
             self._emit(Event.START, run, task.name)
         rec.worker_pid = w.pid
+        if task.op != Op.DECODE:
+            self.slots[(run.pipeline.name, task.name)] = w.id
         w.task = task
         try:
             w.send(msg, fds)
@@ -297,6 +307,8 @@ class Coordinator:
             self._fail(run, name, f"BudgetExceeded: {e}")
             return
         self.estimates[(run.pipeline.name, name)] = max(0, self.resources.usage() - before)
+        if peak:
+            self.peaks[(run.pipeline.name, name)] = peak
         effects = run_state.complete(run, name, payload, time.monotonic(), timing, peak)
         self._emit(Event.DONE, run, name)
         self._apply(run, effects)
