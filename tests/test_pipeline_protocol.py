@@ -139,6 +139,24 @@ def test_a_nodes_request_carries_its_function_inputs_and_memory_terms(source, pi
     assert request.keep_free and request.mem_cap is None  # no budget: pages back at once
     request, _ = build(task, budget=1000, strict=True, held=100, running=3)
     assert not request.keep_free and request.mem_cap == 300
+    assert request.expected_bytes == 0  # never ran: no hint for its pool
+
+
+def test_a_nodes_request_carries_what_it_allocated_last_time_also_when_retried(source):
+    task = Task(run_of(source), "limited", Op.NODE, expected_peak=123 << 20)
+    assert build(task)[0].expected_bytes == 123 << 20
+    assert build(task.again())[0].expected_bytes == 123 << 20
+
+
+def test_an_idle_pool_hands_a_step_its_previous_worker_when_it_can():
+    from zerrow_pool.pipeline.workers import WorkerPool
+
+    pool = object.__new__(WorkerPool)  # no processes: the choice only reads ids and tasks
+    pool.workers = [SimpleNamespace(id=i, task=None) for i in (4, 5, 6)]
+    assert pool.pick_idle(5).id == 5
+    assert pool.pick_idle(None).id == 4 and pool.pick_idle(9).id == 4  # unknown or replaced
+    pool.workers[1].task = object()  # busy: another idle worker, not a wait
+    assert pool.pick_idle(5).id == 4
 
 
 def test_a_sources_request_reads_it_whole(source):

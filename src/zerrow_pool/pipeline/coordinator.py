@@ -58,7 +58,13 @@ class Coordinator:
             m.resources, m.memory, m.messages, m.sources, m.pool)
         self.cancellation = Cancellation()  # cancel() may come from another thread
         self.queue: deque = deque()
+        # What each step did in its last run, by (pipeline name, step name): its
+        # output's bytes (admission), the most it allocated (its pool's hint)
+        # and the worker slot it ran in (the next run prefers it: that
+        # worker's warm memory is the one sized for the step).
         self.estimates = Estimates(self.transport.estimate_factor)
+        self.peaks: dict = {}
+        self.slots: dict = {}
         self.runs: list = []
 
     def _run(self, states) -> list:
@@ -136,7 +142,9 @@ class Coordinator:
                 self._fail(run, name, f"{type(e).__name__}: {e}")
             return
         op = Op.READ if isinstance(step, Source) else Op.NODE
-        self.queue.append(Task(run, name, op, estimate=self.estimates.of(run, name)))
+        key = (run.pipeline.name, name)
+        self.queue.append(Task(run, name, op, estimate=self.estimates.of(run, name),
+                               expected_peak=self.peaks.get(key, 0)))
 
     # ------------------------------------------------------------ dispatching
     def _dispatch(self) -> None:
@@ -149,7 +157,8 @@ class Coordinator:
             if not self.memory.admit(task.estimate, own, self._running_inputs(), self.runs):
                 deferred.append(task)
                 continue
-            self._send(self.pool.idle()[0], task)
+            last_slot = self.slots.get((task.run.pipeline.name, task.name))
+            self._send(self.pool.pick_idle(last_slot), task)
         self.queue.extendleft(reversed(deferred))
 
     def _still_wanted(self, task) -> bool:
@@ -173,6 +182,8 @@ class Coordinator:
             rec.start = time.monotonic()
             self._emit(Event.START, run, task.name)
         rec.worker_pid = w.pid
+        if task.op != Op.DECODE:
+            self.slots[(run.pipeline.name, task.name)] = w.id
         if not self.pool.give(w, task, msg, fds):  # w had died while idle: try again
             if task.op != Op.DECODE:
                 rec.attempts -= 1
@@ -227,6 +238,8 @@ class Coordinator:
             self._fail(run, name, f"BudgetExceeded: {e}")
             return
         self.estimates.learn(run, name, self.resources.usage() - before)
+        if peak:
+            self.peaks[(run.pipeline.name, name)] = peak
         effects = run_state.complete(run, name, payload, time.monotonic(), timing, peak)
         self._emit(Event.DONE, run, name)
         self._apply(run, effects)

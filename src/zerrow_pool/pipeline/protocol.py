@@ -55,7 +55,10 @@ class NodeRequest(Request):
     converted per ``inputs_as``), in the sandbox for pipeline code ``sandbox``.
 
     ``memory_limit``: the node's limit in bytes, or None; ``limit_by_kernel``:
-    a cgroup enforces it (else the worker's pool does)."""
+    a cgroup enforces it (else the worker's pool does). ``expected_bytes``:
+    what the node allocated at most last time, 0 if it has not run yet (its
+    pool scope then takes warm memory from one spare that covers it, see
+    ``zerrow_pool.scope``)."""
 
     op: ClassVar[Op] = Op.NODE
     fn: object
@@ -64,6 +67,7 @@ class NodeRequest(Request):
     memory_limit: int | None = None
     sandbox: str = ""
     limit_by_kernel: bool = False
+    expected_bytes: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

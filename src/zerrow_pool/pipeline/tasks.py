@@ -21,17 +21,18 @@ class Task:
     """One unit of work of run ``run`` for step ``name``.
 
     ``estimate``: bytes its output is expected to hold (admission, see
-    memory_policy.py). ``held_at_dispatch``: what the runtime held when it was
+    memory_policy.py); ``expected_peak``: the most a node allocated in its
+    last run (0: never ran), a hint for its worker's pool. ``held_at_dispatch``: what the runtime held when it was
     sent. ``pinned``: a node's inputs as sent, kept in memory while it runs.
     Decode tasks: ``read`` (the row group), its ``columns``, the file's full
     ``schema``, the source's ``filter``, and ``attempts`` failed so far (a
     node's attempts are counted on its record).
     """
 
-    def __init__(self, run, name, op, *, estimate=0, read=None, columns=None, schema=None,
-                 filter=None):
+    def __init__(self, run, name, op, *, estimate=0, expected_peak=0, read=None, columns=None,
+                 schema=None, filter=None):
         self.run, self.name, self.op = run, name, op
-        self.estimate = estimate
+        self.estimate, self.expected_peak = estimate, expected_peak
         self.held_at_dispatch = 0
         self.pinned: list = []
         self.read, self.columns, self.schema, self.filter = read, columns, schema, filter
@@ -42,7 +43,8 @@ class Task:
         on itself; a node starts afresh (its inputs are pinned when it is sent)."""
         if self.op == Op.DECODE:
             return self
-        return Task(self.run, self.name, self.op, estimate=self.estimate)
+        return Task(self.run, self.name, self.op, estimate=self.estimate,
+                    expected_peak=self.expected_peak)
 
     def describe(self) -> str:
         if self.op == Op.DECODE:
@@ -58,7 +60,8 @@ class Task:
             return NodeRequest(name=self.name, out_dir=out_dir, fn=step.ref,
                                inputs=[p.encode(fds) for p in self.pinned],
                                inputs_as=step.inputs_as, memory_limit=memory_limit,
-                               sandbox=self.run.sandbox, **terms)
+                               sandbox=self.run.sandbox, expected_bytes=self.expected_peak,
+                               **terms)
         if self.op == Op.READ:
             return ReadRequest(name=self.name, out_dir=out_dir, files=step.files(),
                                columns=step.columns, filter=step.filter, **terms)

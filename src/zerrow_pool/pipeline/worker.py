@@ -38,9 +38,6 @@ from .transports import CopyDirFull, get_transport
 from .wire import close_fds, raise_fd_limit, recv_msg, send_msg
 
 _modules: dict = {}
-# Node function -> what its last run here allocated at most: the hint for its
-# next run's scope (a warm spare that fits it whole, see zerrow_pool.scope).
-_last_peaks: dict = {}
 BATCH_ROWS = 1 << 20  # rows per decoded batch: fewer, larger chunks
 
 
@@ -147,9 +144,8 @@ def run_task(transport, task, fds, on_exceed=None):
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     timing = {}
     cap = memory_cap(task)
-    node_fn = task.fn if task.op == Op.NODE else None
-    with transport.scope(_last_peaks.get(node_fn, 0)), \
-            PeakSampler(cap and cap[0], on_exceed) as peak:
+    expected = task.expected_bytes if task.op == Op.NODE else 0
+    with transport.scope(expected), PeakSampler(cap and cap[0], on_exceed) as peak:
         if task.op == Op.NODE:
             kinds = task.inputs_as or ["arrow"] * len(task.inputs)
             inputs = [convert_input(open_input(spec, fds), kind)
@@ -191,8 +187,6 @@ def run_task(transport, task, fds, on_exceed=None):
             dones = [done]
         timing["publish_s"] = time.perf_counter() - t2
         del out
-    if node_fn is not None:
-        _last_peaks[node_fn] = peak.peak
     timing["total_s"] = time.perf_counter() - t0
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     timing["cpu_user_s"] = ru1.ru_utime - ru0.ru_utime

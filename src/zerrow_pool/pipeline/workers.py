@@ -164,6 +164,12 @@ class WorkerPool:
     def idle(self) -> list[Worker]:
         return [w for w in self.workers if w.task is None]
 
+    def pick_idle(self, preferred_id: int | None = None) -> Worker:
+        """An idle worker: the one with id ``preferred_id`` if it is idle, else
+        the first. (A step's previous worker holds warm memory sized for it.)"""
+        idle = self.idle()
+        return next((w for w in idle if w.id == preferred_id), idle[0])
+
     def busy(self) -> list[Worker]:
         return [w for w in self.workers if w.task is not None]
 
