@@ -1,14 +1,16 @@
-"""The per-run rules (run_state.py) and the memory policy (memory_policy.py)
-over plain data: fake payloads, no worker, no process, no shared memory."""
+"""The per-run rules (run_state.py), the memory policy (memory_policy.py) and
+each step's history (step_history.py) over plain data: fake payloads, no
+worker, no process, no shared memory."""
 import pytest
 
 from zerrow_pool.pipeline import run_state
 from zerrow_pool.pipeline.budget import BudgetExceeded, ResourceManager
 from zerrow_pool.pipeline.dag import Pipeline, node, parquet
-from zerrow_pool.pipeline.memory_policy import Estimates, MemoryPolicy
+from zerrow_pool.pipeline.memory_policy import MemoryPolicy
 from zerrow_pool.pipeline.report import RunReport
 from zerrow_pool.pipeline.run_state import RunState
 from zerrow_pool.pipeline.states import Status
+from zerrow_pool.pipeline.step_history import StepHistory
 
 
 class FakePayload:
@@ -328,15 +330,19 @@ def test_holding_a_new_output_spills_cold_ones_or_raises():
     assert spiller.spilled == ["diamond.b"]  # a was pinned, the new output too
 
 
-def test_estimates_guess_from_the_inputs_then_learn_per_pipeline_and_step():
-    estimates = Estimates(1.5)
+def test_history_guesses_from_the_inputs_then_keeps_each_steps_last_run():
+    history = StepHistory(1.5)
     run = new_run()
     finish(run, "src", FakePayload(100))
-    assert estimates.of(run, "a") == 150  # first time: its inputs' bytes times the factor
-    estimates.learn(run, "a", 40)
-    assert estimates.of(run, "a") == 40 and estimates.of(run, "b") == 150
-    estimates.learn(run, "a", -10)  # held memory fell while it completed: it added nothing
-    assert estimates.of(run, "a") == 0
+    assert history.estimate(run, "a") == 150  # first time: its inputs' bytes times the factor
+    assert history.expected_peak(run, "a") == 0 and history.last_slot(run, "a") is None
+    history.sent(run, "a", 3)
+    history.completed(run, "a", 40, peak=500)
+    assert (history.estimate(run, "a"), history.expected_peak(run, "a")) == (40, 500)
+    assert history.last_slot(run, "a") == 3 and history.estimate(run, "b") == 150
+    history.completed(run, "a", -10, peak=0)  # held memory fell; no peak measured
+    assert (history.estimate(run, "a"), history.expected_peak(run, "a")) == (0, 500)
     other = new_run(diamond("other"))
     finish(other, "src", FakePayload(100))
-    assert estimates.of(other, "a") == 150  # another pipeline's step of the same name
+    assert history.estimate(other, "a") == 150  # another pipeline's step of the same name
+    assert history.last_slot(other, "a") is None

@@ -10,8 +10,10 @@ rules decide. Each part it uses lives in a file named for its job:
 - run_state.py: each run's state and its transitions (which steps are ready,
   what a completion or a failure releases, skips and starts, when a run is
   finished), returned as ``Effects`` that ``_apply`` carries out;
-- memory_policy.py: what stays in memory, what is spilled first, when a task
-  may start under the budget and what it is expected to add (``Estimates``);
+- memory_policy.py: what stays in memory, what is spilled first, and when a
+  task may start under the budget;
+- step_history.py: what each step did in its last run (bytes, peak, worker
+  slot), to plan its next one;
 - source_reads.py: sources read through the decode cache, each row group
   decoded once for every run that waits for it;
 - tasks.py: the tasks and the messages that ask a worker to run them;
@@ -33,11 +35,11 @@ from .budget import BudgetExceeded
 from .cancellation import Cancellation, RunCancelled
 from .dag import Source
 from .machinery import Machinery
-from .memory_policy import Estimates
 from .options import RuntimeOptions
 from .payloads import open_output
 from .report import RunResult
 from .states import Event, Op, Status
+from .step_history import StepHistory
 from .tasks import Task
 from .wire import close_fds
 from .workers import WorkerLost
@@ -58,13 +60,7 @@ class Coordinator:
             m.resources, m.memory, m.messages, m.sources, m.pool)
         self.cancellation = Cancellation()  # cancel() may come from another thread
         self.queue: deque = deque()
-        # What each step did in its last run, by (pipeline name, step name): its
-        # output's bytes (admission), the most it allocated (its pool's hint)
-        # and the worker slot it ran in (the next run prefers it: that
-        # worker's warm memory is the one sized for the step).
-        self.estimates = Estimates(self.transport.estimate_factor)
-        self.peaks: dict = {}
-        self.slots: dict = {}
+        self.history = StepHistory(self.transport.estimate_factor)
         self.runs: list = []
 
     def _run(self, states) -> list:
@@ -142,9 +138,8 @@ class Coordinator:
                 self._fail(run, name, f"{type(e).__name__}: {e}")
             return
         op = Op.READ if isinstance(step, Source) else Op.NODE
-        key = (run.pipeline.name, name)
-        self.queue.append(Task(run, name, op, estimate=self.estimates.of(run, name),
-                               expected_peak=self.peaks.get(key, 0)))
+        self.queue.append(Task(run, name, op, estimate=self.history.estimate(run, name),
+                               expected_peak=self.history.expected_peak(run, name)))
 
     # ------------------------------------------------------------ dispatching
     def _dispatch(self) -> None:
@@ -157,8 +152,7 @@ class Coordinator:
             if not self.memory.admit(task.estimate, own, self._running_inputs(), self.runs):
                 deferred.append(task)
                 continue
-            last_slot = self.slots.get((task.run.pipeline.name, task.name))
-            self._send(self.pool.pick_idle(last_slot), task)
+            self._send(self.pool.pick_idle(self.history.last_slot(task.run, task.name)), task)
         self.queue.extendleft(reversed(deferred))
 
     def _still_wanted(self, task) -> bool:
@@ -183,7 +177,7 @@ class Coordinator:
             self._emit(Event.START, run, task.name)
         rec.worker_pid = w.pid
         if task.op != Op.DECODE:
-            self.slots[(run.pipeline.name, task.name)] = w.id
+            self.history.sent(run, task.name, w.id)
         if not self.pool.give(w, task, msg, fds):  # w had died while idle: try again
             if task.op != Op.DECODE:
                 rec.attempts -= 1
@@ -237,9 +231,7 @@ class Coordinator:
             self._release([payload])
             self._fail(run, name, f"BudgetExceeded: {e}")
             return
-        self.estimates.learn(run, name, self.resources.usage() - before)
-        if peak:
-            self.peaks[(run.pipeline.name, name)] = peak
+        self.history.completed(run, name, self.resources.usage() - before, peak)
         effects = run_state.complete(run, name, payload, time.monotonic(), timing, peak)
         self._emit(Event.DONE, run, name)
         self._apply(run, effects)

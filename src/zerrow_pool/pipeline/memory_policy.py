@@ -12,9 +12,7 @@ inputs of the tasks running now and the runs in progress (run_state.py).
   produced first; a task waiting to start may spill its own inputs too, but
   only after everything else (its worker then memory-maps them from disk).
 - *Admission*: a task starts once its estimate fits, or when nothing else is
-  running (waiting could not free anything more). ``Estimates``: what a
-  step added to held memory the last time it ran, else a guess from its
-  inputs.
+  running (waiting could not free anything more).
 """
 from __future__ import annotations
 
@@ -75,22 +73,3 @@ class MemoryPolicy:
             self.on_spill(run, name, new)
         return replace
 
-
-class Estimates:
-    """What a step's task is expected to add to held memory (``MemoryPolicy.admit``):
-    what it added when the step last completed (by pipeline and step name),
-    else, the first time, its inputs' bytes times ``factor`` (the transport's)."""
-
-    def __init__(self, factor: float):
-        self.factor = factor
-        self._last: dict = {}
-
-    def of(self, run, name: str) -> int:
-        last = self._last.get((run.pipeline.name, name))
-        if last is None:
-            return int(self.factor * run_state.input_bytes(run, name))
-        return last
-
-    def learn(self, run, name: str, added: int) -> None:
-        """Step ``name`` of ``run`` completed, adding ``added`` bytes."""
-        self._last[(run.pipeline.name, name)] = max(0, added)
