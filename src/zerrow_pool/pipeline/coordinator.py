@@ -174,10 +174,9 @@ class Coordinator:
         if task.op != Op.DECODE:
             rec.attempts += 1
             rec.start = time.monotonic()
+            self.history.sent(run, task.name, w.id)
             self._emit(Event.START, run, task.name)
         rec.worker_pid = w.pid
-        if task.op != Op.DECODE:
-            self.history.sent(run, task.name, w.id)
         if not self.pool.give(w, task, msg, fds):  # w had died while idle: try again
             if task.op != Op.DECODE:
                 rec.attempts -= 1
