@@ -1,17 +1,20 @@
-"""Installation: a build of zerrow is tied to one pyarrow release line, and says so at import."""
+"""Installation: a build of zerrow is tied to one pyarrow release line, and says so when its
+compiled core first loads (``import zerrow_pool`` alone loads nothing heavy)."""
 
 import subprocess
 import sys
 import textwrap
 
 import pyarrow as pa
+import pytest
 
 from zerrow_pool import _build_info
 
 
-def import_zerrow_after(setup):
-    """Runs ``setup`` then ``import zerrow_pool`` in a fresh interpreter; returns (exit code, stderr)."""
-    code = textwrap.dedent(setup) + "\nimport zerrow_pool\n"
+def import_zerrow_after(setup, first_use="zerrow_pool.pool()"):
+    """Runs ``setup``, ``import zerrow_pool`` and ``first_use`` of the core in a fresh
+    interpreter; returns (exit code, stderr)."""
+    code = textwrap.dedent(setup) + f"\nimport zerrow_pool\n{first_use}\n"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     return proc.returncode, proc.stderr
 
@@ -25,12 +28,14 @@ def test_build_records_the_pyarrow_it_was_built_against():
     assert _build_info.ARROW_SO_VERSION == pa.cpp_build_info.so_version
 
 
-def test_another_pyarrow_release_line_is_refused_with_both_versions_and_the_fix():
+@pytest.mark.parametrize("first_use", ["zerrow_pool.pool()", "from zerrow_pool import share",
+                                       "import zerrow_pool.pipeline.wire"])
+def test_another_pyarrow_release_line_is_refused_with_both_versions_and_the_fix(first_use):
     rc, err = import_zerrow_after("""
         import pyarrow
         info = pyarrow.cpp_build_info   # what a pyarrow 19.0.1 install reports
         pyarrow.cpp_build_info = info._replace(version="19.0.1", so_version="1900")
-    """)
+    """, first_use)
     assert rc != 0
     last = err.strip().splitlines()[-1]
     assert last.startswith("ImportError: zerrow ")

@@ -5,23 +5,20 @@ memory; ``scope()`` makes it the default around a block of code, in segments
 of its own; ``owns()`` tells whether an object lies entirely in zerrow memory.
 """
 
-from ._pyarrow_check import check_pyarrow as _check_pyarrow, mismatch_message as _mismatch_message
+import importlib as _importlib
+import os as _os
 
-_check_pyarrow()
-try:
-    from . import _core
-except ImportError as e:  # a libarrow the check could not foresee (a pyarrow moved or half-installed)
-    if "libarrow" not in str(e):
-        raise
-    import pyarrow
-    raise ImportError(f"{_mismatch_message(pyarrow.__version__)}\n({e})") from e
-
-from ._core import owns as _owns, pool, preload_active, release_unused as _release_unused, stats as _stats
-from ._preload import preload_env, preload_path
-from ._scope import scope
-from ._pool_stats import PoolStats
-from ._sharing import Channel, Share, ShareCounters, ShareError, attach, recv, recv_share, send, share
-from ._core import kernel_module_available as _kernel_module_available, cow_bytes_copied as _cow_bytes_copied
+# Where each public name lives. They load on first use (PEP 562): the compiled core
+# loads pyarrow, which the `zerrow run` client and `zerrow service` never need.
+# The first use also checks the installed pyarrow against this build (_pyarrow_check).
+_EXPORTS = {
+    "pool": "_core", "preload_active": "_core",
+    "scope": "_scope", "PoolStats": "_pool_stats", "preload_path": "_preload", "preload_env": "_preload",
+    **dict.fromkeys(["owns", "stats", "print_stats", "release_unused", "kernel_module_available"],
+                    "_pool_api"),
+    **dict.fromkeys(["share", "attach", "send", "recv", "recv_share", "Share", "ShareCounters",
+                     "ShareError", "Channel"], "_sharing"),
+}
 
 __all__ = [
     "pool", "scope", "owns", "stats", "print_stats", "PoolStats", "release_unused", "preload_path", "preload_env", "preload_active",
@@ -30,94 +27,32 @@ __all__ = [
 ]
 
 
-def kernel_module_available() -> bool:
-    """Whether the zerrow kernel module is loaded (``/dev/zerrow`` answers).
+def __getattr__(name: str):
+    where = "_core" if name == "_core" else _EXPORTS.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if where == "_core":  # through the pyarrow check
+        from ._pyarrow_check import load_core
 
-    Then :func:`share` pins buffers that zerrow did not allocate (numpy, Polars,
-    DuckDB...) into a de-anonymized file instead of copying them, and remaps
-    this process's view of them read-only; a later write here gets a private
-    copy of the touched 2 MiB chunk (``stats().cow_bytes_copied``). Set
-    ``ZERROW_KMOD=0`` to copy instead.
-
-    Returns
-    -------
-    bool
-        True when shares place foreign memory through the module.
-    """
-    return _kernel_module_available()
+        module = load_core()
+    else:
+        module = _importlib.import_module(f"{__name__}.{where}")
+    value = module if name == "_core" else getattr(module, name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
 
-def owns(obj) -> bool:
-    """Whether every buffer of ``obj`` lies in zerrow memory (so sharing it copies nothing).
-
-    Zerrow memory is this process's pool and segments attached from other
-    processes. Children and dictionaries are included; empty buffers hold no
-    bytes and count as owned.
-
-    Parameters
-    ----------
-    obj : pyarrow.Buffer, Array, ChunkedArray, RecordBatch or Table
-        What to look at.
-
-    Returns
-    -------
-    bool
-        True when every non-empty buffer lies in zerrow memory.
-
-    Raises
-    ------
-    TypeError
-        ``obj`` is none of the types above.
-    """
-    return _owns(obj)
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
 
 
-def stats() -> PoolStats:
-    """The pool's counters, a snapshot.
+def _under_preload() -> bool:
+    from ._preload import PRELOAD_NAME
 
-    bytes_allocated, max_memory, total_bytes_allocated and num_allocations as
-    in any Arrow pool; realloc_in_place / realloc_copied count reallocations
-    that kept / moved their buffer; segments and frozen_segments count this
-    process's memfd segments in use; spare_segments, the empty segments of
-    finished scopes kept (resident, their old bytes zeroed as they are reused)
-    for the next scope, up to ZERROW_SPARE_BYTES of resident memory (default:
-    twice max_memory, at least 1 GiB; K/M/G suffixes accepted); lent_segments,
-    shared segments with nothing live here that readers elsewhere may still map
-    (they become spares once the kernel reports no other holder of the file,
-    counted by segments_reclaimed); bytes_resident is the memory backing all of
-    them now and bytes_retained the part of it that is free and kept for reuse;
-    cow_bytes_copied counts bytes this process copied because it wrote to
-    memory it had de-anonymized with the kernel module.
-
-    Returns
-    -------
-    PoolStats
-        The counters as attributes; also the dict of the same names it always was.
-    """
-    return PoolStats(**_stats(), cow_bytes_copied=_cow_bytes_copied())
+    return PRELOAD_NAME in _os.environ["LD_PRELOAD"]
 
 
-def print_stats() -> None:
-    """Write the pool's counters to stderr, one a line.
-
-    What ``pool().print_stats()`` does too (Arrow's ``MemoryPool::PrintStats``).
-
-    See Also
-    --------
-    stats : the same counters as an object.
-    """
-    pool().print_stats()
-
-
-def release_unused() -> None:
-    """Return free memory kept for reuse to the kernel and unmap empty segments.
-
-    Punches the resident free extents of every arena, returns empty slabs, and
-    unmaps spare and lent segments (lent ones stay readable by the processes
-    that map them). Buffers in use are not touched.
-
-    See Also
-    --------
-    pyarrow.MemoryPool.release_unused : the same, called on ``pool()``.
-    """
-    _release_unused()
+if "LD_PRELOAD" in _os.environ and _under_preload():
+    # Under the preload library, importing zerrow_pool is what routes Arrow's default pool
+    # to zerrow (the core registers with the library as it loads): keep that promise.
+    __getattr__("pool")

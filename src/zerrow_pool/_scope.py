@@ -4,7 +4,9 @@ import contextlib
 
 import pyarrow as pa
 
-from . import _core
+from ._pyarrow_check import load_core
+
+_core = load_core()
 
 
 @contextlib.contextmanager

@@ -6,7 +6,9 @@ import os
 import socket
 from dataclasses import dataclass
 
-from . import _core
+from ._pyarrow_check import load_core
+
+_core = load_core()
 
 ShareError = _core.ShareError
 

@@ -105,7 +105,7 @@ def validate_run_args(args, pipeline=None) -> str | None:
         What is wrong, phrased for the user, or None if everything is usable.
     """
     from .pipeline import budget
-    from .pipeline.dag import PipelineDefinitionError, check_pipeline_path
+    from .pipeline.pipeline_file import PipelineDefinitionError, check_pipeline_path
 
     try:  # here, so that a mistyped path starts no service
         check_pipeline_path(args.pipeline)

@@ -26,14 +26,23 @@ Running::
 
 or from the shell: ``zerrow run my_pipeline.py --workers 2``.
 """
-from .budget import BudgetExceeded, fmt_bytes, parse_size
-from .runtime import Runtime, run
-from .frames import NodeOutputError
-from .dag import Node, Pipeline, PipelineDefinitionError, Source, load_pipeline_file, node, parquet
-from .report import NodeFailed, OutputNotKept, RunReport, RunResult
-from .workers import WorkerStartError
-from .zerrow_api import ZerrowUnavailable
-from .zerrow_api import available as zerrow_available
+import importlib as _importlib
+
+# Where each public name lives; they load on first use (PEP 562), so that the
+# `zerrow run` client can use the light modules (budget, report, states) without
+# the runtime and pyarrow behind it.
+_EXPORTS = {
+    **dict.fromkeys(["BudgetExceeded", "fmt_bytes", "parse_size"], "budget"),
+    **dict.fromkeys(["Runtime", "run"], "runtime"),
+    "NodeOutputError": "frames",
+    **dict.fromkeys(["Node", "Pipeline", "Source", "load_pipeline_file", "node", "parquet"], "dag"),
+    "PipelineDefinitionError": "pipeline_file",
+    **dict.fromkeys(["NodeFailed", "OutputNotKept", "RunReport", "RunResult"], "report"),
+    "WorkerStartError": "workers",
+    "ZerrowUnavailable": "zerrow_api",
+    "zerrow_available": "zerrow_api",
+}
+_RENAMED = {"zerrow_available": "available"}
 
 __all__ = [
     "BudgetExceeded", "Node", "NodeFailed", "NodeOutputError", "OutputNotKept", "Pipeline",
@@ -41,3 +50,16 @@ __all__ = [
     "ZerrowUnavailable", "fmt_bytes", "load_pipeline_file", "node", "parquet", "parse_size", "run",
     "zerrow_available",
 ]
+
+
+def __getattr__(name: str):
+    where = _EXPORTS.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f"{__name__}.{where}"), _RENAMED.get(name, name))
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -30,10 +30,7 @@ from dataclasses import dataclass, field
 
 from . import frames
 from .budget import parse_size
-
-
-class PipelineDefinitionError(ValueError):
-    """The pipeline is malformed: unknown inputs, cycles, duplicate names."""
+from .pipeline_file import PipelineDefinitionError, check_pipeline_path
 
 
 @dataclass(frozen=True)
@@ -286,23 +283,6 @@ def _toposort(by_name: dict) -> list:
     for n in by_name:
         visit(n, [])
     return order
-
-
-def check_pipeline_path(path: str) -> str:
-    """The absolute path of a pipeline file, checked before anything loads it.
-
-    Raises FileNotFoundError or PipelineDefinitionError naming the problem."""
-    path = os.path.abspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"pipeline file {path} does not exist")
-    if os.path.isdir(path):
-        raise PipelineDefinitionError(
-            f"{path} is a directory; give the Python file that defines the pipeline's nodes")
-    if not path.endswith(".py"):
-        hint = (" (to read Parquet data, write a pipeline file with zp.parquet(name, path))"
-                if path.endswith((".parquet", ".pq")) else "")
-        raise PipelineDefinitionError(f"{path} is not a Python file (.py){hint}")
-    return path
 
 
 def load_pipeline_file(path: str) -> Pipeline:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from ..pipeline.wire import PeerClosed, close_fds, recv_msg, send_msg
+from .._frame import PeerClosed, close_fds, recv_msg, send_msg
 from . import location, protocol
 from .protocol import Op, Reply
 
@@ -187,7 +187,9 @@ class ServiceClient:
 
 
 def _attach_outputs(described: dict, fds: list) -> dict:
-    from .. import Share
+    if not described:
+        return {}
+    from .. import Share  # the core, and pyarrow, only when --output/--show asked for tables
 
     outputs, at = {}, 0
     for name, (descriptor, n) in described.items():

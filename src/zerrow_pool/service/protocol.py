@@ -1,7 +1,8 @@
 """What a client and the service say to each other.
 
-Messages are framed by ``pipeline.wire`` (pickle plus fds, on a socket that only
-this user can reach). Every connection starts with ``hello``, which carries the
+Messages are pickles framed by ``zerrow_pool._frame`` (the transport frame of
+docs/SHARED_IPC.md in pure Python, plus fds, on a socket that only this user
+can reach), at both ends: the client loads neither the compiled core nor pyarrow. Every connection starts with ``hello``, which carries the
 client's :func:`identity`; the service answers only a client of its own
 identity (same zerrow version, same build, same Python environment), since runs
 exchange objects of zerrow's own classes. ``stop`` and ``status`` are answered
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import importlib.util
 import os
 import sys
 
@@ -39,11 +41,15 @@ class Reply(enum.StrEnum):
 
 
 def identity() -> dict:
-    """What must match between a client and the service it uses."""
-    from .. import _build_info, _core
+    """What must match between a client and the service it uses.
 
-    st = os.stat(_core.__file__)
-    build = hashlib.sha1(f"{_core.__file__}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    The build is the installed extension file's identity, found without loading it
+    (that would load pyarrow into the client)."""
+    from .. import _build_info
+
+    core = importlib.util.find_spec("zerrow_pool._core").origin
+    st = os.stat(core)
+    build = hashlib.sha1(f"{core}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
     # sys.prefix, not sys.executable: a venv's python and python3 are one interpreter
     return {"version": _build_info.ZERROW_VERSION, "build": build, "python": sys.prefix}
 

@@ -31,7 +31,7 @@ import traceback
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from ..pipeline.wire import PeerClosed, close_fds, recv_msg, send_msg
+from .._frame import PeerClosed, close_fds, recv_msg, send_msg
 from . import location, protocol
 from .protocol import Op, Reply
 
