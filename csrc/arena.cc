@@ -55,14 +55,18 @@ arrow::Status Arena::AddHeap(size_t at_least) {
   if (at_least > capacity / 4) capacity = RoundUp(at_least * 2, kHugeAlign);  // room to grow in place
   if (spares_ != nullptr) {
     bool hinted;
+    size_t cold_cap;
     {
       std::lock_guard lock(large_mu_);
       hinted = expected_bytes_ != 0 && adopted_warm_ < expected_bytes_;
+      cold_cap = SpareCapLocked(std::max(at_least, hinted ? expected_bytes_ - adopted_warm_ : 0));
     }
     // A scope that says what it will take gets it from one warm spare, its
-    // first slab included (the coldest spare would be a second one).
+    // first slab included (the coldest spare would be a second one); and no
+    // spare much warmer than that: a new segment's few fresh pages cost less
+    // than stranding (or, under a budget, punching) a warm spare's.
     if (hinted && AdoptWarmSpare(at_least)) return arrow::Status::OK();
-    if (SegmentHeap* heap = spares_->TakeCold(at_least)) {
+    if (SegmentHeap* heap = spares_->TakeCold(at_least, cold_cap)) {
       std::lock_guard lock(large_mu_);
       AdoptLocked(heap);
       return arrow::Status::OK();
@@ -86,10 +90,10 @@ bool Arena::AdoptWarmSpare(size_t need) {
     if (expected_bytes_ != 0) {
       // Once warm memory for what the scope expects is adopted, the rest comes
       // from fresh pages of our own heaps, leaving other spares whole; so does
-      // a shortfall that only a spare more than twice its size would cover.
+      // a shortfall that only a much warmer spare would cover (SpareCapLocked).
       if (adopted_warm_ >= expected_bytes_) return false;
       target = std::max(need, expected_bytes_ - adopted_warm_);
-      if (adopted_warm_ != 0) cap = 2 * target;
+      cap = SpareCapLocked(target);
     }
   }
   SegmentHeap* heap = spares_->TakeWarm(need, target, cap);
@@ -99,6 +103,15 @@ bool Arena::AdoptWarmSpare(size_t need) {
   for (const auto& [off, fe] : heap->free_extents_)
     if (fe.dirty) adopted_warm_ += fe.length;
   return true;
+}
+
+size_t Arena::SpareCapLocked(size_t target) const {
+  // Twice the shortfall, and at least 64 MiB more: a spare adopted for a
+  // small scope is frozen with the scope's output when that is shared, and
+  // its warm memory with it (stranded until the readers let go, or punched
+  // under a memory budget).
+  if (expected_bytes_ == 0) return SIZE_MAX;
+  return std::max(2 * target, target + (size_t{64} << 20));
 }
 
 bool Arena::TakeExtentLocked(size_t need, Fit fit, SegmentHeap** heap, size_t* offset, bool* dirty) {

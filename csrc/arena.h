@@ -36,8 +36,8 @@ class SpareHeaps {
  public:
   virtual ~SpareHeaps() = default;
   // The spare heap of at least `capacity` bytes with the least resident
-  // memory, or nullptr.
-  virtual SegmentHeap* TakeCold(size_t capacity) = 0;
+  // memory, if that is at most `max_resident`; else nullptr.
+  virtual SegmentHeap* TakeCold(size_t capacity, size_t max_resident) = 0;
   // Among spares with a resident free run of at least `need` and at most
   // `cap` bytes: the one whose smallest run of at least `target` (>= need) is
   // the smallest such; else the one whose run is the longest; nullptr if none.
@@ -139,6 +139,9 @@ class Arena {
   arrow::Status FreezeLocked(SegmentHeap* heap, bool punch_free);  // shards and large_mu_ held
   arrow::Status AddHeap(size_t at_least);  // a cold spare or a new segment; no lock held
   bool AdoptWarmSpare(size_t need);         // no lock held
+  // With a hint (ExpectBytes), the most warm memory a spare adopted for a
+  // shortfall of `target` bytes may hold; SIZE_MAX without one. large_mu_ held.
+  size_t SpareCapLocked(size_t target) const;
   void AdoptLocked(SegmentHeap* heap);     // large_mu_ held
   // Which free extents an allocation may be carved from, in order of preference.
   enum class Fit {

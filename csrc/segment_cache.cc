@@ -36,7 +36,7 @@ SegmentCache::~SegmentCache() {
   DestroyAllRegistryLocked();
 }
 
-SegmentHeap* SegmentCache::TakeCold(size_t capacity) {
+SegmentHeap* SegmentCache::TakeCold(size_t capacity, size_t max_resident) {
   std::unique_lock registry_lock(registry_.mutex());
   ReclaimLentRegistryLocked();
   std::lock_guard lock(mu_);
@@ -50,7 +50,8 @@ SegmentHeap* SegmentCache::TakeCold(size_t capacity) {
       best_resident = resident;
     }
   }
-  return best == spares_.end() ? nullptr : TakeSpareLocked(best);
+  if (best == spares_.end() || static_cast<size_t>(best_resident) > max_resident) return nullptr;
+  return TakeSpareLocked(best);
 }
 
 SegmentHeap* SegmentCache::TakeWarm(size_t need, size_t target, size_t cap) {

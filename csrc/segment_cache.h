@@ -40,7 +40,7 @@ class SegmentCache final : public SpareHeaps {
   SegmentCache& operator=(const SegmentCache&) = delete;
 
   // SpareHeaps: an arena adopting a segment. Both look at lent heaps first.
-  SegmentHeap* TakeCold(size_t capacity) override;
+  SegmentHeap* TakeCold(size_t capacity, size_t max_resident) override;
   SegmentHeap* TakeWarm(size_t need, size_t target, size_t cap) override;
 
   // A heap just detached from its arena (Arena::DetachHeapRegistryLocked):

@@ -247,3 +247,22 @@ def test_a_scope_with_expected_bytes_takes_one_spare_that_fits_it():
         assert "expected_bytes must be >= 0" in r["negative"]
     assert hinted["spares_during"] == 1, hinted    # the big one alone
     assert unhinted["spares_during"] == 0, unhinted  # both: the scope is scattered
+
+
+def test_a_small_hinted_scope_leaves_a_much_warmer_spare_alone():
+    """A scope that expects little takes a new segment rather than a spare
+    far warmer than it needs: shared with the scope's output, that spare's
+    warm memory would be stranded (or, under a memory budget, punched)."""
+    r = run(r"""
+    src = pa.array(np.arange(25_000_000, dtype=np.int64))
+    with z.scope():
+        big = pc.add(src, 1)
+    del big                                   # a 200 MB warm spare
+    small = pa.array(np.arange(100_000, dtype=np.int64))
+    out = {"spares_before": z.stats()["spare_segments"]}
+    with z.scope(expected_bytes=1 << 20):
+        t = pc.add(small, 1)
+        out["spares_during"] = z.stats()["spare_segments"]
+    print(json.dumps(out))
+    """)
+    assert r["spares_before"] == 1 and r["spares_during"] == 1, r
