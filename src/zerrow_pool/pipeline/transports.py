@@ -38,6 +38,9 @@ class Transport:
     uses_cache = False
     # First-run guess of a node's new memory, as a multiple of its inputs' bytes.
     estimate_factor = 1.0
+    # Outputs up to this size are copied into memory of their own before they
+    # are published (0: never); see worker.run_task.
+    small_output_bytes = 0
 
     def worker_env(self) -> dict:
         """Extra environment for worker processes."""
@@ -112,6 +115,7 @@ class ZerrowTransport(Transport):
     """memfd-backed shared IPC through zerrow_pool.share / attach."""
 
     name = "zerrow"
+    small_output_bytes = 1 << 20
     uses_cache = True
 
     def __init__(self, preload: bool = True):

@@ -138,6 +138,15 @@ def _compact(table: pa.Table) -> pa.Table:
                                 schema=table.schema)
 
 
+def _compact_if_possible(table: pa.Table) -> pa.Table:
+    """``_compact(table)``, or ``table`` itself for types Arrow cannot
+    concatenate (e.g. chunks with different dictionaries)."""
+    try:
+        return _compact(table)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+        return table
+
+
 def run_task(transport, task, fds, on_exceed=None):
     """Execute one task; returns (reply, fds to send, callbacks after sending)."""
     t0 = time.perf_counter()
@@ -183,6 +192,15 @@ def run_task(transport, task, fds, on_exceed=None):
                 dones.append(d)
             spec = PublishedColumns(parts, out.num_rows)
         else:
+            if out.nbytes <= transport.small_output_bytes:
+                # A small output (an aggregate, a few rows) shared from the
+                # node's own segments would freeze them with it: the node's
+                # temporaries' warm memory stranded until the readers let go,
+                # punched under a budget. Copied (a few KiB) into a segment of
+                # its own, it leaves them to come back as warm spares. (Its
+                # scope says how little it needs, so that it takes no warm spare.)
+                with transport.scope(max(1, out.nbytes)):
+                    out = _compact_if_possible(out)
             spec, out_fds, done = transport.publish(out, task.out_dir, keep_free)
             dones = [done]
         timing["publish_s"] = time.perf_counter() - t2
