@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -276,3 +277,47 @@ def test_a_service_that_does_not_answer_is_named_and_stopped(svc_dir, monkeypatc
     finally:
         mute.kill()
         mute.wait()
+
+
+def test_first_run_uses_the_runtime_its_service_started_with(pipeline_file, svc_dir, tmp_path):
+    """The client that starts the service hands it the run's setting: the service
+    boots that runtime while it starts, and the run uses it (no second runtime)."""
+    pipeline, data = pipeline_file
+    run_json(pipeline, data, svc_dir, tmp_path)
+    with open(os.path.join(svc_dir, "service.log")) as f:
+        log = f.read()
+    assert "started a runtime for the first run" in log, log
+    status = ServiceClient(svc_dir).status()
+    assert status["runs_served"] == 1 and len(status["runtimes"]) == 1, status
+    run_json(pipeline, data, svc_dir, tmp_path, "--transport", "copy")
+    assert len(ServiceClient(svc_dir).status()["runtimes"]) == 2  # prestart is for the first only
+
+
+def test_an_internal_error_is_reported_to_the_client(pipeline_file, tmp_path):
+    """A bug of ours while running ends that run with a message naming it and the log;
+    the client is not told that the service stopped, and the service goes on."""
+    from zerrow_pool._frame import recv_msg
+    from zerrow_pool.service.server import RuntimeKey, Service
+
+    class Broken:
+        on_event = None
+
+        def run(self, *a, **kw):
+            raise RuntimeError("an invariant broke")
+
+        def cancel(self):
+            pass
+
+    pipeline, data = pipeline_file
+    req = {"pipeline": pipeline, "cwd": str(tmp_path), "env": {**os.environ, "SALES": data},
+           "runtime": {"workers": 1}, "outputs": [], "progress": False}
+    service = Service(str(tmp_path), idle_s=60)
+    service._runtimes[RuntimeKey.of(req)] = Broken()
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        service._run(ours, req)
+        reply, fds = recv_msg(theirs)
+    assert fds == [] and reply["kind"] == "error", reply
+    assert "zerrow failed internally (RuntimeError: an invariant broke)" in reply["message"]
+    assert os.path.join(str(tmp_path), "service.log") in reply["message"]
+    assert service._run_lock.acquire(blocking=False)  # free for the next run
