@@ -54,18 +54,17 @@ arrow::Status Arena::AddHeap(size_t at_least) {
   size_t capacity = options_.segment_capacity;
   if (at_least > capacity / 4) capacity = RoundUp(at_least * 2, kHugeAlign);  // room to grow in place
   if (spares_ != nullptr) {
-    bool hinted;
-    size_t cold_cap;
+    size_t shortfall, cold_cap;
     {
       std::lock_guard lock(large_mu_);
-      hinted = expected_bytes_ != 0 && adopted_warm_ < expected_bytes_;
-      cold_cap = SpareCapLocked(std::max(at_least, hinted ? expected_bytes_ - adopted_warm_ : 0));
+      shortfall = ShortfallLocked();
+      cold_cap = SpareCapLocked(std::max(at_least, shortfall));
     }
     // A scope that says what it will take gets it from one warm spare, its
     // first slab included (the coldest spare would be a second one); and no
     // spare much warmer than that: a new segment's few fresh pages cost less
     // than stranding (or, under a budget, punching) a warm spare's.
-    if (hinted && AdoptWarmSpare(at_least)) return arrow::Status::OK();
+    if (shortfall != 0 && AdoptWarmSpare(at_least)) return arrow::Status::OK();
     if (SegmentHeap* heap = spares_->TakeCold(at_least, cold_cap)) {
       std::lock_guard lock(large_mu_);
       AdoptLocked(heap);
@@ -84,25 +83,26 @@ arrow::Status Arena::AddHeap(size_t at_least) {
 
 bool Arena::AdoptWarmSpare(size_t need) {
   if (spares_ == nullptr) return false;
-  size_t target = need, cap = SIZE_MAX;
+  size_t target, cap;
   {
     std::lock_guard lock(large_mu_);
-    if (expected_bytes_ != 0) {
-      // Once warm memory for what the scope expects is adopted, the rest comes
-      // from fresh pages of our own heaps, leaving other spares whole; so does
-      // a shortfall that only a much warmer spare would cover (SpareCapLocked).
-      if (adopted_warm_ >= expected_bytes_) return false;
-      target = std::max(need, expected_bytes_ - adopted_warm_);
-      cap = SpareCapLocked(target);
-    }
+    const size_t shortfall = ShortfallLocked();
+    // Once warm memory for what the scope expects is adopted, the rest comes
+    // from fresh pages of our own heaps, leaving other spares whole; so does
+    // a shortfall that only a much warmer spare would cover (SpareCapLocked).
+    if (expected_bytes_ != 0 && shortfall == 0) return false;
+    target = std::max(need, shortfall);
+    cap = SpareCapLocked(target);
   }
   SegmentHeap* heap = spares_->TakeWarm(need, target, cap);
   if (heap == nullptr) return false;
   std::lock_guard lock(large_mu_);
   AdoptLocked(heap);
-  for (const auto& [off, fe] : heap->free_extents_)
-    if (fe.dirty) adopted_warm_ += fe.length;
   return true;
+}
+
+size_t Arena::ShortfallLocked() const {
+  return expected_bytes_ > adopted_warm_ ? expected_bytes_ - adopted_warm_ : 0;
 }
 
 size_t Arena::SpareCapLocked(size_t target) const {
@@ -663,11 +663,14 @@ bool Arena::DetachHeapRegistryLocked(SegmentHeap* heap) {
 void Arena::AdoptLocked(SegmentHeap* heap) {
   // What the previous scope left must not reach this one's consumers: its
   // bytes are zeroed as they are handed out (cheaper than faulting fresh pages).
+  size_t dirty = 0;
   for (auto& [off, fe] : heap->free_extents_) {
     fe.stale = fe.dirty;
     IndexOf(fe.dirty).insert(IndexKey{fe.length, heap, off});
-    if (fe.dirty) retained_.fetch_add(static_cast<int64_t>(fe.length), std::memory_order_relaxed);
+    if (fe.dirty) dirty += fe.length;
   }
+  retained_.fetch_add(static_cast<int64_t>(dirty), std::memory_order_relaxed);
+  adopted_warm_ += dirty;
   heap->arena_ = this;
   heaps_.push_back(heap);
   CheckInvariantsLocked();

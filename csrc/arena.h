@@ -139,10 +139,15 @@ class Arena {
   arrow::Status FreezeLocked(SegmentHeap* heap, bool punch_free);  // shards and large_mu_ held
   arrow::Status AddHeap(size_t at_least);  // a cold spare or a new segment; no lock held
   bool AdoptWarmSpare(size_t need);         // no lock held
+  // What the scope expects (ExpectBytes) beyond the warm memory of the spares
+  // it has adopted; 0 without a hint or once that is covered. large_mu_ held.
+  size_t ShortfallLocked() const;
   // With a hint (ExpectBytes), the most warm memory a spare adopted for a
   // shortfall of `target` bytes may hold; SIZE_MAX without one. large_mu_ held.
   size_t SpareCapLocked(size_t target) const;
-  void AdoptLocked(SegmentHeap* heap);     // large_mu_ held
+  // A spare (warm or cold) becomes ours; its dirty free bytes count toward
+  // adopted_warm_. large_mu_ held.
+  void AdoptLocked(SegmentHeap* heap);
   // Which free extents an allocation may be carved from, in order of preference.
   enum class Fit {
     kWarm,   // large, first try: resident ones only
@@ -203,7 +208,7 @@ class Arena {
   std::set<IndexKey>& IndexOf(bool dirty) { return dirty ? dirty_index_ : clean_index_; }
   std::atomic<int64_t> retained_{0};  // bytes in dirty free extents
   size_t expected_bytes_ = 0;  // see ExpectBytes; large_mu_
-  size_t adopted_warm_ = 0;    // resident free bytes of the spares adopted since; large_mu_
+  size_t adopted_warm_ = 0;    // dirty free bytes of the spares adopted since (AdoptLocked); large_mu_
   std::atomic<int64_t> live_bytes_{0};
   std::atomic<int64_t> peak_live_bytes_{0};
   void NoteLive(int64_t delta);

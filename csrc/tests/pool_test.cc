@@ -1,10 +1,11 @@
-// C++ core tests, run under AddressSanitizer and UBSan in CI (meson -Dcpp_tests=true -Dsanitize=true).
+// C++ core tests, run under AddressSanitizer and UBSan in CI (meson -Dcore_tests=true -Dsanitize_tests=true).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include <arrow/array/builder_primitive.h>
 #include <arrow/table.h>
 
+#include "arena.h"
 #include "segment_heap.h"
 #include "segment_registry.h"
 #include "share_export.h"
@@ -19,6 +21,8 @@
 #include "shared_object.h"
 #include "zerrow_pool.h"
 
+using zerrow::Arena;
+using zerrow::SegmentHeap;
 using zerrow::SegmentRegistry;
 using zerrow::ZerrowPool;
 
@@ -171,6 +175,71 @@ static void TestLendAndReclaim(ZerrowPool* pool) {
   pool->Free(again, kSize, 64);
 }
 
+// Spares handed out as the test sets them (once each), recording what the arena asked for.
+class FakeSpares final : public zerrow::SpareHeaps {
+ public:
+  SegmentHeap* warm = nullptr;
+  SegmentHeap* cold = nullptr;
+  std::vector<size_t> warm_targets, cold_caps;
+  SegmentHeap* TakeCold(size_t, size_t max_resident) override {
+    cold_caps.push_back(max_resident);
+    return std::exchange(cold, nullptr);
+  }
+  SegmentHeap* TakeWarm(size_t, size_t target, size_t) override {
+    warm_targets.push_back(target);
+    return std::exchange(warm, nullptr);
+  }
+};
+
+// A detached 64 MiB heap whose first `warm` bytes are resident: one dirty free extent.
+static SegmentHeap* MakeSpare(SegmentRegistry& registry, size_t warm) {
+  auto segment = zerrow::Segment::Create(size_t{64} << 20).ValueOrDie();
+  std::memset(segment->base(), 1, warm);
+  auto* heap = new SegmentHeap(nullptr, segment);
+  registry.AddHeap(heap);
+  heap->Thaw();
+  return heap;
+}
+
+static size_t DirtyBytes(const SegmentHeap* heap) { return heap->DirtyFit(1, SIZE_MAX, /*longest=*/true); }
+
+// A hinted scope's shortfall shrinks by the warm memory of every spare it
+// adopts, the cold one its first slab took included, and once it is covered
+// no further warm spare is asked for.
+static void TestHintedScopeCountsEverySpare() {
+  constexpr size_t kMiB = size_t{1} << 20, kExpected = 32 * kMiB;
+  SegmentRegistry registry;
+  FakeSpares spares;
+  std::vector<std::pair<uint8_t*, size_t>> live;
+  Arena arena(&registry, zerrow::ArenaOptions{}, &spares);
+  auto alloc = [&](size_t size) {
+    uint8_t* p = nullptr;
+    CHECK_OK(arena.Allocate(size, 64, &p));
+    live.emplace_back(p, size);
+  };
+  arena.ExpectBytes(kExpected);
+  spares.cold = MakeSpare(registry, 2 * kMiB);
+  const size_t cold_dirty = DirtyBytes(spares.cold);
+  alloc(100);  // first slab: no warm spare covers the hint, so the coldest
+  CHECK((spares.warm_targets == std::vector<size_t>{kExpected}));
+  CHECK((spares.cold_caps == std::vector<size_t>{3 * kExpected}));  // SpareCapLocked: 2x, at least +64 MiB
+  spares.warm = MakeSpare(registry, 8 * kMiB);
+  const size_t warm_dirty = DirtyBytes(spares.warm);
+  alloc(16 * kMiB);  // adopts the 8 MiB warm spare, then asks for the rest in vain
+  CHECK((spares.warm_targets ==
+         std::vector<size_t>{kExpected, kExpected - cold_dirty, kExpected - cold_dirty - warm_dirty}));
+  spares.warm = MakeSpare(registry, 24 * kMiB);
+  alloc(40 * kMiB);  // adopts it: the hint is covered, nothing more is asked for
+  CHECK(spares.warm_targets.size() == 4 && spares.warm_targets.back() == 40 * kMiB);
+  CHECK(spares.warm == nullptr && spares.cold_caps.size() == 1);
+  for (auto [p, size] : live) {
+    zerrow::BadFree bad = zerrow::BadFree::kNone;
+    size_t actual = 0;
+    arena.Free(registry.Resolve(p)->heap, p, size, 64, &bad, &actual);
+    CHECK(bad == zerrow::BadFree::kNone);
+  }
+}
+
 static void CloseAll(const std::vector<int>& fds) {
   for (int fd : fds) close(fd);
 }
@@ -321,6 +390,7 @@ int main(int argc, char** argv) {
   TestReuse(pool);
   TestFreezeAndScope(pool);
   TestLendAndReclaim(pool);
+  TestHintedScopeCountsEverySpare();
   TestThreads(pool);
   TestShareThroughAnotherPool();
   pool->ReleaseUnused();
