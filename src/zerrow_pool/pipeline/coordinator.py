@@ -9,7 +9,8 @@ rules decide. Each part it uses lives in a file named for its job:
   run directory and workers, and closes them in order;
 - run_state.py: each run's state and its transitions (which steps are ready,
   what a completion or a failure releases, skips and starts, when a run is
-  finished), returned as ``Effects`` that ``_apply`` carries out;
+  finished, what an abort lets go of), returned as ``Effects`` that the loop
+  carries out;
 - memory_policy.py: what stays in memory, what is spilled first, and when a
   task may start under the budget;
 - step_history.py: what each step did in its last run (bytes, peak, worker
@@ -74,8 +75,8 @@ class Coordinator:
                 self._start_step(run, name)
         try:
             self._loop(states)
-        except BaseException:
-            self._abort(states)
+        except BaseException as e:
+            self._abort(states, f"{type(e).__name__}: {e}")
             raise
         results = []
         for run in states:
@@ -274,16 +275,17 @@ class Coordinator:
         self.runs.remove(run)
         return outputs
 
-    def _abort(self, states) -> None:
-        """Leave the runtime reusable after a run ended by an exception: the
-        loop runs one ``run_many`` at a time, so all queued and running work
-        belongs to ``states``. Busy workers are killed (their tasks cannot be
-        recalled) and replaced."""
+    def _abort(self, states, error: str) -> None:
+        """Leave the runtime reusable after the loop ended by an exception
+        (``error``): it runs one ``run_many`` at a time, so all queued and
+        running work belongs to ``states``. Busy workers are killed (their
+        tasks cannot be recalled) and replaced; then each run lets go of what
+        it holds (``run_state.abort``)."""
         self.queue.clear()
         self.pool.replace_busy()
         if self.cache:
             self.cache.forget_waiters()
         for run in states:
-            self._release(run_state.abandon(run))
+            self._release(run_state.abort(run, error, time.monotonic()).release)
             if run in self.runs:
                 self.runs.remove(run)

@@ -39,7 +39,8 @@ edges
 t0
     Monotonic time the run was made; ``report.wall_s`` is measured from it.
 done
-    The run is settled (every step finished and the report complete).
+    The run is settled (every step finished and the report complete). Its
+    ``report.error`` is set (by ``fail`` or ``abort``) exactly when it failed.
 
 Invariants of a run not settled, once the loop has applied a transition's
 effects (``check`` verifies them: the tests after every transition, the
@@ -91,7 +92,7 @@ class Effects:
 
     start: list = field(default_factory=list)  # steps now ready, in pipeline order
     release: list = field(default_factory=list)  # payloads nobody will read: untrack and close
-    skipped: list = field(default_factory=list)  # steps skipped (upstream failure or forced)
+    skipped: list = field(default_factory=list)  # steps skipped: upstream failure, forced, aborted
 
 
 def may_retry(failures: int, retries: int) -> bool:
@@ -199,8 +200,7 @@ def settle(run: RunState, now: float, *, force: bool = False) -> Effects | None:
     run.done = True
     rep = run.report
     rep.wall_s = now - run.t0
-    failed = any(r.status == Status.FAILED for r in run.rec.values())
-    rep.status = Status.FAILED if failed else Status.DONE
+    rep.status = Status.FAILED if rep.error is not None else Status.DONE
     rep.edges = list(run.edges.values())
     return fx
 
@@ -210,12 +210,20 @@ def take_outputs(run: RunState) -> dict:
     return {name: _take(run, name) for name in list(run.keep) if name in run.payloads}
 
 
-def abandon(run: RunState) -> list:
-    """The run ended by an exception: every payload it holds or was given, to close."""
-    out = list(run.given.values()) + list(run.payloads.values())
+def abort(run: RunState, error: str, now: float) -> Effects:
+    """The loop ended by an exception (``error``, e.g. a cancel) and the run will
+    not be collected. A run not settled yet is settled as failed with that
+    error: its unfinished steps are skipped, as a forced settle skips them.
+    Either way every payload it holds, kept outputs included, or was given is
+    released: nobody will read it."""
+    fx = Effects()
+    if not run.done:
+        if run.report.error is None:
+            run.report.error = f"the run was aborted: {error}"
+        fx = settle(run, now, force=True)
+    fx.release += list(run.given.values()) + [_take(run, name) for name in list(run.payloads)]
     run.given.clear()
-    run.payloads.clear()
-    return out
+    return fx
 
 
 def check(run: RunState) -> None:
