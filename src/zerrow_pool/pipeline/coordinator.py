@@ -17,6 +17,8 @@ rules decide. Each part it uses lives in a file named for its job:
   slot), to plan its next one;
 - source_reads.py: sources read through the decode cache, each row group
   decoded once for every run that waits for it;
+- dispatch.py: the queue of tasks waiting for a worker, admitted under the
+  memory policy and sent;
 - tasks.py: the tasks and the messages that ask a worker to run them;
 - workers.py: giving a worker its task, taking its reply, replacing the dead;
 - cancellation.py: ``cancel`` from another thread, waking the loop.
@@ -29,12 +31,11 @@ from __future__ import annotations
 
 import selectors
 import time
-from collections import deque
-
 from . import run_state
 from .budget import BudgetExceeded
 from .cancellation import Cancellation, RunCancelled
 from .dag import Source
+from .dispatch import Dispatcher
 from .machinery import Machinery
 from .options import RuntimeOptions
 from .payloads import open_output
@@ -55,14 +56,15 @@ class Coordinator:
         self.machinery = m = Machinery(options, spilled=self._spilled, done=self._complete,
                                        failed=self._fail)
         # The parts the loop drives, under the names callers read too (rt.cache, rt.pool...).
-        self.transport, self.cache, self.spiller, self.out_dir = (
-            m.transport, m.cache, m.spiller, m.out_dir)
-        self.resources, self.memory, self.messages, self.sources, self.pool = (
-            m.resources, m.memory, m.messages, m.sources, m.pool)
+        self.transport, self.cache, self.out_dir, self.pool = m.transport, m.cache, m.out_dir, m.pool
+        self.resources, self.memory, self.sources = m.resources, m.memory, m.sources
         self.cancellation = Cancellation()  # cancel() may come from another thread
-        self.queue: deque = deque()
         self.history = StepHistory(self.transport.estimate_factor)
-        self.runs: list = []
+        self.runs: list = []  # the runs in progress, shared with the dispatcher
+        self.dispatcher = Dispatcher(
+            pool=m.pool, memory=m.memory, messages=m.messages, resources=m.resources,
+            history=self.history, sources=m.sources, runs=self.runs,
+            started=lambda run, name: self._emit(Event.START, run, name))
 
     def _run(self, states) -> list:
         """Run ``states`` to the end; their RunResults in order."""
@@ -98,10 +100,10 @@ class Coordinator:
                             run_state.check(run)
                 if self.cancellation.cancelled:
                     raise RunCancelled("the run was cancelled")
-                self._dispatch()
+                self.dispatcher.dispatch()
                 busy = self.pool.busy()
                 if not busy:
-                    if self.queue:
+                    if self.dispatcher.waiting:
                         continue
                     for run in states:  # nothing can make progress: settle the run
                         self._settle(run, force=True)
@@ -134,54 +136,13 @@ class Coordinator:
         if isinstance(step, Source) and self.sources:
             self._emit(Event.START, run, name)
             try:
-                self.queue.extend(self.sources.start(run, step))
+                self.dispatcher.add(self.sources.start(run, step))
             except Exception as e:  # noqa: BLE001 - planning errors fail the source
                 self._fail(run, name, f"{type(e).__name__}: {e}")
             return
         op = Op.READ if isinstance(step, Source) else Op.NODE
-        self.queue.append(Task(run, name, op, estimate=self.history.estimate(run, name),
-                               expected_peak=self.history.expected_peak(run, name)))
-
-    # ------------------------------------------------------------ dispatching
-    def _dispatch(self) -> None:
-        deferred = deque()
-        while self.queue and self.pool.idle():
-            task = self.queue.popleft()
-            if not self._still_wanted(task):
-                continue
-            own = run_state.inputs(task.run, task.name) if task.op == Op.NODE else []
-            if not self.memory.admit(task.estimate, own, self._running_inputs(), self.runs):
-                deferred.append(task)
-                continue
-            self._send(self.pool.pick_idle(self.history.last_slot(task.run, task.name)), task)
-        self.queue.extendleft(reversed(deferred))
-
-    def _still_wanted(self, task) -> bool:
-        if task.op == Op.DECODE:  # may serve waiters of several runs
-            return self.sources.wanted(task)
-        return task.run.status(task.name) == Status.RUNNING
-
-    def _running_inputs(self) -> list:
-        """Per running task, the inputs it was sent."""
-        return [w.task.pinned for w in self.pool.busy()]
-
-    def _send(self, w, task) -> None:
-        run, rec = task.run, task.run.rec[task.name]
-        if task.op == Op.NODE:
-            task.pinned = run_state.inputs(run, task.name)
-            run_state.record_edges(run, task.name, task.pinned)
-        task.held_at_dispatch = self.resources.usage()
-        msg, fds = self.messages.build(task, w, running=len(self.pool.busy()) + 1)
-        if task.op != Op.DECODE:
-            rec.attempts += 1
-            rec.start = time.monotonic()
-            self.history.sent(run, task.name, w.id)
-            self._emit(Event.START, run, task.name)
-        rec.worker_pid = w.pid
-        if not self.pool.give(w, task, msg, fds):  # w had died while idle: try again
-            if task.op != Op.DECODE:
-                rec.attempts -= 1
-            self.queue.appendleft(task)
+        self.dispatcher.add([Task(run, name, op, estimate=self.history.estimate(run, name),
+                                  expected_peak=self.history.expected_peak(run, name))])
 
     # --------------------------------------------------------------- replies
     def _on_reply(self, w) -> None:
@@ -198,7 +159,7 @@ class Coordinator:
             return
         if task.op == Op.DECODE:
             self.sources.decoded(task, reply, fds)
-            self.memory.tidy(self._running_inputs(), self.runs)
+            self.memory.tidy(self.dispatcher.running_inputs(), self.runs)
             return
         run = task.run
         if run.status(task.name) != Status.RUNNING:
@@ -219,14 +180,14 @@ class Coordinator:
                 self._fail(run, name, error)
         if retry:
             self._emit(Event.RETRY, run, name, error=error)
-            self.queue.append(task.again())
+            self.dispatcher.add([task.again()])
 
     # -------------------------------------------------- applying transitions
     def _complete(self, run, name, payload, timing, peak) -> None:
         before = self.resources.usage()
         self.resources.track(payload)
         try:
-            self.memory.hold(payload, self._running_inputs(), self.runs)
+            self.memory.hold(payload, self.dispatcher.running_inputs(), self.runs)
         except BudgetExceeded as e:
             self._release([payload])
             self._fail(run, name, f"BudgetExceeded: {e}")
@@ -281,7 +242,7 @@ class Coordinator:
         running work belongs to ``states``. Busy workers are killed (their
         tasks cannot be recalled) and replaced; then each run lets go of what
         it holds (``run_state.abort``)."""
-        self.queue.clear()
+        self.dispatcher.clear()
         self.pool.replace_busy()
         if self.cache:
             self.cache.forget_waiters()
