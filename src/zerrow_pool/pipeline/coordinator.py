@@ -1,24 +1,27 @@
 """The coordinator: one event loop that runs DAGs over a pool of warm workers.
 
-The loop does the I/O and nothing else: it dispatches queued tasks to idle
-workers, waits on the busy ones' sockets (and the cancel wake-up), turns
-replies into payloads (fds or a file, never mapped) and applies what the
-rules decide. Each part it uses lives in a file named for its job:
+The loop does the I/O and nothing else. Each turn it checks for a cancel,
+has the dispatcher send what can go, waits on the busy workers' sockets (and
+the cancel wake-up) and hands each reply over; what a reply or a start
+means for a run is decided by the run's rules, and the loop carries out the
+``Effects`` they return (``_apply``: events, releases, steps to start, the
+run settled). Each part it uses lives in a file named for its job:
 
 - machinery.py: builds the transport, cache, spiller, memory accounting,
   run directory and workers, and closes them in order;
 - run_state.py: each run's state and its transitions (which steps are ready,
   what a completion or a failure releases, skips and starts, when a run is
-  finished, what an abort lets go of), returned as ``Effects`` that the loop
-  carries out;
+  finished, what an abort lets go of), as pure functions returning ``Effects``;
+- dispatch.py: the queue of tasks waiting for a worker, admitted under the
+  memory policy and sent;
+- replies.py: a worker's reply turned into a completion, a retry (the one
+  retry rule) or a failure;
 - memory_policy.py: what stays in memory, what is spilled first, and when a
   task may start under the budget;
 - step_history.py: what each step did in its last run (bytes, peak, worker
   slot), to plan its next one;
 - source_reads.py: sources read through the decode cache, each row group
   decoded once for every run that waits for it;
-- dispatch.py: the queue of tasks waiting for a worker, admitted under the
-  memory policy and sent;
 - tasks.py: the tasks and the messages that ask a worker to run them;
 - workers.py: giving a worker its task, taking its reply, replacing the dead;
 - cancellation.py: ``cancel`` from another thread, waking the loop.
@@ -39,12 +42,11 @@ from .dispatch import Dispatcher
 from .machinery import Machinery
 from .options import RuntimeOptions
 from .payloads import open_output
+from .replies import Replies
 from .report import RunResult
 from .states import Event, Op, Status
 from .step_history import StepHistory
 from .tasks import Task
-from .wire import close_fds
-from .workers import WorkerLost
 
 
 class Coordinator:
@@ -65,6 +67,9 @@ class Coordinator:
             pool=m.pool, memory=m.memory, messages=m.messages, resources=m.resources,
             history=self.history, sources=m.sources, runs=self.runs,
             started=lambda run, name: self._emit(Event.START, run, name))
+        self.replies = Replies(m.pool, m.transport, m.resources, m.sources,
+                               complete=self._complete, fail=self._fail, retry=self._retry,
+                               tidy=self._tidy)
 
     def _run(self, states) -> list:
         """Run ``states`` to the end; their RunResults in order."""
@@ -117,7 +122,7 @@ class Coordinator:
                         sel.unregister(w.sock)
                 for key, _ in events:
                     if key.data is not None:
-                        self._on_reply(key.data)
+                        self.replies.take(key.data)
         finally:
             sel.close()
 
@@ -144,43 +149,10 @@ class Coordinator:
         self.dispatcher.add([Task(run, name, op, estimate=self.history.estimate(run, name),
                                   expected_peak=self.history.expected_peak(run, name))])
 
-    # --------------------------------------------------------------- replies
-    def _on_reply(self, w) -> None:
-        task = w.task
-        try:
-            reply, fds = self.pool.take_reply(w)
-        except WorkerLost as e:
-            self._task_failed(task, f"{e} while running {task.describe()}")
-            return
-        self.resources.note_worker_peak(task.held_at_dispatch, reply.peak)
-        if not reply.ok:
-            close_fds(fds)
-            self._task_failed(task, reply.error)
-            return
-        if task.op == Op.DECODE:
-            self.sources.decoded(task, reply, fds)
-            self.memory.tidy(self.dispatcher.running_inputs(), self.runs)
-            return
-        run = task.run
-        if run.status(task.name) != Status.RUNNING:
-            close_fds(fds)
-            return
-        payload = self.transport.payload(reply.result, fds)
-        self._complete(run, task.name, payload, reply.timing, reply.peak)
-
-    def _task_failed(self, task, error: str) -> None:
-        run, name = task.run, task.name
-        if task.op == Op.DECODE:  # if not retried, its waiters' sources fail
-            retry = self.sources.decode_failed(task, error)
-        elif run.status(name) != Status.RUNNING:
-            return
-        else:
-            retry = run_state.may_retry(run.rec[name].attempts, run.pipeline.by_name[name].retries)
-            if not retry:
-                self._fail(run, name, error)
-        if retry:
-            self._emit(Event.RETRY, run, name, error=error)
-            self.dispatcher.add([task.again()])
+    def _retry(self, task, error: str) -> None:
+        """``task`` failed with ``error`` and may run again (replies.py): queued anew."""
+        self._emit(Event.RETRY, task.run, task.name, error=error)
+        self.dispatcher.add([task.again()])
 
     # -------------------------------------------------- applying transitions
     def _complete(self, run, name, payload, timing, peak) -> None:
@@ -217,6 +189,9 @@ class Coordinator:
 
     def _spilled(self, run, name, new) -> None:
         self._emit(Event.SPILL, run, name, bytes=new.nbytes)
+
+    def _tidy(self) -> None:
+        self.memory.tidy(self.dispatcher.running_inputs(), self.runs)
 
     def _settle(self, run, force: bool = False) -> None:
         effects = run_state.settle(run, time.monotonic(), force=force)
