@@ -168,6 +168,7 @@ def test_a_worker_dead_while_idle_is_replaced_and_the_task_goes_to_the_new_one_f
     d.dispatch()
     assert pool.replaced == 1 and pool.workers[0].task.name == "a"  # a kept its place
     assert run.rec["a"].attempts == 1 and run.rec["a"].worker_pid == 200
+    assert started == ["a"]  # the try that found the worker dead is not reported
     assert d.waiting  # b waits for a worker
     d.clear()
     assert not d.waiting

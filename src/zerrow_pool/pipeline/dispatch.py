@@ -11,10 +11,11 @@ retried; at each turn ``dispatch`` sends what it can, in queue order:
 - it goes to the worker its step last ran in when that one is idle (its warm
   memory is sized for the step, step_history.py), else to the first idle one;
 - sending a node pins its inputs (they stay in memory while it runs, see
-  ``running_inputs``) and records what each costs it; a node's or a read's
-  attempt, start time, worker and START event begin as it is sent;
+  ``running_inputs``) and records what each costs it; once its worker took
+  it, a node's or a read's attempt, start time, slot and START event count;
 - a worker found dead as it is given its task has been replaced: the task
-  goes back to the front of the queue, its attempt not counted.
+  goes back to the front of the queue, and nothing of that try is recorded
+  (no attempt, no START event).
 """
 from __future__ import annotations
 
@@ -85,13 +86,12 @@ class Dispatcher:
             run_state.record_edges(run, task.name, task.pinned)
         task.held_at_dispatch = self.resources.usage()
         msg, fds = self.messages.build(task, w, running=len(self.pool.busy()) + 1)
+        if not self.pool.give(w, task, msg, fds):  # w had died while idle: try again
+            self._queue.appendleft(task)
+            return
+        rec.worker_pid = w.pid
         if task.op != Op.DECODE:  # a decode's attempts are its own (Task.attempts)
             rec.attempts += 1
             rec.start = time.monotonic()
             self.history.sent(run, task.name, w.id)
             self._started(run, task.name)
-        rec.worker_pid = w.pid
-        if not self.pool.give(w, task, msg, fds):  # w had died while idle: try again
-            if task.op != Op.DECODE:
-                rec.attempts -= 1
-            self._queue.appendleft(task)
