@@ -9,6 +9,7 @@ from zerrow_pool.pipeline.dag import Pipeline, node, parquet
 from zerrow_pool.pipeline.memory_policy import MemoryPolicy
 from zerrow_pool.pipeline.report import RunReport
 from zerrow_pool.pipeline.run_state import RunState
+from zerrow_pool.pipeline.specs import OutputCounters
 from zerrow_pool.pipeline.states import Status
 from zerrow_pool.pipeline.step_history import StepHistory
 
@@ -17,7 +18,7 @@ class FakePayload:
     """A payload holding ``nbytes`` of one segment of its own."""
 
     def __init__(self, nbytes=100, *, spilled=False, label=""):
-        self.rows, self.nbytes, self.stats = 1, nbytes, {}
+        self.rows, self.nbytes, self.counters = 1, nbytes, OutputCounters()
         self.spilled, self.closed, self.label = spilled, False, label
 
     def memory(self):
@@ -269,7 +270,7 @@ def test_check_names_a_broken_invariant():
 def test_edges_record_what_each_input_cost():
     run = new_run()
     shared = FakePayload(80)
-    shared.stats = {"bytes_zero_copy": 80, "copied": 0}
+    shared.counters = OutputCounters(bytes_zero_copy=80)
     spilled = FakePayload(50, spilled=True)
     run.payloads.update(a=shared, b=spilled)
     upstream = run_state.inputs(run, "c")

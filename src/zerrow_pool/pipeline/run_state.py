@@ -129,8 +129,8 @@ def inputs(run: RunState, name: str) -> list:
 def record_edges(run: RunState, name: str, upstream: list) -> None:
     """What each input costs node ``name`` as it is sent now (in memory or spilled)."""
     for u, p in zip(run.pipeline.by_name[name].inputs, upstream):
-        zero_copy = 0 if p.spilled else min(p.nbytes, p.stats.get("bytes_zero_copy", 0))
-        copied = p.nbytes if p.spilled else p.stats.get("copied", 0)
+        zero_copy = 0 if p.spilled else min(p.nbytes, p.counters.bytes_zero_copy)
+        copied = p.nbytes if p.spilled else p.counters.bytes_copied
         run.edges[(u, name)] = EdgeRecord(u, name, p.nbytes, zero_copy, copied)
 
 
@@ -142,9 +142,8 @@ def complete(run: RunState, name: str, payload, now: float, timing: dict, peak: 
     rec = run.rec[name]
     rec.end, rec.status = now, Status.DONE
     rec.rows, rec.bytes, rec.timing, rec.peak = payload.rows, payload.nbytes, timing, peak
-    rec.bytes_zero_copy = payload.stats.get("bytes_zero_copy", 0)
-    rec.copied = payload.stats.get("copied", 0)
-    rec.exposed = payload.stats.get("exposed", 0)
+    rec.bytes_zero_copy = payload.counters.bytes_zero_copy
+    rec.copied, rec.exposed = payload.counters.bytes_copied, payload.counters.bytes_exposed
     run.payloads[name] = payload
     run.produced[name] = now
     fx = Effects(release=_consume_inputs(run, name))
