@@ -24,7 +24,6 @@ from .wire import close_fds
 class Payload:
     """Base class: ``rows``, logical ``nbytes`` and the producer's ``OutputCounters``."""
 
-    kind = "?"
     spilled = False
 
     def __init__(self, rows: int, nbytes: int, counters: OutputCounters = OutputCounters()):
@@ -52,8 +51,6 @@ def _fd_memory(fd: int):
 
 class SharePayload(Payload):
     """A zerrow Share seen from the coordinator: descriptor + owned read-only fds."""
-
-    kind = "share"
 
     def __init__(self, descriptor: bytes, fds: list, rows: int, nbytes: int,
                  counters: OutputCounters = OutputCounters()):
@@ -86,8 +83,6 @@ class SharePayload(Payload):
 class FilePayload(Payload):
     """An Arrow IPC file without a name (see ``rundirs.anonymous_file``), held
     as a read-only descriptor and memory-mapped by the workers it is sent to."""
-
-    kind = "file"
 
     def __init__(self, fd: int, rows: int, nbytes: int,
                  counters: OutputCounters = OutputCounters(), *, spilled=False):
@@ -125,8 +120,6 @@ class ColumnsPayload(Payload):
 
     Takes over one reference to every entry it is given (released by close).
     """
-
-    kind = "columns"
 
     def __init__(self, schema: pa.Schema, columns: list, rows: int):
         entries = [e for col in columns for e in col]
