@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from . import frames
 from .budget import parse_size
 from .pipeline_file import PipelineDefinitionError, check_pipeline_path
+from .states import StepKind
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Node:
     (``"arrow"``, ``"polars"`` or ``"pandas"``).
     """
 
-    kind = "node"
+    kind = StepKind.NODE
 
     def __init__(self, fn, *, name: str | None = None, retries: int = 0, inputs=None,
                  inputs_as=None, memory_limit=None):
@@ -168,7 +169,7 @@ def node(fn=None, *, name: str | None = None, retries: int = 0, inputs=None, inp
 class Source:
     """A Parquet input read with ``pyarrow.dataset``, columns and filter pushed down."""
 
-    kind = "source"
+    kind = StepKind.SOURCE
     inputs: tuple = ()
     retries = 0
 
