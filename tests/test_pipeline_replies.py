@@ -119,7 +119,8 @@ def test_a_lost_worker_fails_its_task_saying_what_it_was_running():
     run, loop = new_run(), Loop()
     loop.replies(FakePool(lost="worker pid 7 killed by signal SIGKILL")).take(
         FakeWorker(sent(run, "a")))
-    assert loop.told == [("fail", "a", "worker pid 7 killed by signal SIGKILL while running node 'a'")]
+    error = "worker pid 7 killed by signal SIGKILL while running node 'a'"
+    assert loop.told == [("fail", "a", error)]
 
 
 def test_a_reply_for_a_step_no_longer_running_is_dropped_with_its_descriptors():

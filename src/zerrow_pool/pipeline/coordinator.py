@@ -58,8 +58,8 @@ class Coordinator:
         self.machinery = m = Machinery(options, spilled=self._spilled, done=self._complete,
                                        failed=self._fail)
         # The parts the loop drives, under the names callers read too (rt.cache, rt.pool...).
-        self.transport, self.cache, self.out_dir, self.pool = m.transport, m.cache, m.out_dir, m.pool
-        self.resources, self.memory, self.sources = m.resources, m.memory, m.sources
+        self.transport, self.cache, self.out_dir = m.transport, m.cache, m.out_dir
+        self.pool, self.resources, self.memory, self.sources = m.pool, m.resources, m.memory, m.sources
         self.cancellation = Cancellation()  # cancel() may come from another thread
         self.history = StepHistory(self.transport.estimate_factor)
         self.runs: list = []  # the runs in progress, shared with the dispatcher

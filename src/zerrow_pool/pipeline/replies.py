@@ -36,7 +36,8 @@ class Replies:
     """
 
     def __init__(self, pool, transport, resources, sources, *, complete, fail, retry, tidy):
-        self.pool, self.transport, self.resources, self.sources = pool, transport, resources, sources
+        self.pool, self.transport = pool, transport
+        self.resources, self.sources = resources, sources
         self._complete, self._fail, self._retry, self._tidy = complete, fail, retry, tidy
 
     def take(self, w) -> None:

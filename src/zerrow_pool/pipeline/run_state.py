@@ -146,11 +146,11 @@ def complete(run: RunState, name: str, payload, now: float, timing: dict, peak: 
     rec.copied, rec.exposed = payload.counters.bytes_copied, payload.counters.bytes_exposed
     run.payloads[name] = payload
     run.produced[name] = now
-    fx = Effects(release=_consume_inputs(run, name))
+    effects = Effects(release=_consume_inputs(run, name))
     if run.remaining[name] == 0 and name not in run.keep:
-        fx.release.append(_take(run, name))
-    fx.start = [c for c in run.pipeline.consumers[name] if _ready(run, c)]
-    return fx
+        effects.release.append(_take(run, name))
+    effects.start = [c for c in run.pipeline.consumers[name] if _ready(run, c)]
+    return effects
 
 
 def fail(run: RunState, name: str, error: str, now: float) -> Effects:
@@ -161,17 +161,17 @@ def fail(run: RunState, name: str, error: str, now: float) -> Effects:
     if run.report.error is None:
         first = error.strip().splitlines()[-1] if error.strip() else error
         run.report.error = f"node {name!r} of pipeline {run.pipeline.name!r} failed: {first}"
-    fx = Effects(release=_consume_inputs(run, name))
+    effects = Effects(release=_consume_inputs(run, name))
     todo = list(run.pipeline.consumers[name])
     while todo:
         c = todo.pop()
         if run.status(c) in FINISHED or run.status(c) == Status.RUNNING:
             continue
         run.rec[c].status = Status.SKIPPED
-        fx.skipped.append(c)
-        fx.release += _consume_inputs(run, c)
+        effects.skipped.append(c)
+        effects.release += _consume_inputs(run, c)
         todo += run.pipeline.consumers[c]
-    return fx
+    return effects
 
 
 def spilled(run: RunState, name: str, new) -> None:
@@ -192,16 +192,16 @@ def settle(run: RunState, now: float, *, force: bool = False) -> Effects | None:
     pending = [n for n, r in run.rec.items() if r.status not in FINISHED]
     if pending and not force:
         return None
-    fx = Effects(skipped=pending)
+    effects = Effects(skipped=pending)
     for n in pending:
         run.rec[n].status = Status.SKIPPED
-        fx.release += _consume_inputs(run, n)
+        effects.release += _consume_inputs(run, n)
     run.done = True
-    rep = run.report
-    rep.wall_s = now - run.t0
-    rep.status = Status.FAILED if rep.error is not None else Status.DONE
-    rep.edges = list(run.edges.values())
-    return fx
+    report = run.report
+    report.wall_s = now - run.t0
+    report.status = Status.FAILED if report.error is not None else Status.DONE
+    report.edges = list(run.edges.values())
+    return effects
 
 
 def take_outputs(run: RunState) -> dict:
@@ -215,14 +215,14 @@ def abort(run: RunState, error: str, now: float) -> Effects:
     error: its unfinished steps are skipped, as a forced settle skips them.
     Either way every payload it holds, kept outputs included, or was given is
     released: nobody will read it."""
-    fx = Effects()
+    effects = Effects()
     if not run.done:
         if run.report.error is None:
             run.report.error = f"the run was aborted: {error}"
-        fx = settle(run, now, force=True)
-    fx.release += list(run.given.values()) + [_take(run, name) for name in list(run.payloads)]
+        effects = settle(run, now, force=True)
+    effects.release += list(run.given.values()) + [_take(run, name) for name in list(run.payloads)]
     run.given.clear()
-    return fx
+    return effects
 
 
 def check(run: RunState) -> None:

@@ -2,10 +2,11 @@
 
 A worker *publishes* its output as a ``Published`` (a decode: ``PublishedColumns``,
 one ``Published`` per column), with its ``OutputCounters``; the coordinator
-wraps it in a payload (``payloads.py``). To hand a payload to a task, the coordinator *encodes* it as
-an input spec: ``ShareInput``, ``FileInput`` or ``ColumnsInput``, which the
-worker opens with ``payloads.open_input``. Descriptors travel beside the
-message; ``fds`` is each spec's ``(start, count)`` slice of them.
+wraps it in a payload (``payloads.py``). To hand a payload to a task, the
+coordinator *encodes* it as an input spec: ``ShareInput``, ``FileInput`` or
+``ColumnsInput``, which the worker opens with ``payloads.open_input``.
+Descriptors travel beside the message; ``fds`` is each spec's
+``(start, count)`` slice of them.
 """
 from __future__ import annotations
 
