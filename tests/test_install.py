@@ -67,6 +67,16 @@ def test_a_libarrow_load_failure_is_reported_with_the_fix():
     assert "(libarrow.so.1900: cannot open shared object file" in err
 
 
+def test_the_pipelines_check_names_a_core_that_cannot_load():
+    rc, err = import_zerrow_after(core_import_fails_with("something else entirely"), """
+from zerrow_pool.pipeline import zerrow_api
+gone = zerrow_api.missing()
+assert gone == ["zerrow_pool (ImportError: something else entirely)"], gone
+assert not zerrow_api.available()
+""")
+    assert rc == 0, err
+
+
 def test_other_import_errors_pass_through_unchanged():
     rc, err = import_zerrow_after(core_import_fails_with("something else entirely"))
     assert rc != 0

@@ -17,14 +17,15 @@ from zerrow_pool.pipeline.run_state import RunState, may_retry
 from zerrow_pool.pipeline.sandbox import Isolation
 from zerrow_pool.pipeline.source_assembly import SourceAssembly
 from zerrow_pool.pipeline.source_reads import SourceReads
-from zerrow_pool.pipeline.specs import Kind, Published, PublishedColumns
+from zerrow_pool.pipeline.specs import Kind, OutputCounters, Published, PublishedColumns
 from zerrow_pool.pipeline.states import Op
 from zerrow_pool.pipeline.tasks import Messages, Task
 
 
 class FakePayload:
     def __init__(self, nbytes=10, rows=1):
-        self.nbytes, self.closed, self.rows, self.stats = nbytes, False, rows, {}
+        self.nbytes, self.closed, self.rows = nbytes, False, rows
+        self.counters = OutputCounters()
 
     def memory(self):
         return {} if self.closed else {id(self): self.nbytes}

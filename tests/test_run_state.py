@@ -9,6 +9,7 @@ from zerrow_pool.pipeline.dag import Pipeline, node, parquet
 from zerrow_pool.pipeline.memory_policy import MemoryPolicy
 from zerrow_pool.pipeline.report import RunReport
 from zerrow_pool.pipeline.run_state import RunState
+from zerrow_pool.pipeline.specs import OutputCounters
 from zerrow_pool.pipeline.states import Status
 from zerrow_pool.pipeline.step_history import StepHistory
 
@@ -17,7 +18,7 @@ class FakePayload:
     """A payload holding ``nbytes`` of one segment of its own."""
 
     def __init__(self, nbytes=100, *, spilled=False, label=""):
-        self.rows, self.nbytes, self.stats = 1, nbytes, {}
+        self.rows, self.nbytes, self.counters = 1, nbytes, OutputCounters()
         self.spilled, self.closed, self.label = spilled, False, label
 
     def memory(self):
@@ -217,13 +218,43 @@ def test_a_given_step_is_taken_over_when_it_starts():
     assert run.status("a") == Status.RUNNING
 
 
-def test_abandon_hands_back_everything_held_or_given():
+def test_abort_settles_the_run_as_failed_and_releases_everything_held_or_given():
     given = FakePayload(label="c")
-    run = new_run(given={"c": given})
-    src = FakePayload(label="src")
+    run = new_run(outputs=["a", "d"], given={"c": given})
+    src, a_out = FakePayload(label="src"), FakePayload(label="a")
     finish(run, "src", src)
-    assert set(map(id, run_state.abandon(run))) == {id(given), id(src)}
-    assert run.payloads == {} and run.given == {}
+    finish(run, "a", a_out)  # kept; b and e running
+    fx = run_state.abort(run, "RunCancelled: the run was cancelled", 5.0)
+    assert set(map(id, fx.release)) == {id(given), id(src), id(a_out)}
+    assert len(fx.release) == 3 and not any(p.closed for p in fx.release)  # closing is the loop's
+    assert fx.skipped == ["b", "c", "d", "e"] and fx.start == []
+    assert run.payloads == {} and run.produced == {} and run.given == {}
+    assert run.done and run.report.status == Status.FAILED
+    assert run.report.error == "the run was aborted: RunCancelled: the run was cancelled"
+    assert run.report.wall_s == pytest.approx(5.0 - run.t0)
+    run_state.check(run)
+    assert run_state.abort(run, "again", 6.0) == run_state.Effects()  # nothing left
+
+
+def test_abort_keeps_a_settled_runs_report_and_releases_its_kept_outputs():
+    run = new_run()
+    for name in ("src", "a", "b", "c", "d", "e"):
+        finish(run, name)
+    kept = set(map(id, run.payloads.values()))
+    assert run_state.settle(run, 1.0) and run.report.status == Status.DONE
+    fx = run_state.abort(run, "KeyboardInterrupt: ", 2.0)
+    assert set(map(id, fx.release)) == kept and fx.skipped == []
+    assert run.report.status == Status.DONE and run.report.error is None
+    assert run.report.wall_s == pytest.approx(1.0 - run.t0)
+
+
+def test_abort_keeps_the_first_failure_as_the_runs_error():
+    run = new_run()
+    finish(run, "src")
+    apply(run, run_state.fail(run, "a", "ValueError: bad row", 1.0))
+    run_state.abort(run, "RunCancelled: the run was cancelled", 2.0)
+    assert run.report.error == "node 'a' of pipeline 'diamond' failed: ValueError: bad row"
+    assert run.report.status == Status.FAILED and run.status("b") == Status.SKIPPED
 
 
 def test_check_names_a_broken_invariant():
@@ -239,7 +270,7 @@ def test_check_names_a_broken_invariant():
 def test_edges_record_what_each_input_cost():
     run = new_run()
     shared = FakePayload(80)
-    shared.stats = {"bytes_zero_copy": 80, "copied": 0}
+    shared.counters = OutputCounters(bytes_zero_copy=80)
     spilled = FakePayload(50, spilled=True)
     run.payloads.update(a=shared, b=spilled)
     upstream = run_state.inputs(run, "c")

@@ -17,7 +17,9 @@ ShareError = _core.ShareError
 class ShareCounters:
     """What a share references, and how its buffers got there (what :func:`send` returns).
 
-    The names are the C++ layer's (``ShareResult``) and the pipeline report's.
+    The names are the C++ layer's (``ShareResult``) and the pipeline's
+    (``OutputCounters``); the pipeline report's records still call the last two
+    ``copied`` and ``exposed``.
 
     Attributes
     ----------

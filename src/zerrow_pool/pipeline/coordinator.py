@@ -1,15 +1,21 @@
 """The coordinator: one event loop that runs DAGs over a pool of warm workers.
 
-The loop does the I/O and nothing else: it dispatches queued tasks to idle
-workers, waits on the busy ones' sockets (and the cancel wake-up), turns
-replies into payloads (fds or a file, never mapped) and applies what the
-rules decide. Each part it uses lives in a file named for its job:
+The loop does the I/O and nothing else. Each turn it checks for a cancel,
+has the dispatcher send what can go, waits on the busy workers' sockets (and
+the cancel wake-up) and hands each reply over; what a reply or a start
+means for a run is decided by the run's rules, and the loop carries out the
+``Effects`` they return (``_apply``: events, releases, steps to start, the
+run settled). Each part it uses lives in a file named for its job:
 
 - machinery.py: builds the transport, cache, spiller, memory accounting,
   run directory and workers, and closes them in order;
 - run_state.py: each run's state and its transitions (which steps are ready,
   what a completion or a failure releases, skips and starts, when a run is
-  finished), returned as ``Effects`` that ``_apply`` carries out;
+  finished, what an abort lets go of), as pure functions returning ``Effects``;
+- dispatch.py: the queue of tasks waiting for a worker, admitted under the
+  memory policy and sent;
+- replies.py: a worker's reply turned into a completion, a retry (the one
+  retry rule) or a failure;
 - memory_policy.py: what stays in memory, what is spilled first, and when a
   task may start under the budget;
 - step_history.py: what each step did in its last run (bytes, peak, worker
@@ -28,21 +34,19 @@ from __future__ import annotations
 
 import selectors
 import time
-from collections import deque
-
 from . import run_state
 from .budget import BudgetExceeded
 from .cancellation import Cancellation, RunCancelled
 from .dag import Source
+from .dispatch import Dispatcher
 from .machinery import Machinery
 from .options import RuntimeOptions
 from .payloads import open_output
+from .replies import Replies
 from .report import RunResult
 from .states import Event, Op, Status
 from .step_history import StepHistory
 from .tasks import Task
-from .wire import close_fds
-from .workers import WorkerLost
 
 
 class Coordinator:
@@ -54,14 +58,18 @@ class Coordinator:
         self.machinery = m = Machinery(options, spilled=self._spilled, done=self._complete,
                                        failed=self._fail)
         # The parts the loop drives, under the names callers read too (rt.cache, rt.pool...).
-        self.transport, self.cache, self.spiller, self.out_dir = (
-            m.transport, m.cache, m.spiller, m.out_dir)
-        self.resources, self.memory, self.messages, self.sources, self.pool = (
-            m.resources, m.memory, m.messages, m.sources, m.pool)
+        self.transport, self.cache, self.out_dir = m.transport, m.cache, m.out_dir
+        self.pool, self.resources, self.memory, self.sources = m.pool, m.resources, m.memory, m.sources
         self.cancellation = Cancellation()  # cancel() may come from another thread
-        self.queue: deque = deque()
         self.history = StepHistory(self.transport.estimate_factor)
-        self.runs: list = []
+        self.runs: list = []  # the runs in progress, shared with the dispatcher
+        self.dispatcher = Dispatcher(
+            pool=m.pool, memory=m.memory, messages=m.messages, resources=m.resources,
+            history=self.history, sources=m.sources, runs=self.runs,
+            started=lambda run, name: self._emit(Event.START, run, name))
+        self.replies = Replies(m.pool, m.transport, m.resources, m.sources,
+                               complete=self._complete, fail=self._fail, retry=self._retry,
+                               tidy=self._tidy)
 
     def _run(self, states) -> list:
         """Run ``states`` to the end; their RunResults in order."""
@@ -74,8 +82,8 @@ class Coordinator:
                 self._start_step(run, name)
         try:
             self._loop(states)
-        except BaseException:
-            self._abort(states)
+        except BaseException as e:
+            self._abort(states, f"{type(e).__name__}: {e}")
             raise
         results = []
         for run in states:
@@ -97,10 +105,10 @@ class Coordinator:
                             run_state.check(run)
                 if self.cancellation.cancelled:
                     raise RunCancelled("the run was cancelled")
-                self._dispatch()
+                self.dispatcher.dispatch()
                 busy = self.pool.busy()
                 if not busy:
-                    if self.queue:
+                    if self.dispatcher.waiting:
                         continue
                     for run in states:  # nothing can make progress: settle the run
                         self._settle(run, force=True)
@@ -114,7 +122,7 @@ class Coordinator:
                         sel.unregister(w.sock)
                 for key, _ in events:
                     if key.data is not None:
-                        self._on_reply(key.data)
+                        self.replies.take(key.data)
         finally:
             sel.close()
 
@@ -133,99 +141,25 @@ class Coordinator:
         if isinstance(step, Source) and self.sources:
             self._emit(Event.START, run, name)
             try:
-                self.queue.extend(self.sources.start(run, step))
+                self.dispatcher.add(self.sources.start(run, step))
             except Exception as e:  # noqa: BLE001 - planning errors fail the source
                 self._fail(run, name, f"{type(e).__name__}: {e}")
             return
         op = Op.READ if isinstance(step, Source) else Op.NODE
-        self.queue.append(Task(run, name, op, estimate=self.history.estimate(run, name),
-                               expected_peak=self.history.expected_peak(run, name)))
+        self.dispatcher.add([Task(run, name, op, estimate=self.history.estimate(run, name),
+                                  expected_peak=self.history.expected_peak(run, name))])
 
-    # ------------------------------------------------------------ dispatching
-    def _dispatch(self) -> None:
-        deferred = deque()
-        while self.queue and self.pool.idle():
-            task = self.queue.popleft()
-            if not self._still_wanted(task):
-                continue
-            own = run_state.inputs(task.run, task.name) if task.op == Op.NODE else []
-            if not self.memory.admit(task.estimate, own, self._running_inputs(), self.runs):
-                deferred.append(task)
-                continue
-            self._send(self.pool.pick_idle(self.history.last_slot(task.run, task.name)), task)
-        self.queue.extendleft(reversed(deferred))
-
-    def _still_wanted(self, task) -> bool:
-        if task.op == Op.DECODE:  # may serve waiters of several runs
-            return self.sources.wanted(task)
-        return task.run.status(task.name) == Status.RUNNING
-
-    def _running_inputs(self) -> list:
-        """Per running task, the inputs it was sent."""
-        return [w.task.pinned for w in self.pool.busy()]
-
-    def _send(self, w, task) -> None:
-        run, rec = task.run, task.run.rec[task.name]
-        if task.op == Op.NODE:
-            task.pinned = run_state.inputs(run, task.name)
-            run_state.record_edges(run, task.name, task.pinned)
-        task.held_at_dispatch = self.resources.usage()
-        msg, fds = self.messages.build(task, w, running=len(self.pool.busy()) + 1)
-        if task.op != Op.DECODE:
-            rec.attempts += 1
-            rec.start = time.monotonic()
-            self.history.sent(run, task.name, w.id)
-            self._emit(Event.START, run, task.name)
-        rec.worker_pid = w.pid
-        if not self.pool.give(w, task, msg, fds):  # w had died while idle: try again
-            if task.op != Op.DECODE:
-                rec.attempts -= 1
-            self.queue.appendleft(task)
-
-    # --------------------------------------------------------------- replies
-    def _on_reply(self, w) -> None:
-        task = w.task
-        try:
-            reply, fds = self.pool.take_reply(w)
-        except WorkerLost as e:
-            self._task_failed(task, f"{e} while running {task.describe()}")
-            return
-        self.resources.note_worker_peak(task.held_at_dispatch, reply.peak)
-        if not reply.ok:
-            close_fds(fds)
-            self._task_failed(task, reply.error)
-            return
-        if task.op == Op.DECODE:
-            self.sources.decoded(task, reply, fds)
-            self.memory.tidy(self._running_inputs(), self.runs)
-            return
-        run = task.run
-        if run.status(task.name) != Status.RUNNING:
-            close_fds(fds)
-            return
-        payload = self.transport.payload(reply.result, fds)
-        self._complete(run, task.name, payload, reply.timing, reply.peak)
-
-    def _task_failed(self, task, error: str) -> None:
-        run, name = task.run, task.name
-        if task.op == Op.DECODE:  # if not retried, its waiters' sources fail
-            retry = self.sources.decode_failed(task, error)
-        elif run.status(name) != Status.RUNNING:
-            return
-        else:
-            retry = run_state.may_retry(run.rec[name].attempts, run.pipeline.by_name[name].retries)
-            if not retry:
-                self._fail(run, name, error)
-        if retry:
-            self._emit(Event.RETRY, run, name, error=error)
-            self.queue.append(task.again())
+    def _retry(self, task, error: str) -> None:
+        """``task`` failed with ``error`` and may run again (replies.py): queued anew."""
+        self._emit(Event.RETRY, task.run, task.name, error=error)
+        self.dispatcher.add([task.again()])
 
     # -------------------------------------------------- applying transitions
     def _complete(self, run, name, payload, timing, peak) -> None:
         before = self.resources.usage()
         self.resources.track(payload)
         try:
-            self.memory.hold(payload, self._running_inputs(), self.runs)
+            self.memory.hold(payload, self.dispatcher.running_inputs(), self.runs)
         except BudgetExceeded as e:
             self._release([payload])
             self._fail(run, name, f"BudgetExceeded: {e}")
@@ -256,6 +190,9 @@ class Coordinator:
     def _spilled(self, run, name, new) -> None:
         self._emit(Event.SPILL, run, name, bytes=new.nbytes)
 
+    def _tidy(self) -> None:
+        self.memory.tidy(self.dispatcher.running_inputs(), self.runs)
+
     def _settle(self, run, force: bool = False) -> None:
         effects = run_state.settle(run, time.monotonic(), force=force)
         if effects is None:
@@ -274,16 +211,17 @@ class Coordinator:
         self.runs.remove(run)
         return outputs
 
-    def _abort(self, states) -> None:
-        """Leave the runtime reusable after a run ended by an exception: the
-        loop runs one ``run_many`` at a time, so all queued and running work
-        belongs to ``states``. Busy workers are killed (their tasks cannot be
-        recalled) and replaced."""
-        self.queue.clear()
+    def _abort(self, states, error: str) -> None:
+        """Leave the runtime reusable after the loop ended by an exception
+        (``error``): it runs one ``run_many`` at a time, so all queued and
+        running work belongs to ``states``. Busy workers are killed (their
+        tasks cannot be recalled) and replaced; then each run lets go of what
+        it holds (``run_state.abort``)."""
+        self.dispatcher.clear()
         self.pool.replace_busy()
         if self.cache:
             self.cache.forget_waiters()
         for run in states:
-            self._release(run_state.abandon(run))
+            self._release(run_state.abort(run, error, time.monotonic()).release)
             if run in self.runs:
                 self.runs.remove(run)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from . import frames
 from .budget import parse_size
 from .pipeline_file import PipelineDefinitionError, check_pipeline_path
+from .states import StepKind
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Node:
     (``"arrow"``, ``"polars"`` or ``"pandas"``).
     """
 
-    kind = "node"
+    kind = StepKind.NODE
 
     def __init__(self, fn, *, name: str | None = None, retries: int = 0, inputs=None,
                  inputs_as=None, memory_limit=None):
@@ -168,7 +169,7 @@ def node(fn=None, *, name: str | None = None, retries: int = 0, inputs=None, inp
 class Source:
     """A Parquet input read with ``pyarrow.dataset``, columns and filter pushed down."""
 
-    kind = "source"
+    kind = StepKind.SOURCE
     inputs: tuple = ()
     retries = 0
 
@@ -264,24 +265,26 @@ class Pipeline:
 
 
 def _toposort(by_name: dict) -> list:
-    state: dict[str, int] = {}
+    """The steps, each after its inputs (depth first); raises naming a cycle."""
+    visiting: set = set()  # on the path being explored: meeting one again is a cycle
+    placed: set = set()
     order: list = []
 
-    def visit(n, path):
-        st = state.get(n)
-        if st == 2:
+    def visit(name, path):
+        if name in placed:
             return
-        if st == 1:
-            cyc = path[path.index(n):] + [n]
-            raise PipelineDefinitionError("cycle: " + " -> ".join(cyc))
-        state[n] = 1
-        for up in by_name[n].inputs:
-            visit(up, path + [n])
-        state[n] = 2
-        order.append(by_name[n])
+        if name in visiting:
+            cycle = path[path.index(name):] + [name]
+            raise PipelineDefinitionError("cycle: " + " -> ".join(cycle))
+        visiting.add(name)
+        for upstream in by_name[name].inputs:
+            visit(upstream, path + [name])
+        visiting.discard(name)
+        placed.add(name)
+        order.append(by_name[name])
 
-    for n in by_name:
-        visit(n, [])
+    for name in by_name:
+        visit(name, [])
     return order
 
 

@@ -17,28 +17,27 @@ import os
 
 import pyarrow as pa
 
-from .specs import ColumnsInput, FileInput, ShareInput
+from .specs import ColumnsInput, FileInput, OutputCounters, ShareInput
 from .wire import close_fds
 
 
 class Payload:
-    """Base class: ``rows``, logical ``nbytes`` and the producer's share stats."""
+    """Base class: ``rows``, logical ``nbytes`` and the producer's ``OutputCounters``."""
 
-    kind = "?"
     spilled = False
 
-    def __init__(self, rows: int, nbytes: int, stats: dict | None = None):
+    def __init__(self, rows: int, nbytes: int, counters: OutputCounters = OutputCounters()):
         self.rows = rows
         self.nbytes = nbytes
-        self.stats = stats or {}
+        self.counters = counters
         self.closed = False
 
     def memory(self) -> dict:
         """{segment identity: resident bytes} this payload keeps alive."""
         return {}
 
-    def encode(self, fds: list) -> dict:
-        """A picklable spec for a worker; appends the fds to send to ``fds``."""
+    def encode(self, fds: list):
+        """The input spec (specs.py) a worker opens; appends the fds to send to ``fds``."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -53,10 +52,9 @@ def _fd_memory(fd: int):
 class SharePayload(Payload):
     """A zerrow Share seen from the coordinator: descriptor + owned read-only fds."""
 
-    kind = "share"
-
-    def __init__(self, descriptor: bytes, fds: list, rows: int, nbytes: int, stats=None):
-        super().__init__(rows, nbytes, stats)
+    def __init__(self, descriptor: bytes, fds: list, rows: int, nbytes: int,
+                 counters: OutputCounters = OutputCounters()):
+        super().__init__(rows, nbytes, counters)
         self.descriptor = descriptor
         self.fds = list(fds)
         self._memory = None
@@ -68,7 +66,7 @@ class SharePayload(Payload):
             self._memory = dict(_fd_memory(fd) for fd in self.fds)
         return self._memory
 
-    def encode(self, fds: list) -> dict:
+    def encode(self, fds: list) -> ShareInput:
         if self.closed:
             raise RuntimeError("payload already released")
         start = len(fds)
@@ -86,10 +84,9 @@ class FilePayload(Payload):
     """An Arrow IPC file without a name (see ``rundirs.anonymous_file``), held
     as a read-only descriptor and memory-mapped by the workers it is sent to."""
 
-    kind = "file"
-
-    def __init__(self, fd: int, rows: int, nbytes: int, stats=None, *, spilled=False):
-        super().__init__(rows, nbytes, stats)
+    def __init__(self, fd: int, rows: int, nbytes: int,
+                 counters: OutputCounters = OutputCounters(), *, spilled=False):
+        super().__init__(rows, nbytes, counters)
         self.fd = fd
         self.spilled = spilled
         self._memory = None
@@ -105,7 +102,7 @@ class FilePayload(Payload):
             self._memory = dict([_fd_memory(self.fd)])
         return self._memory
 
-    def encode(self, fds: list) -> dict:
+    def encode(self, fds: list) -> FileInput:
         if self.closed:
             raise RuntimeError("payload already released")
         fds.append(self.fd)
@@ -124,27 +121,22 @@ class ColumnsPayload(Payload):
     Takes over one reference to every entry it is given (released by close).
     """
 
-    kind = "columns"
-
     def __init__(self, schema: pa.Schema, columns: list, rows: int):
         entries = [e for col in columns for e in col]
-        stats = {k: sum(e.payload.stats.get(k, 0) for e in entries) for k in ("bytes_zero_copy", "copied")}
-        super().__init__(rows, sum(e.payload.nbytes for e in entries), stats)
-        self.schema = schema
-        self.columns = columns  # list (per field) of lists of CacheEntry
+        nbytes = sum(e.payload.nbytes for e in entries)
         # Column chunks of one row group share segments: what a reader can see
         # beyond the data is the segments' size minus the data, counted once.
-        self.stats["exposed"] = max(0, sum(self.memory().values()) - self.nbytes)
+        exposed = max(0, sum(_segments(entries).values()) - nbytes)
+        counters = OutputCounters(sum(e.payload.counters.bytes_zero_copy for e in entries),
+                                  sum(e.payload.counters.bytes_copied for e in entries), exposed)
+        super().__init__(rows, nbytes, counters)
+        self.schema = schema
+        self.columns = columns  # list (per field) of lists of CacheEntry
 
     def memory(self) -> dict:
-        out = {}
-        if not self.closed:
-            for col in self.columns:
-                for e in col:
-                    out.update(e.payload.memory())
-        return out
+        return {} if self.closed else _segments(e for col in self.columns for e in col)
 
-    def encode(self, fds: list) -> dict:
+    def encode(self, fds: list) -> ColumnsInput:
         cols = []
         for col in self.columns:
             cols.append([e.payload.encode(fds) for e in col])
@@ -157,6 +149,14 @@ class ColumnsPayload(Payload):
                     e.release()
             self.columns = []
         super().close()
+
+
+def _segments(entries) -> dict:
+    """What the payloads of decode-cache ``entries`` keep alive, each segment once."""
+    out = {}
+    for e in entries:
+        out.update(e.payload.memory())
+    return out
 
 
 def open_output(payload: Payload):

@@ -4,13 +4,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from .budget import fmt_bytes
-from .states import Status
+from .states import Status, StepKind
 
 
 @dataclass
 class NodeRecord:
     name: str
-    kind: str  # "node" | "source"
+    kind: StepKind
     status: Status = Status.PENDING
     worker_pid: int | None = None
     attempts: int = 0

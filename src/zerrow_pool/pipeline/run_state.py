@@ -39,7 +39,8 @@ edges
 t0
     Monotonic time the run was made; ``report.wall_s`` is measured from it.
 done
-    The run is settled (every step finished and the report complete).
+    The run is settled (every step finished and the report complete). Its
+    ``report.error`` is set (by ``fail`` or ``abort``) exactly when it failed.
 
 Invariants of a run not settled, once the loop has applied a transition's
 effects (``check`` verifies them: the tests after every transition, the
@@ -91,7 +92,7 @@ class Effects:
 
     start: list = field(default_factory=list)  # steps now ready, in pipeline order
     release: list = field(default_factory=list)  # payloads nobody will read: untrack and close
-    skipped: list = field(default_factory=list)  # steps skipped (upstream failure or forced)
+    skipped: list = field(default_factory=list)  # steps skipped: upstream failure, forced, aborted
 
 
 def may_retry(failures: int, retries: int) -> bool:
@@ -128,8 +129,8 @@ def inputs(run: RunState, name: str) -> list:
 def record_edges(run: RunState, name: str, upstream: list) -> None:
     """What each input costs node ``name`` as it is sent now (in memory or spilled)."""
     for u, p in zip(run.pipeline.by_name[name].inputs, upstream):
-        zero_copy = 0 if p.spilled else min(p.nbytes, p.stats.get("bytes_zero_copy", 0))
-        copied = p.nbytes if p.spilled else p.stats.get("copied", 0)
+        zero_copy = 0 if p.spilled else min(p.nbytes, p.counters.bytes_zero_copy)
+        copied = p.nbytes if p.spilled else p.counters.bytes_copied
         run.edges[(u, name)] = EdgeRecord(u, name, p.nbytes, zero_copy, copied)
 
 
@@ -141,16 +142,15 @@ def complete(run: RunState, name: str, payload, now: float, timing: dict, peak: 
     rec = run.rec[name]
     rec.end, rec.status = now, Status.DONE
     rec.rows, rec.bytes, rec.timing, rec.peak = payload.rows, payload.nbytes, timing, peak
-    rec.bytes_zero_copy = payload.stats.get("bytes_zero_copy", 0)
-    rec.copied = payload.stats.get("copied", 0)
-    rec.exposed = payload.stats.get("exposed", 0)
+    rec.bytes_zero_copy = payload.counters.bytes_zero_copy
+    rec.copied, rec.exposed = payload.counters.bytes_copied, payload.counters.bytes_exposed
     run.payloads[name] = payload
     run.produced[name] = now
-    fx = Effects(release=_consume_inputs(run, name))
+    effects = Effects(release=_consume_inputs(run, name))
     if run.remaining[name] == 0 and name not in run.keep:
-        fx.release.append(_take(run, name))
-    fx.start = [c for c in run.pipeline.consumers[name] if _ready(run, c)]
-    return fx
+        effects.release.append(_take(run, name))
+    effects.start = [c for c in run.pipeline.consumers[name] if _ready(run, c)]
+    return effects
 
 
 def fail(run: RunState, name: str, error: str, now: float) -> Effects:
@@ -161,17 +161,17 @@ def fail(run: RunState, name: str, error: str, now: float) -> Effects:
     if run.report.error is None:
         first = error.strip().splitlines()[-1] if error.strip() else error
         run.report.error = f"node {name!r} of pipeline {run.pipeline.name!r} failed: {first}"
-    fx = Effects(release=_consume_inputs(run, name))
+    effects = Effects(release=_consume_inputs(run, name))
     todo = list(run.pipeline.consumers[name])
     while todo:
         c = todo.pop()
         if run.status(c) in FINISHED or run.status(c) == Status.RUNNING:
             continue
         run.rec[c].status = Status.SKIPPED
-        fx.skipped.append(c)
-        fx.release += _consume_inputs(run, c)
+        effects.skipped.append(c)
+        effects.release += _consume_inputs(run, c)
         todo += run.pipeline.consumers[c]
-    return fx
+    return effects
 
 
 def spilled(run: RunState, name: str, new) -> None:
@@ -192,17 +192,16 @@ def settle(run: RunState, now: float, *, force: bool = False) -> Effects | None:
     pending = [n for n, r in run.rec.items() if r.status not in FINISHED]
     if pending and not force:
         return None
-    fx = Effects(skipped=pending)
+    effects = Effects(skipped=pending)
     for n in pending:
         run.rec[n].status = Status.SKIPPED
-        fx.release += _consume_inputs(run, n)
+        effects.release += _consume_inputs(run, n)
     run.done = True
-    rep = run.report
-    rep.wall_s = now - run.t0
-    failed = any(r.status == Status.FAILED for r in run.rec.values())
-    rep.status = Status.FAILED if failed else Status.DONE
-    rep.edges = list(run.edges.values())
-    return fx
+    report = run.report
+    report.wall_s = now - run.t0
+    report.status = Status.FAILED if report.error is not None else Status.DONE
+    report.edges = list(run.edges.values())
+    return effects
 
 
 def take_outputs(run: RunState) -> dict:
@@ -210,12 +209,20 @@ def take_outputs(run: RunState) -> dict:
     return {name: _take(run, name) for name in list(run.keep) if name in run.payloads}
 
 
-def abandon(run: RunState) -> list:
-    """The run ended by an exception: every payload it holds or was given, to close."""
-    out = list(run.given.values()) + list(run.payloads.values())
+def abort(run: RunState, error: str, now: float) -> Effects:
+    """The loop ended by an exception (``error``, e.g. a cancel) and the run will
+    not be collected. A run not settled yet is settled as failed with that
+    error: its unfinished steps are skipped, as a forced settle skips them.
+    Either way every payload it holds, kept outputs included, or was given is
+    released: nobody will read it."""
+    effects = Effects()
+    if not run.done:
+        if run.report.error is None:
+            run.report.error = f"the run was aborted: {error}"
+        effects = settle(run, now, force=True)
+    effects.release += list(run.given.values()) + [_take(run, name) for name in list(run.payloads)]
     run.given.clear()
-    run.payloads.clear()
-    return out
+    return effects
 
 
 def check(run: RunState) -> None:

@@ -59,7 +59,7 @@ class Spiller:
             ro = rundirs.reopen_read_only(fd)
         finally:
             os.close(fd)
-        out = FilePayload(ro, payload.rows, payload.nbytes, dict(payload.stats), spilled=True)
+        out = FilePayload(ro, payload.rows, payload.nbytes, payload.counters, spilled=True)
         payload.close()
         self.bytes_spilled += out.size
         self.count += 1

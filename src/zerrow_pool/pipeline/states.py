@@ -1,5 +1,5 @@
-"""The runtime's vocabulary: the states of a node in a run, the kinds of task a
-worker runs, and the events a run reports.
+"""The runtime's vocabulary: the kinds of step, the states of a step in a run,
+the kinds of task a worker runs, and the events a run reports.
 
 String enums: a status compares equal to its name (``rec.status == "done"``)
 and prints and serializes as it (reports, JSON), so code written against the
@@ -8,6 +8,15 @@ strings keeps working.
 from __future__ import annotations
 
 import enum
+
+
+class StepKind(enum.StrEnum):
+    """What a pipeline step is (dag.py): a function or a Parquet source; on Ray
+    also a step produced on another machine and handed in (ray/steps.py)."""
+
+    NODE = "node"
+    SOURCE = "source"
+    GIVEN = "given"
 
 
 class Status(enum.StrEnum):

@@ -25,7 +25,7 @@ from .._preload import ld_preload_with
 from . import rundirs, zerrow_api
 from .budget import fmt_bytes
 from .payloads import FilePayload, SharePayload
-from .specs import Kind, Published
+from .specs import Kind, OutputCounters, Published
 from .rundirs import COPY_DIR_ENV
 
 
@@ -65,8 +65,8 @@ class Transport:
     def payload(self, spec: Published, fds: list):
         """Coordinator side: wrap a worker's published result."""
         if spec.kind == Kind.FILE:
-            return FilePayload(fds[0], spec.rows, spec.nbytes, spec.stats)
-        return SharePayload(spec.descriptor, fds, spec.rows, spec.nbytes, spec.stats)
+            return FilePayload(fds[0], spec.rows, spec.nbytes, spec.counters)
+        return SharePayload(spec.descriptor, fds, spec.rows, spec.nbytes, spec.counters)
 
 
 def _rows(obj) -> int:
@@ -95,8 +95,8 @@ class CopyTransport(Transport):
             raise _no_room(out_dir, obj.nbytes) from None
         finally:
             os.close(fd)
-        stats = {"bytes_zero_copy": 0, "copied": obj.nbytes, "exposed": written}
-        spec = Published(Kind.FILE, obj.num_rows, obj.nbytes, stats, fds=(0, 1))
+        counters = OutputCounters(bytes_copied=obj.nbytes, bytes_exposed=written)
+        spec = Published(Kind.FILE, obj.num_rows, obj.nbytes, counters, fds=(0, 1))
         return spec, [ro], lambda: os.close(ro)
 
 
@@ -137,11 +137,8 @@ class ZerrowTransport(Transport):
         # keep_free they come back warm, but the free memory in them counts
         # against a memory budget until then, so only without one.
         share = self.zp.share(obj, seal=False, keep_free=keep_free)
-        stats = {"bytes_zero_copy": int(share.bytes_zero_copy),
-                 "copied": int(share.bytes_copied), "exposed": int(share.bytes_exposed),
-                 "buffers": int(share.nbuffers)}
-        spec = Published(Kind.SHARE, _rows(obj), int(share.nbytes), stats, share.descriptor,
-                         (0, len(share.fds)))
+        spec = Published(Kind.SHARE, _rows(obj), int(share.nbytes), OutputCounters.of_share(share),
+                         share.descriptor, (0, len(share.fds)))
         return spec, list(share.fds), share.close
 
 

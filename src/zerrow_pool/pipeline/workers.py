@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 from .protocol import Hello, Stop
 from .wire import PeerClosed, recv_msg, send_msg
@@ -48,6 +47,9 @@ class Worker:
     def __init__(self, wid: int, transport, isolation):
         self.id = wid
         self.task = None
+        # From its hello (wait_ready): is the preload library active in it, and
+        # (zygotes) why no memory cgroup can be made, or None.
+        self.preload_active, self.cgroup_error = False, None
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         env.update(transport.worker_env())
@@ -82,12 +84,10 @@ class Worker:
             self.sock.settimeout(None)
         if not isinstance(msg, Hello):
             raise WorkerStartError(f"worker {self.id} sent {msg!r} instead of its hello")
-        self.preload_active = msg.preload_active
-        self.cgroup_error = msg.cgroup_error  # zygotes: why no cgroup can be made
+        self.preload_active, self.cgroup_error = msg.preload_active, msg.cgroup_error
 
     def send(self, task, fds=()) -> None:
         send_msg(self.sock, task, fds)
-        self.started = time.monotonic()
 
     def receive(self):
         return recv_msg(self.sock)

@@ -14,8 +14,10 @@ class ZerrowUnavailable(RuntimeError):
 
 def missing() -> list[str]:
     """What keeps the zerrow transport from working: [] or one line naming the import error."""
-    try:
-        import zerrow_pool  # noqa: F401  (its import loads the compiled core, or fails)
+    try:  # not `import zerrow_pool`: that loads nothing heavy (its names load on first use)
+        from zerrow_pool._pyarrow_check import load_core
+
+        load_core()
     except Exception as e:  # a broken build raises anything from ImportError to OSError
         return [f"zerrow_pool ({type(e).__name__}: {e})"]
     return []

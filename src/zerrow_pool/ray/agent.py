@@ -19,6 +19,7 @@ import socket
 from ..pipeline.runtime import Runtime
 from ..pipeline.dag import Source
 from ..pipeline.payloads import SharePayload
+from ..pipeline.specs import OutputCounters
 from ..pipeline.zerrow_api import require
 from .placement import source_identity
 from .steps import fragment_pipeline
@@ -120,7 +121,6 @@ def _payload(table):
     (0 when its buffers already are zerrow memory, e.g. an output held here)."""
     share = require().share(table, seal=False)
     fds, share.fds = share.fds, []  # the payload owns them from here
-    stats = {"bytes_zero_copy": int(share.bytes_zero_copy), "copied": int(share.bytes_copied),
-             "exposed": int(share.bytes_exposed)}
-    copied = int(share.bytes_copied)
-    return SharePayload(share.descriptor, fds, table.num_rows, int(share.nbytes), stats), copied
+    counters = OutputCounters.of_share(share)
+    payload = SharePayload(share.descriptor, fds, table.num_rows, int(share.nbytes), counters)
+    return payload, counters.bytes_copied

@@ -17,7 +17,7 @@ import uuid
 
 from ..pipeline.options import RuntimeOptions, keyword, takes_options
 from ..pipeline.report import EdgeRecord, NodeRecord, RunReport, RunResult, raise_first_failure
-from ..pipeline.states import Status
+from ..pipeline.states import Status, StepKind
 from . import require_ray
 from .agent import HOLD, SEND, Agent
 from ..pipeline.budget import parse_budget
@@ -140,7 +140,7 @@ class RayRuntime:
         self._refresh()
         machines = [self.machines[n] for n in self.agents]
         sizes = {(p.name, s.name): decoded_bytes(s) for p in pipelines for s in p.order
-                 if s.kind == "source"}
+                 if s.kind == StepKind.SOURCE}
         where = place(pipelines, machines, self.pins, sizes=sizes)
         frags = []
         for p in pipelines:
@@ -296,7 +296,7 @@ class _Run:
             return
         self.status[f.key] = Status.DONE
         self.rt.machines[nid].sources_seen |= {
-            source_identity(p.by_name[s]) for s in f.steps if p.by_name[s].kind == "source"}
+            source_identity(p.by_name[s]) for s in f.steps if p.by_name[s].kind == StepKind.SOURCE}
         for step, hows in self.exports[f.key].items():
             if HOLD in hows:
                 self.held_on[(p.name, step)] = nid

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..pipeline.states import StepKind
+
 
 # A DAG holds its decoded sources and, at times, about as much again in intermediates.
 SPLIT_FACTOR = 2
@@ -160,7 +162,7 @@ def _home(p, comp, machines, pins, load) -> str:
     for name in comp:
         if name in pins:
             return _pinned(name, pins[name], machines, load)
-    wanted = {source_identity(p.by_name[n]) for n in comp if p.by_name[n].kind == "source"}
+    wanted = {source_identity(p.by_name[n]) for n in comp if p.by_name[n].kind == StepKind.SOURCE}
     return min(machines, key=lambda m: (-len(wanted & m.sources_seen),
                                         load.get(m.node_id, 0))).node_id
 

@@ -8,6 +8,7 @@ zerrow's own workers. Sources pickle as they are.
 from __future__ import annotations
 
 from ..pipeline.dag import FunctionRef, Node, Pipeline, Source
+from ..pipeline.states import StepKind
 
 
 class RemoteNode(Node):
@@ -25,7 +26,7 @@ GIVEN_REF = FunctionRef(__name__, None, "given")  # runs nothing; one constant f
 
 def given(name: str) -> RemoteNode:
     """A step whose output another machine produced: the agent hands its table in."""
-    return RemoteNode(dict(name=name, kind="given", ref=GIVEN_REF, params=(), inputs=(),
+    return RemoteNode(dict(name=name, kind=StepKind.GIVEN, ref=GIVEN_REF, params=(), inputs=(),
                            inputs_as=(), retries=0))
 
 
