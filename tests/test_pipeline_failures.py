@@ -225,3 +225,21 @@ def test_report_explains_its_columns(data):
     with zp.Runtime(workers=1, transport="copy") as rt:
         text = rt.run(zp.Pipeline("cols", [zp.parquet("src", data), grow])).report.format()
     assert "exposed: " in text and "peak: " in text
+
+
+@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("transport", zerrow_params())
+def test_a_missing_source_fails_it_and_the_runtime_goes_on(transport, cache, data, tmp_path):
+    """A source whose file is gone fails that source (its path named, downstream
+    skipped) whether it is read through the decode cache or by one read task; the
+    runtime then runs the next pipeline."""
+    missing = tmp_path / "gone.parquet"
+    with zp.Runtime(workers=1, transport=transport, cache=cache) as rt:
+        res = rt.run(zp.Pipeline("gone", [zp.parquet("src", missing), grow]),
+                     raise_on_error=False)
+        src = res.report.node("src")
+        assert src.status == "failed" and "FileNotFoundError" in src.error, src.error
+        assert str(missing) in src.error
+        assert res.report.node("grow").status == "skipped"
+        again = rt.run(zp.Pipeline("there", [zp.parquet("src", data), grow]))
+        assert again.report.node("grow").status == "done"

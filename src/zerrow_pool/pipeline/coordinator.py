@@ -138,16 +138,27 @@ class Coordinator:
             self._complete(run, name, given, {}, 0)
             return
         step = run.pipeline.by_name[name]
-        if isinstance(step, Source) and self.sources:
-            self._emit(Event.START, run, name)
-            try:
-                self.dispatcher.add(self.sources.start(run, step))
-            except Exception as e:  # noqa: BLE001 - planning errors fail the source
-                self._fail(run, name, f"{type(e).__name__}: {e}")
+        if isinstance(step, Source):
+            self._start_source(run, step)
             return
-        op = Op.READ if isinstance(step, Source) else Op.NODE
-        self.dispatcher.add([Task(run, name, op, estimate=self.history.estimate(run, name),
+        self.dispatcher.add([Task(run, name, Op.NODE, estimate=self.history.estimate(run, name),
                                   expected_peak=self.history.expected_peak(run, name))])
+
+    def _start_source(self, run, step) -> None:
+        """Plans a source's reads; what planning finds wrong (a missing file, a bad
+        filter) fails the source, through the decode cache or not."""
+        try:
+            if self.sources:
+                self._emit(Event.START, run, step.name)
+                tasks = self.sources.start(run, step)
+            else:
+                tasks = [Task(run, step.name, Op.READ, files=step.files(),
+                              estimate=self.history.estimate(run, step.name),
+                              expected_peak=self.history.expected_peak(run, step.name))]
+        except Exception as e:  # noqa: BLE001 - planning errors fail the source
+            self._fail(run, step.name, f"{type(e).__name__}: {e}")
+            return
+        self.dispatcher.add(tasks)
 
     def _retry(self, task, error: str) -> None:
         """``task`` failed with ``error`` and may run again (replies.py): queued anew."""

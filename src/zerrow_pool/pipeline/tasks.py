@@ -24,14 +24,15 @@ class Task:
     memory_policy.py); ``expected_peak``: the most a node allocated in its
     last run (0: never ran), a hint for its worker's pool. ``held_at_dispatch``: what the runtime held when it was
     sent. ``pinned``: a node's inputs as sent, kept in memory while it runs.
+    Read tasks: the source's ``files``, listed when it started.
     Decode tasks: ``read`` (the row group), its ``columns``, the file's full
     ``schema``, the source's ``filter``, and ``attempts`` failed so far (a
     node's attempts are counted on its record).
     """
 
-    def __init__(self, run, name, op, *, estimate=0, expected_peak=0, read=None, columns=None,
-                 schema=None, filter=None):
-        self.run, self.name, self.op = run, name, op
+    def __init__(self, run, name, op, *, estimate=0, expected_peak=0, files=None, read=None,
+                 columns=None, schema=None, filter=None):
+        self.run, self.name, self.op, self.files = run, name, op, files
         self.estimate, self.expected_peak = estimate, expected_peak
         self.held_at_dispatch = 0
         self.pinned: list = []
@@ -44,7 +45,7 @@ class Task:
         if self.op == Op.DECODE:
             return self
         return Task(self.run, self.name, self.op, estimate=self.estimate,
-                    expected_peak=self.expected_peak)
+                    expected_peak=self.expected_peak, files=self.files)
 
     def describe(self) -> str:
         if self.op == Op.DECODE:
@@ -63,7 +64,7 @@ class Task:
                                sandbox=self.run.sandbox, expected_bytes=self.expected_peak,
                                **terms)
         if self.op == Op.READ:
-            return ReadRequest(name=self.name, out_dir=out_dir, files=step.files(),
+            return ReadRequest(name=self.name, out_dir=out_dir, files=self.files,
                                columns=step.columns, filter=step.filter, **terms)
         return DecodeRequest(name=self.name, out_dir=out_dir, file=self.read.file.path,
                              row_group=self.read.row_group, columns=self.columns,
