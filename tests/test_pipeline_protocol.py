@@ -160,7 +160,9 @@ def test_an_idle_pool_hands_a_step_its_previous_worker_when_it_can():
 
 
 def test_a_sources_request_reads_it_whole(source):
-    request, fds = build(Task(run_of(source), "src", Op.READ), budget=1000, strict=True,
+    run = run_of(source)
+    files = run.pipeline.by_name["src"].files()  # listed when the source starts
+    request, fds = build(Task(run, "src", Op.READ, files=files), budget=1000, strict=True,
                          held=400, running=2)
     assert type(request) is ReadRequest and fds == []
     assert (request.files, request.columns, request.filter) == ([str(source)], ["x"], None)
