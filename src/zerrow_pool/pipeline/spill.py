@@ -12,10 +12,9 @@ from __future__ import annotations
 import os
 import shutil
 
-import pyarrow as pa
 
 from . import rundirs
-from .payloads import FilePayload, open_input
+from .payloads import FilePayload, open_input, write_file
 
 PREFIX = "zerrow-spill"
 
@@ -52,9 +51,7 @@ class Spiller:
             else:
                 fds: list = []
                 table = open_input(payload.encode(fds), fds)
-                with pa.OSFile(f"/proc/self/fd/{fd}", "wb") as sink:
-                    with pa.ipc.new_file(sink, table.schema) as writer:
-                        writer.write_table(table)
+                write_file(fd, table)
                 del table
             ro = rundirs.reopen_read_only(fd)
         finally:

@@ -24,7 +24,7 @@ import pyarrow as pa
 from .._preload import ld_preload_with
 from . import rundirs, zerrow_api
 from .budget import fmt_bytes
-from .payloads import FilePayload, SharePayload
+from .payloads import FilePayload, SharePayload, write_file
 from .specs import Kind, OutputCounters, Published
 from .rundirs import COPY_DIR_ENV
 
@@ -84,10 +84,7 @@ class CopyTransport(Transport):
             raise TypeError("the copy transport publishes tables only")
         fd = rundirs.anonymous_file(out_dir)
         try:
-            with pa.OSFile(f"/proc/self/fd/{fd}", "wb") as sink:
-                with pa.ipc.new_file(sink, obj.schema) as writer:
-                    writer.write_table(obj)
-                written = sink.tell()
+            written = write_file(fd, obj)
             ro = rundirs.reopen_read_only(fd)
         except OSError as e:
             if e.errno != errno.ENOSPC and "No space left" not in str(e):
