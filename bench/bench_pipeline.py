@@ -70,7 +70,7 @@ def _summary(reports, seconds, cpu, machine):
         "spilled_bytes": last.spilled_bytes, "cache_hits": last.cache_hits,
         "cache_misses": last.cache_misses, "decoded_bytes": last.decoded_bytes,
         "status": [r.status for r in reports],
-        "nodes": {n.name: {"s": n.seconds, "bytes": n.bytes, "copied": n.copied}
+        "nodes": {n.name: {"s": n.seconds, "bytes": n.bytes, "bytes_copied": n.bytes_copied}
                   for n in last.nodes},
     }
 

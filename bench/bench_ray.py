@@ -206,7 +206,7 @@ def two_nodes(data: str) -> dict:
         "transferred_bytes": rep.transferred_bytes,
         "exact": rep.transferred_bytes == sum(e.bytes for e in crossing)
                  and all(e.transferred == e.bytes for e in crossing),
-        "local_edges_copied": sum(e.copied for e in local),
+        "local_edges_copied": sum(e.bytes_copied for e in local),
         "local_edge_bytes": sum(e.bytes for e in local),
         "wall_s": rep.wall_s,
     }

@@ -6,10 +6,10 @@ Each case is a node over a Parquet source (int64, int32, two float64 and a
 string column), run with the zerrow transport in one warm worker.  Per case
 the node record gives:
 
-- ``copied``: bytes zerrow had to copy to share the node's result, because
+- ``bytes_copied``: bytes zerrow had to copy to share the node's result, because
   they lay outside the zerrow pool and the node's inputs (memory of the
   library's own allocator, e.g. Polars' or NumPy's);
-- ``zero-copy``: bytes shared in place (new Arrow buffers in the pool, or
+- ``bytes_zero_copy``: bytes shared in place (new Arrow buffers in the pool, or
   input buffers passed through);
 - ``pool peak``: the most the worker's zerrow pool held while the node ran,
   which shows copies that Arrow itself made (into the pool) converting the
@@ -146,7 +146,7 @@ def table(results, rows: int, input_bytes: int) -> str:
              "| worker pool peak |",
              "|---|---|---:|---:|---:|---:|"]
     for lib, what, r in results:
-        lines.append(f"| {lib} | {what} | {fmt(r.bytes)} | {fmt(r.bytes_zero_copy)} | {fmt(r.copied)} "
+        lines.append(f"| {lib} | {what} | {fmt(r.bytes)} | {fmt(r.bytes_zero_copy)} | {fmt(r.bytes_copied)} "
                      f"| {fmt(r.peak)} |")
     return "\n".join(lines)
 

@@ -105,7 +105,7 @@ def test_two_sources_in_one_dag_decode_once(data):
         r = rt.run(zp.Pipeline("two", [a, b, both_views]))
         assert rt.cache.decoded_bytes == pytest.approx(40_000 * 16, rel=0.03)  # key once
         assert r["both_views"]["key2"].equals(r["both_views"]["key"])
-        assert r.report.node("both_views").copied == 0
+        assert r.report.node("both_views").bytes_copied == 0
 
 
 def test_cache_bound_evicts_idle_entries_between_runs(data, tmp_path):

@@ -273,18 +273,24 @@ def test_machine_memory_counts_shared_memory_written():
         os.close(fd)
 
 
-def test_report_counts_zero_copy_bytes_under_one_name():
-    """The report names the counter as share() does: bytes_zero_copy, and nothing else."""
+def test_report_names_counters_as_share_does():
+    """The report names each counter as share() does (bytes_zero_copy, bytes_copied,
+    bytes_exposed), and by nothing else."""
     from zerrow_pool.pipeline.report import EdgeRecord, NodeRecord, RunReport
+    from zerrow_pool.pipeline.states import Status
 
-    node = NodeRecord("n", "node", bytes=100)
-    node.bytes_zero_copy = 90
+    node = NodeRecord("n", "node", status=Status.DONE, bytes=100)
+    node.bytes_zero_copy, node.bytes_copied, node.bytes_exposed = 90, 10, 7
     edge = EdgeRecord("n", "m", 100, 90, 10)
     report = RunReport("p", "zerrow", 1, False, nodes=[node], edges=[edge])
-    assert not hasattr(node, "zero_copy") and not hasattr(edge, "zero_copy")
+    for old in ("zero_copy", "copied", "exposed"):
+        assert not hasattr(node, old) and not hasattr(edge, old), old
     d = report.to_dict()
-    assert d["nodes"][0]["bytes_zero_copy"] == 90 and "zero_copy" not in d["nodes"][0]
-    assert d["edges"][0]["bytes_zero_copy"] == 90 and report.zero_copy_rate == 0.9
+    n, e = d["nodes"][0], d["edges"][0]
+    assert (n["bytes_zero_copy"], n["bytes_copied"], n["bytes_exposed"]) == (90, 10, 7)
+    assert (e["bytes_zero_copy"], e["bytes_copied"]) == (90, 10)
+    assert not {"zero_copy", "copied", "exposed"} & (n.keys() | e.keys())
+    assert report.zero_copy_rate == 0.9 and d["bytes_copied"] == report.bytes_copied == 10
 
 
 SLOW = """\

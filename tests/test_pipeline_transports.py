@@ -66,9 +66,9 @@ def test_add_column_reshares_input(data):
     node = rep.node("plus_col")
     new_col = r["same"]["double"].nbytes
     # only the new column may be new memory; nothing of the input is copied
-    assert node.copied == 0, rep.format()
+    assert node.bytes_copied == 0, rep.format()
     assert node.bytes_zero_copy >= node.bytes - 64
-    assert rep.node("same").copied == 0
+    assert rep.node("same").bytes_copied == 0
     assert rep.zero_copy_rate >= 0.99, rep.format()
     assert new_col < node.bytes / 3
 
@@ -86,7 +86,7 @@ def test_workers_run_with_preload_and_scope(data):
         if zerrow_api.preload_library():
             assert all(w.preload_active for w in rt.pool.workers)
         r = rt.run(zp.Pipeline("pa", [zp.parquet("src", data), plus_col, same]), outputs=())
-        assert r.report.node("same").copied == 0
+        assert r.report.node("same").bytes_copied == 0
 
 
 def test_idle_worker_death_is_recovered(data):
@@ -118,6 +118,6 @@ def test_foreign_buffers_are_copied_and_reported(data):
     rep = r.report
     node = rep.node("from_numpy")
     triple = r["from_numpy"]["triple"].nbytes
-    assert triple <= node.copied <= triple + 4096, rep.format()  # only the numpy column
-    assert node.bytes_zero_copy >= node.bytes - node.copied - 64
-    assert rep.node("plus_col").copied == 0
+    assert triple <= node.bytes_copied <= triple + 4096, rep.format()  # only the numpy column
+    assert node.bytes_zero_copy >= node.bytes - node.bytes_copied - 64
+    assert rep.node("plus_col").bytes_copied == 0

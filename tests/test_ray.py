@@ -139,7 +139,7 @@ def check_edges(report):
     for e in report.edges:
         if where[e.src] == where[e.dst]:
             assert e.route == "share" and e.transferred == 0, e
-            assert e.copied == 0 and e.bytes_zero_copy == e.bytes, e
+            assert e.bytes_copied == 0 and e.bytes_zero_copy == e.bytes, e
         else:
             assert e.route == "transfer" and e.bytes > 0, e
             assert e.transferred == e.bytes, e

@@ -277,8 +277,8 @@ def test_edges_record_what_each_input_cost():
     assert upstream == [shared, spilled]
     run_state.record_edges(run, "c", upstream)
     ea, eb = run.edges[("a", "c")], run.edges[("b", "c")]
-    assert (ea.bytes, ea.bytes_zero_copy, ea.copied) == (80, 80, 0)
-    assert (eb.bytes, eb.bytes_zero_copy, eb.copied) == (50, 0, 50)
+    assert (ea.bytes, ea.bytes_zero_copy, ea.bytes_copied) == (80, 80, 0)
+    assert (eb.bytes, eb.bytes_zero_copy, eb.bytes_copied) == (50, 0, 50)
 
 
 # ------------------------------------------------------------- memory policy

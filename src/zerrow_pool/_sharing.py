@@ -17,9 +17,8 @@ ShareError = _core.ShareError
 class ShareCounters:
     """What a share references, and how its buffers got there (what :func:`send` returns).
 
-    The names are the C++ layer's (``ShareResult``) and the pipeline's
-    (``OutputCounters``); the pipeline report's records still call the last two
-    ``copied`` and ``exposed``.
+    The names are the C++ layer's (``ShareResult``), the pipeline's
+    (``OutputCounters``) and its report's (``NodeRecord``, ``EdgeRecord``).
 
     Attributes
     ----------

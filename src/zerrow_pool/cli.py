@@ -40,7 +40,7 @@ def _progress_printer(stream=sys.stderr):
 
             extra = f", {rec.cache_hits} cached chunks" if rec.cache_hits else ""
             print(f"{stamp} + {ev['node']} done in {rec.seconds:.2f}s: {rec.rows:,} rows, "
-                  f"{fmt_bytes(rec.bytes)}, copied {fmt_bytes(rec.copied)}{extra}",
+                  f"{fmt_bytes(rec.bytes)}, copied {fmt_bytes(rec.bytes_copied)}{extra}",
                   file=stream, flush=True)
         elif kind == Event.FAILED:
             last = (ev.get("error") or "").strip().splitlines()[-1:] or [""]
@@ -374,8 +374,8 @@ def _shared_vs_copied(rep) -> str:
     for n in rep.nodes:
         if n.status != "done":
             continue
-        how = ("shared zero-copy" if n.copied == 0 else
-               f"{fmt_bytes(n.copied)} copied (buffers not in the zerrow pool)")
+        how = ("shared zero-copy" if n.bytes_copied == 0 else
+               f"{fmt_bytes(n.bytes_copied)} copied (buffers not in the zerrow pool)")
         out.append(f"  {n.name:<16} {fmt_bytes(n.bytes):>10}  {how}")
     return "\n".join(out)
 

@@ -19,8 +19,8 @@ class NodeRecord:
     rows: int = 0
     bytes: int = 0
     bytes_zero_copy: int = 0
-    copied: int = 0
-    exposed: int = 0
+    bytes_copied: int = 0
+    bytes_exposed: int = 0
     peak: int = 0
     spilled: bool = False
     cache_hits: int = 0
@@ -42,7 +42,7 @@ class EdgeRecord:
     dst: str
     bytes: int = 0
     bytes_zero_copy: int = 0
-    copied: int = 0
+    bytes_copied: int = 0
     # On Ray: "share" (both ends on one machine) or "transfer" (through Ray's object
     # store), and the bytes the transfer delivered to the consumer's machine.
     route: str | None = None
@@ -106,7 +106,7 @@ class RunReport:
     @property
     def bytes_copied(self) -> int:
         """Bytes copied to publish node outputs (each once) plus bytes spilled to disk."""
-        return sum(n.copied for n in self.nodes if n.status == Status.DONE) + self.spilled_bytes
+        return sum(n.bytes_copied for n in self.nodes if n.status == Status.DONE) + self.spilled_bytes
 
     @property
     def cpu_s(self) -> float:
@@ -115,7 +115,7 @@ class RunReport:
 
     @property
     def zero_copy_rate(self) -> float:
-        moved = sum(e.bytes_zero_copy + e.copied for e in self.edges)
+        moved = sum(e.bytes_zero_copy + e.bytes_copied for e in self.edges)
         return self.edge_zero_copy / moved if moved else 1.0
 
     def to_dict(self) -> dict:
@@ -143,7 +143,7 @@ class RunReport:
                 extra += f" on {n.machine}"
             lines.append(f"{n.name[:21]:<22}{n.status:<9}{n.seconds:>7.2f}s{n.rows:>12,}"
                          f"{fmt_bytes(n.bytes):>11}{fmt_bytes(n.bytes_zero_copy):>11}"
-                         f"{fmt_bytes(n.copied):>11}{fmt_bytes(n.exposed):>11}"
+                         f"{fmt_bytes(n.bytes_copied):>11}{fmt_bytes(n.bytes_exposed):>11}"
                          f"{fmt_bytes(n.peak):>11}{extra}")
         lines += ["", COLUMNS]
         if self.edges:
@@ -153,7 +153,7 @@ class RunReport:
                 route = (f" transfer, {fmt_bytes(e.transferred)} moved" if e.route == "transfer"
                          else f" {e.route}" if e.route else "")
                 lines.append(f"{name[:39]:<40}{fmt_bytes(e.bytes):>11}"
-                             f"{fmt_bytes(e.bytes_zero_copy):>11}{fmt_bytes(e.copied):>11}{route}")
+                             f"{fmt_bytes(e.bytes_zero_copy):>11}{fmt_bytes(e.bytes_copied):>11}{route}")
         lines += ["", f"zero-copy rate {self.zero_copy_rate:.2%} of {fmt_bytes(self.edge_bytes)} "
                   f"moved over edges; {fmt_bytes(self.bytes_copied)} copied in all; "
                   f"peak held by the runtime {fmt_bytes(self.peak_held)} (cache included; "

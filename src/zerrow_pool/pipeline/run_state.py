@@ -143,7 +143,7 @@ def complete(run: RunState, name: str, payload, now: float, timing: dict, peak: 
     rec.end, rec.status = now, Status.DONE
     rec.rows, rec.bytes, rec.timing, rec.peak = payload.rows, payload.nbytes, timing, peak
     rec.bytes_zero_copy = payload.counters.bytes_zero_copy
-    rec.copied, rec.exposed = payload.counters.bytes_copied, payload.counters.bytes_exposed
+    rec.bytes_copied, rec.bytes_exposed = payload.counters.bytes_copied, payload.counters.bytes_exposed
     run.payloads[name] = payload
     run.produced[name] = now
     effects = Effects(release=_consume_inputs(run, name))

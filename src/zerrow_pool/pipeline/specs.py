@@ -22,8 +22,7 @@ class Kind(enum.StrEnum):
 @dataclass(frozen=True)
 class OutputCounters:
     """How an output's ``nbytes`` reached shared memory, under the sharing layer's
-    names (``zerrow_pool.ShareCounters``); the report's records call the last
-    two ``copied`` and ``exposed`` (run_state.py).
+    names (``zerrow_pool.ShareCounters``), which the report's records keep.
 
     ``bytes_zero_copy``: bytes referenced in place; ``bytes_copied``: bytes
     copied to publish it (all of them for the copy transport);

@@ -396,7 +396,7 @@ class _Run:
                 if e.src in how and how[e.src] == SEND:
                     e.bytes = self.sent_bytes[(p.name, e.src)]
                     e.route, e.transferred = "transfer", self.received[f.key].get(e.src, 0)
-                    e.bytes_zero_copy, e.copied = 0, e.transferred
+                    e.bytes_zero_copy, e.bytes_copied = 0, e.transferred
                 else:
                     e.route = "share"
                 edges.append(e)
