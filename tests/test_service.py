@@ -279,20 +279,6 @@ def test_a_service_that_does_not_answer_is_named_and_stopped(svc_dir, monkeypatc
         mute.wait()
 
 
-def test_first_run_uses_the_runtime_its_service_started_with(pipeline_file, svc_dir, tmp_path):
-    """The client that starts the service hands it the run's setting: the service
-    boots that runtime while it starts, and the run uses it (no second runtime)."""
-    pipeline, data = pipeline_file
-    run_json(pipeline, data, svc_dir, tmp_path)
-    with open(os.path.join(svc_dir, "service.log")) as f:
-        log = f.read()
-    assert "started a runtime for the first run" in log, log
-    status = ServiceClient(svc_dir).status()
-    assert status["runs_served"] == 1 and len(status["runtimes"]) == 1, status
-    run_json(pipeline, data, svc_dir, tmp_path, "--transport", "copy")
-    assert len(ServiceClient(svc_dir).status()["runtimes"]) == 2  # prestart is for the first only
-
-
 def test_an_internal_error_is_reported_to_the_client(pipeline_file, tmp_path):
     """A bug of ours while running ends that run with a message naming it and the log;
     the client is not told that the service stopped, and the service goes on."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import pickle
 import signal
 import socket
 import struct
@@ -57,11 +56,12 @@ class ServiceClient:
         whose outputs are attached here, zero-copy."""
         from ..pipeline.report import RunResult
 
-        setting = {"cwd": os.getcwd(), "env": protocol.run_env(os.environ), "runtime": runtime}
-        sock = self._connect_checked(prestart=setting)
+        sock = self._connect_checked()
         with sock:
             send_msg(sock, {"op": Op.RUN.value, "pipeline": os.path.abspath(pipeline_path),
-                            **setting, "outputs": list(outputs), "progress": on_event is not None})
+                            "cwd": os.getcwd(), "env": protocol.run_env(os.environ),
+                            "runtime": runtime, "outputs": list(outputs),
+                            "progress": on_event is not None})
             while True:
                 try:
                     msg, fds = recv_msg(sock)
@@ -144,11 +144,10 @@ class ServiceClient:
             raise ServiceError(f"cannot reach the zerrow service at {self.sock_path}: {e}") from e
         return sock
 
-    def _connect_checked(self, prestart: dict | None = None) -> socket.socket:
-        """A connection to a service of our identity, starting one if none runs; a
-        service started here begins ``prestart``'s runtime at once (see ``_start``)."""
+    def _connect_checked(self) -> socket.socket:
+        """A connection to a service of our identity, starting one if none runs."""
         location.ensure_private_dir(self.dir)
-        sock = self._connect() or self._start(prestart)
+        sock = self._connect() or self._start()
         mine = protocol.identity()
         try:
             reply = self._exchange(sock, {"op": Op.HELLO.value, "identity": mine})
@@ -163,13 +162,8 @@ class ServiceClient:
                 f"`zerrow service stop`, or run with --no-service")
         return sock
 
-    def _start(self, prestart: dict | None) -> socket.socket:
-        """Start the service; one client at a time does this (the lock), the rest connect.
-
-        ``prestart`` ({cwd, env, runtime} of the run to come) goes to the new service on
-        its stdin: it starts that runtime's workers while it is still importing and
-        binding and the client says hello, so a first run waits for one start-up, not two
-        in a row."""
+    def _start(self) -> socket.socket:
+        """Start the service; one client at a time does this (the lock), the rest connect."""
         with open(location.lock_path(self.dir), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             sock = self._connect()
@@ -178,11 +172,9 @@ class ServiceClient:
             log = location.log_path(self.dir)
             with open(log, "ab") as out:
                 starter = subprocess.Popen(
-                    [sys.executable, "-m", "zerrow_pool.service.server", self.dir, "--daemon"]
-                    + (["--prestart"] if prestart else []),
-                    stdin=subprocess.PIPE, stdout=out, stderr=out, close_fds=True)
-            starter.communicate(pickle.dumps(prestart) if prestart else b"")
-            if starter.returncode != 0:
+                    [sys.executable, "-m", "zerrow_pool.service.server", self.dir, "--daemon"],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=out, close_fds=True)
+            if starter.wait() != 0:
                 raise ServiceError(f"the zerrow service failed to start; see {log}")
             deadline = time.monotonic() + START_TIMEOUT_S
             while time.monotonic() < deadline:

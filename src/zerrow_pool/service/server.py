@@ -7,9 +7,7 @@ State (all owned by :class:`Service`):
              cache, the client's working directory and environment).
   run lock   one run at a time: a run swaps in its client's environment and
              working directory, which are process-wide. A client that finds the
-             lock taken by another run is told it waits. A service started by a
-             client first starts that client's runtime under the lock (prestart),
-             while it imports and binds, so the first run finds its workers booted.
+             lock taken is told it waits.
   clients    open connections; with none for ``idle_s`` seconds the service exits.
 
 A run is cancelled when its client goes away (Ctrl-C, SIGTERM, SIGKILL of
@@ -22,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import select
 import signal
 import socket
@@ -79,28 +76,6 @@ class Service:
         self._last_active = time.monotonic()
         self._current = None  # (description dict, runtime) of the run in progress
         self._stop = threading.Event()
-        self._prestarting = threading.Event()
-
-    def prestart(self, setting: dict) -> None:
-        """Start the runtime of ``setting`` ({cwd, env, runtime}, what the client that
-        started this service will run with) in the background. It holds the run lock,
-        taken here before any client can connect, so that run waits for it and uses it."""
-        self._run_lock.acquire()
-        self._prestarting.set()
-        threading.Thread(target=self._prestart, args=(setting,), daemon=True).start()
-
-    def _prestart(self, setting: dict) -> None:
-        t = time.monotonic()
-        try:
-            with _client_context(setting["cwd"], setting["env"]):
-                self._runtime_for(RuntimeKey.of(setting), setting["runtime"])
-            print(f"started a runtime for the first run in {time.monotonic() - t:.2f}s",
-                  flush=True)
-        except Exception as e:  # noqa: BLE001 - the run starts it again and reports why
-            print(f"starting a runtime for the first run failed: {_describe(e)}", flush=True)
-        finally:
-            self._prestarting.clear()
-            self._run_lock.release()
 
     # ---------------------------------------------------------------- accept loop
     def serve(self, listener: socket.socket) -> None:
@@ -167,15 +142,13 @@ class Service:
                 self._last_active = time.monotonic()
 
     def _run(self, conn, req) -> None:
-        told = False  # that it waits for another run (a prestart is none)
-        while not self._run_lock.acquire(timeout=0.05 if not told else 0.5):
-            if self._stop.is_set() or _peer_gone(conn):
-                return
-            if not told and not self._prestarting.is_set():
-                with self._state:
-                    running = self._current[0] if self._current else None
-                send_msg(conn, {"kind": Reply.WAITING.value, "running": running})
-                told = True
+        if not self._run_lock.acquire(blocking=False):
+            with self._state:
+                running = self._current[0] if self._current else None
+            send_msg(conn, {"kind": Reply.WAITING.value, "running": running})
+            while not self._run_lock.acquire(timeout=0.5):
+                if self._stop.is_set() or _peer_gone(conn):
+                    return
         try:
             if self._stop.is_set():
                 send_msg(conn, _error("the zerrow service is stopping; run again", 1))
@@ -370,9 +343,7 @@ def _bind(directory: str) -> tuple[socket.socket, int]:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    directory = location.ensure_private_dir(os.path.abspath(argv[0]))
-    # The starting client's run setting, read before the forks (the client waits for it).
-    prestart = pickle.loads(sys.stdin.buffer.read()) if "--prestart" in argv[1:] else None
+    directory = location.ensure_private_dir(argv[0])
     if "--daemon" in argv[1:]:
         # The starting client waits for this first process; the service lives on in a
         # grandchild that no terminal, session or parent's wait() is tied to.
@@ -383,11 +354,9 @@ def main(argv=None) -> int:
             os._exit(0)
     os.chdir("/")
     idle_s = float(os.environ.get("ZERROW_SERVICE_IDLE", DEFAULT_IDLE_S))
-    service = Service(directory, idle_s)
-    if prestart:  # its workers boot while this process imports and binds
-        service.prestart(prestart)
     import pyarrow  # noqa: F401 - loads the libarrow zerrow links to, as workers do
 
+    service = Service(directory, idle_s)
     listener, inode = _bind(directory)
     signal.signal(signal.SIGTERM, lambda *_: service.request_stop())
     signal.signal(signal.SIGINT, lambda *_: service.request_stop())
