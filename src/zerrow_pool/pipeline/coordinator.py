@@ -141,8 +141,7 @@ class Coordinator:
         if isinstance(step, Source):
             self._start_source(run, step)
             return
-        self.dispatcher.add([Task(run, name, Op.NODE, estimate=self.history.estimate(run, name),
-                                  expected_peak=self.history.expected_peak(run, name))])
+        self.dispatcher.add([self._step_task(run, name, Op.NODE)])
 
     def _start_source(self, run, step) -> None:
         """Plans a source's reads; what planning finds wrong (a missing file, a bad
@@ -152,13 +151,16 @@ class Coordinator:
                 self._emit(Event.START, run, step.name)
                 tasks = self.sources.start(run, step)
             else:
-                tasks = [Task(run, step.name, Op.READ, files=step.files(),
-                              estimate=self.history.estimate(run, step.name),
-                              expected_peak=self.history.expected_peak(run, step.name))]
+                tasks = [self._step_task(run, step.name, Op.READ, files=step.files())]
         except Exception as e:  # noqa: BLE001 - planning errors fail the source
             self._fail(run, step.name, f"{type(e).__name__}: {e}")
             return
         self.dispatcher.add(tasks)
+
+    def _step_task(self, run, name, op, files=None) -> Task:
+        """A node's or a read's task, sized by what the step did last time."""
+        return Task(run, name, op, files=files, estimate=self.history.estimate(run, name),
+                    expected_peak=self.history.expected_peak(run, name))
 
     def _retry(self, task, error: str) -> None:
         """``task`` failed with ``error`` and may run again (replies.py): queued anew."""
