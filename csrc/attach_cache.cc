@@ -35,8 +35,23 @@ std::string FdTarget(int fd) {
   return n > 0 ? std::string(target, static_cast<size_t>(n)) : std::string();
 }
 
-arrow::Status CheckFd(int fd, SegmentKind kind, const struct stat& st, bool immutable) {
+arrow::Status CheckFd(int fd, SegmentKind kind, const struct stat& st, const AttachTrust& trust) {
+  const bool immutable = trust.immutable;
   std::string target = FdTarget(fd);
+  if (kind == SegmentKind::kSpillFile) {
+    if (!trust.spill_files)
+      return arrow::Status::Invalid("zerrow: segment fd ", fd, " is a spill file (", target,
+                                    "), which is accepted only from a trusted producer (spill_files=True)");
+    if (immutable)
+      return arrow::Status::Invalid("zerrow: spill file fd ", fd, " cannot be sealed against writes, "
+                                    "so full validation cannot hold for it");
+    if (!S_ISREG(st.st_mode) || target.rfind("/memfd:", 0) == 0)
+      return arrow::Status::Invalid("zerrow: fd ", fd, " is not a spill file on disk (", target, ")");
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || (flags & O_ACCMODE) != O_RDONLY)
+      return arrow::Status::Invalid("zerrow: spill file fd ", fd, " is not open read-only");
+    return arrow::Status::OK();
+  }
   if (kind == SegmentKind::kMemfd) {
     if (!S_ISREG(st.st_mode) || target.rfind("/memfd:", 0) != 0)
       return arrow::Status::Invalid("zerrow: fd ", fd, " is not a memfd (", target, ")");
@@ -58,12 +73,13 @@ arrow::Status CheckFd(int fd, SegmentKind kind, const struct stat& st, bool immu
 
 }  // namespace
 
-arrow::Result<std::shared_ptr<Segment>> AttachSegment(SegmentRegistry& registry, int fd, SegmentKind kind, uint64_t min_size, bool immutable) {
+arrow::Result<std::shared_ptr<Segment>> AttachSegment(SegmentRegistry& registry, int fd, SegmentKind kind, uint64_t min_size,
+                                                      const AttachTrust& trust) {
   struct stat st;
   if (fstat(fd, &st) != 0)
     return arrow::internal::StatusFromErrno(errno, arrow::StatusCode::Invalid, "zerrow: fd ", fd, " is not open: ",
                                             std::strerror(errno));
-  ARROW_RETURN_NOT_OK(CheckFd(fd, kind, st, immutable));
+  ARROW_RETURN_NOT_OK(CheckFd(fd, kind, st, trust));
   auto size = static_cast<uint64_t>(st.st_size);
   if (size < min_size)
     return arrow::Status::Invalid("zerrow: segment file is ", size, " bytes, the descriptor expects ", min_size);

@@ -16,10 +16,11 @@
 
 namespace zerrow {
 
-// How a segment's file came to be; travels in share descriptors.
+// How a segment's file came to be; travels in share descriptors (sipc_format.h).
 enum class SegmentKind : uint8_t {
   kMemfd = 1,       // memfd_create, from this library's pool
   kKernelFile = 2,  // a de-anonymized file of the zerrow kernel module
+  kSpillFile = 3,   // a read-only file on disk holding a segment's bytes at their offsets
 };
 
 // One file plus one mapping of it. Owned segments are mapped read-write and

@@ -235,10 +235,11 @@ arrow::Result<SharedObject> Attach(ZerrowPool& pool, std::string_view descriptor
   if (desc.columns.size() != static_cast<size_t>(schema->num_fields()))
     return arrow::Status::Invalid("SIPC descriptor: ", desc.columns.size(), " columns for a schema of ",
                                   schema->num_fields(), " fields");
+  const AttachTrust trust{options.validate_full, options.spill_files};
   std::vector<std::shared_ptr<Segment>> segments;
   for (size_t i = 0; i < fds.size(); ++i) {
     ARROW_ASSIGN_OR_RAISE(auto seg, AttachSegment(pool.registry(), fds[i], static_cast<SegmentKind>(desc.segments[i].kind),
-                                                  desc.segments[i].min_size, options.validate_full));
+                                                  desc.segments[i].min_size, trust));
     segments.push_back(std::move(seg));
   }
   Importer importer(desc, std::move(segments));

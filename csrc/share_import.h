@@ -14,6 +14,11 @@ namespace zerrow {
 struct AttachOptions {
   // Also check every value (offsets, indices, UTF-8): O(data), for untrusted producers.
   bool validate_full = false;
+  // Also accept segments of kind 3 (spill files: plain files on disk, which
+  // cannot be sealed, so a writer could still change or truncate them): only
+  // for a producer you trust, such as the pipeline runtime's coordinator.
+  // Never together with validate_full.
+  bool spill_files = false;
 };
 
 class ZerrowPool;

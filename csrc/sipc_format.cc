@@ -150,7 +150,7 @@ arrow::Result<RawDescriptor> Parse(std::string_view bytes) {
   for (auto& s : d.segments) {
     ARROW_RETURN_NOT_OK(r.Get(&s.kind, "segment kind"));
     ARROW_RETURN_NOT_OK(r.Get(&s.min_size, "segment size"));
-    if (s.kind != 1 && s.kind != 2) return arrow::Status::Invalid("SIPC descriptor: unknown segment kind ", int{s.kind});
+    if (s.kind < 1 || s.kind > kSpillFileKind) return arrow::Status::Invalid("SIPC descriptor: unknown segment kind ", int{s.kind});
   }
   uint32_t schema_len;
   ARROW_RETURN_NOT_OK(r.Get(&schema_len, "schema length"));
@@ -182,6 +182,19 @@ void AddReferences(const RawNode& node, ReferenceTotals* totals) {
 }
 
 }  // namespace
+
+arrow::Result<std::string> MarkSpilled(std::string_view bytes) {
+  ARROW_ASSIGN_OR_RAISE(auto d, Parse(bytes));
+  for (auto& s : d.segments) s.kind = kSpillFileKind;
+  return Encode(d);
+}
+
+arrow::Result<std::vector<uint8_t>> SegmentKinds(std::string_view bytes) {
+  ARROW_ASSIGN_OR_RAISE(auto d, Parse(bytes));
+  std::vector<uint8_t> kinds;
+  for (const auto& s : d.segments) kinds.push_back(s.kind);
+  return kinds;
+}
 
 arrow::Result<ReferenceTotals> Totals(std::string_view bytes) {
   ARROW_ASSIGN_OR_RAISE(auto d, Parse(bytes));

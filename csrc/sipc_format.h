@@ -22,6 +22,9 @@ constexpr uint32_t kMaxSegments = 4096;  // fds in one descriptor
 
 enum class ObjectKind : uint8_t { kTable = 1, kRecordBatch = 2, kArray = 3, kChunkedArray = 4 };
 enum Flags : uint8_t { kSealed = 1 };
+// Segment kinds are zerrow::SegmentKind's values: 1 memfd, 2 kernel-module file,
+// 3 spill file (the highest).
+constexpr uint8_t kSpillFileKind = 3;
 
 struct BufferRef {
   int32_t segment = -1;  // -1: no buffer (a null pointer in ArrayData)
@@ -53,6 +56,14 @@ struct RawDescriptor {
 
 std::string Encode(const RawDescriptor& d);
 arrow::Result<RawDescriptor> Parse(std::string_view bytes);
+
+// The same descriptor with every segment's kind set to 3 (a spill file): for
+// a copy of each segment written to a file on disk at the same offsets, in the
+// same order. Fails as Parse does.
+arrow::Result<std::string> MarkSpilled(std::string_view bytes);
+
+// Each segment's kind, in the descriptor's order. Fails as Parse does.
+arrow::Result<std::vector<uint8_t>> SegmentKinds(std::string_view bytes);
 
 // What a descriptor's buffer references add up to (for a share received
 // without attaching it). Fails as Parse does.

@@ -25,8 +25,8 @@ class FakePayload:
         return {} if self.closed or self.spilled else {("segment", id(self)): self.nbytes}
 
     @property
-    def size(self):
-        return self.nbytes
+    def disk_bytes(self):
+        return self.nbytes if self.spilled else 0
 
     def close(self):
         self.closed = True

@@ -307,3 +307,22 @@ def test_an_internal_error_is_reported_to_the_client(pipeline_file, tmp_path):
     assert "zerrow failed internally (RuntimeError: an invariant broke)" in reply["message"]
     assert os.path.join(str(tmp_path), "service.log") in reply["message"]
     assert service._run_lock.acquire(blocking=False)  # free for the next run
+
+
+def test_an_output_made_of_spilled_columns_reaches_the_client(svc_dir, tmp_path, monkeypatch):
+    """Under a budget ``src`` is spilled before ``widened`` passes its columns
+    on; the client maps them from the spill files the service shares with it."""
+    from zerrow_pool import pipeline as zp
+    from zerrow_pool.pipeline.testing import make_parquet
+    import spilling_pipeline
+
+    data = make_parquet(tmp_path / "d.parquet", rows=200_000, row_group_size=20_000)
+    monkeypatch.setenv("SPILL_TEST_DATA", data)
+    res = ServiceClient(svc_dir).run(spilling_pipeline.__file__,
+                                     runtime={"workers": 1, "memory_budget": "16M"},
+                                     outputs=["widened"])
+    assert res.ok, res.report
+    with zp.Runtime(workers=1) as rt:
+        local = rt.run(spilling_pipeline.build(data), outputs=["widened"])
+    assert res["widened"].equals(local["widened"])
+    assert res.report.spills > 0 and res.report.node("src").spilled, res.report.format()

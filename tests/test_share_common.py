@@ -121,7 +121,7 @@ def parse_sipc(data, with_fields=False, strict=False):
     d["segments"] = []
     for _ in range(nseg):
         seg = (r.get("B", "segment.kind"), r.get("Q", "segment.min_size"))
-        if strict and seg[0] not in (1, 2):
+        if strict and seg[0] not in (1, 2, 3):
             raise SipcError("unknown segment kind")
         d["segments"].append(seg)
     slen = r.get("I", "schema_len")

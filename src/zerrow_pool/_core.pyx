@@ -3,7 +3,7 @@
 """Thin bindings over the C++ pool (csrc/). Python-facing API lives in __init__.py."""
 
 from cython.operator cimport dereference as deref
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libcpp cimport bool as cbool
 from libcpp.memory cimport shared_ptr
 from libcpp.vector cimport vector

@@ -24,6 +24,8 @@ cdef extern from "sipc_format.h" namespace "zerrow::sipc" nogil:
     cdef cppclass ReferenceTotals:
         int64_t nbytes, nbuffers
     CResult[ReferenceTotals] Totals(const cstring& descriptor)
+    CResult[cstring] MarkSpilled(const cstring& descriptor)
+    CResult[vector[uint8_t]] SegmentKinds(const cstring& descriptor)
 
 
 cdef extern from "shared_object.h" namespace "zerrow" nogil:
@@ -56,7 +58,7 @@ cdef extern from "share_export.h" namespace "zerrow" nogil:
 
 cdef extern from "share_import.h" namespace "zerrow" nogil:
     cdef cppclass AttachOptions:
-        cbool validate_full
+        cbool validate_full, spill_files
     CResult[SharedObject] Attach(ZerrowPool& pool, const cstring& descriptor, const vector[int]& fds,
                                  const AttachOptions& options)
 
@@ -238,11 +240,12 @@ def share_raw(obj, cbool seal, cbool strict_exposure=False, cbool keep_free=Fals
     return bytes(r.descriptor), list(r.fds), counters
 
 
-def attach_raw(descriptor, fds, cbool validate_full=False):
+def attach_raw(descriptor, fds, cbool validate_full=False, cbool spill_files=False):
     cdef cstring desc = bytes(descriptor)
     cdef vector[int] cfds = fd_vector(fds)
     cdef AttachOptions options
     options.validate_full = validate_full
+    options.spill_files = spill_files
     cdef CResult[SharedObject] result
     with nogil:
         result = Attach(deref(ZerrowPool.Instance()), desc, cfds, options)
@@ -275,3 +278,17 @@ def describe_raw(descriptor):
     check_share(result.status())
     cdef ReferenceTotals totals = GetResultValue(move(result))
     return totals.nbytes, totals.nbuffers
+
+
+def mark_spilled_raw(descriptor):
+    """The descriptor with every segment marked as a spill file (kind 3)."""
+    cdef CResult[cstring] result = MarkSpilled(bytes(descriptor))
+    check_share(result.status())
+    return bytes(GetResultValue(move(result)))
+
+
+def segment_kinds_raw(descriptor):
+    """Each segment's kind (1 memfd, 2 kernel-module file, 3 spill file), in order."""
+    cdef CResult[vector[uint8_t]] result = SegmentKinds(bytes(descriptor))
+    check_share(result.status())
+    return list(GetResultValue(move(result)))

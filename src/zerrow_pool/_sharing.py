@@ -94,13 +94,13 @@ class Share:
         """True once :meth:`close` ran: the fds are gone."""
         return self._closed
 
-    def attach(self, *, validate_full=False):
+    def attach(self, *, validate_full=False, spill_files=False):
         """Map this share and rebuild its object, without copying.
 
         Parameters
         ----------
-        validate_full : bool, default False
-            Also check every value; see :func:`attach`.
+        validate_full, spill_files : bool, default False
+            See :func:`attach`.
 
         Returns
         -------
@@ -114,7 +114,7 @@ class Share:
         """
         if self.closed:
             raise ShareError("share is closed")
-        return _core.attach_raw(self.descriptor, self.fds, validate_full)
+        return _core.attach_raw(self.descriptor, self.fds, validate_full, spill_files)
 
     def close(self) -> None:
         """Close the fds; objects already attached stay valid. Closing twice does nothing."""
@@ -192,7 +192,7 @@ def share(obj, *, seal=True, strict_exposure=False, keep_free=False) -> Share:
     return Share(descriptor, fds, **stats)
 
 
-def attach(descriptor, fds, *, validate_full=False):
+def attach(descriptor, fds, *, validate_full=False, spill_files=False):
     """Rebuild a shared object from its descriptor and fds, without copying.
 
     Every count, offset and length is checked against the descriptor and the
@@ -213,6 +213,13 @@ def attach(descriptor, fds, *, validate_full=False):
         data, and require every memfd to be sealed against writes (shared with
         ``seal=True``) so that the values cannot change afterwards: use it for
         producers you do not trust.
+    spill_files : bool, default False
+        Also accept segments of kind 3: spill files, copies of segments on
+        disk (see :func:`mark_spilled`). A plain file cannot be sealed, so
+        whoever can write it could change or truncate it under the mapping
+        (a read past a truncated end is a ``SIGBUS``): accept them only from
+        a producer you trust. Cannot be combined with ``validate_full``.
+        The pipeline runtime spills shares this way (:func:`mark_spilled`).
 
     Returns
     -------
@@ -224,7 +231,24 @@ def attach(descriptor, fds, *, validate_full=False):
     ShareError
         The descriptor or an fd is not valid; the message names the problem.
     """
-    return _core.attach_raw(descriptor, fds, bool(validate_full))
+    return _core.attach_raw(descriptor, fds, bool(validate_full), bool(spill_files))
+
+
+def mark_spilled(descriptor) -> bytes:
+    """The descriptor with every segment marked as a spill file (kind 3).
+
+    For a copy of each of the share's segment files written to a file on disk
+    at the same offsets, sent in the same order; consumers attach it with
+    ``spill_files=True``. Raises :class:`ShareError` on a malformed descriptor.
+    """
+    return _core.mark_spilled_raw(descriptor)
+
+
+def segment_kinds(descriptor) -> list:
+    """Each segment's kind in a descriptor, in order: 1 a memfd, 2 a kernel-module
+    file, 3 a spill file (docs/SHARED_IPC.md). Raises :class:`ShareError` on a
+    malformed descriptor."""
+    return _core.segment_kinds_raw(descriptor)
 
 
 def _fileno(sock) -> int:

@@ -3,7 +3,7 @@
 Coordinator side: a *payload* is the handle of one node output (or one cached
 decode).  It never maps data: a ``SharePayload`` is a zerrow descriptor plus
 read-only fds, a ``FilePayload`` is an Arrow IPC file (without a name, in /dev/shm
-for the copy transport, on local disk once spilled).  ``memory()`` tells how many bytes
+for the copy transport); either can be spilled to local disk (``spill.py``).  ``memory()`` tells how many bytes
 of RAM the payload keeps alive, keyed by the segment/file identity so that
 memory shared by several payloads (resharing) is counted once.
 ``open_output(payload)`` opens a finished run's output for its caller.
@@ -22,9 +22,11 @@ from .wire import close_fds
 
 
 class Payload:
-    """Base class: ``rows``, logical ``nbytes`` and the producer's ``OutputCounters``."""
+    """Base class: ``rows``, logical ``nbytes`` and the producer's ``OutputCounters``;
+    once spilled, ``disk_bytes`` written for it."""
 
     spilled = False
+    disk_bytes = 0
 
     def __init__(self, rows: int, nbytes: int, counters: OutputCounters = OutputCounters()):
         self.rows = rows
@@ -44,26 +46,44 @@ class Payload:
         self.closed = True
 
 
+def file_identity(fd: int) -> tuple:
+    """(device, inode): the same for every fd of one file."""
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
 def _fd_memory(fd: int):
     st = os.fstat(fd)
     return (st.st_dev, st.st_ino), st.st_blocks * 512
 
 
+SPILL_FILE = 3  # a share's segment kind for a spill file on disk (docs/SHARED_IPC.md)
+
+
 class SharePayload(Payload):
-    """A zerrow Share seen from the coordinator: descriptor + owned read-only fds."""
+    """A zerrow Share seen from the coordinator: descriptor + owned read-only fds.
+
+    ``spilled``: its segments were copied to disk (``spill.py``). A share
+    produced from a spilled input can refer to such files too; only its
+    segments in memory count in ``memory()``."""
 
     def __init__(self, descriptor: bytes, fds: list, rows: int, nbytes: int,
-                 counters: OutputCounters = OutputCounters()):
+                 counters: OutputCounters = OutputCounters(), *, spilled=False):
         super().__init__(rows, nbytes, counters)
         self.descriptor = descriptor
         self.fds = list(fds)
+        self.spilled = spilled
         self._memory = None
 
     def memory(self) -> dict:
-        if self.closed:
+        if self.closed or self.spilled:
             return {}
         if self._memory is None:
-            self._memory = dict(_fd_memory(fd) for fd in self.fds)
+            from .._sharing import segment_kinds
+
+            kinds = segment_kinds(self.descriptor)
+            self._memory = dict(_fd_memory(fd) for fd, kind in zip(self.fds, kinds)
+                                if kind != SPILL_FILE)
         return self._memory
 
     def encode(self, fds: list) -> ShareInput:
@@ -91,10 +111,6 @@ class FilePayload(Payload):
         self.spilled = spilled
         self._memory = None
 
-    @property
-    def size(self) -> int:
-        return os.fstat(self.fd).st_size
-
     def memory(self) -> dict:
         if self.closed or self.spilled:
             return {}  # spilled files live on disk; only page cache backs them
@@ -121,7 +137,7 @@ class ColumnsPayload(Payload):
     Takes over one reference to every entry it is given (released by close).
     """
 
-    def __init__(self, schema: pa.Schema, columns: list, rows: int):
+    def __init__(self, schema: pa.Schema, columns: list, rows: int, *, spilled=False):
         entries = [e for col in columns for e in col]
         nbytes = sum(e.payload.nbytes for e in entries)
         # Column chunks of one row group share segments: what a reader can see
@@ -131,7 +147,8 @@ class ColumnsPayload(Payload):
                                   sum(e.payload.counters.bytes_copied for e in entries), exposed)
         super().__init__(rows, nbytes, counters)
         self.schema = schema
-        self.columns = columns  # list (per field) of lists of CacheEntry
+        self.columns = columns  # list (per field) of lists of CacheEntry (or spilled parts)
+        self.spilled = spilled
 
     def memory(self) -> dict:
         return {} if self.closed else _segments(e for col in self.columns for e in col)
@@ -207,4 +224,5 @@ def _attach(spec, fds):
     from .zerrow_api import require
 
     start, n = spec.fds
-    return require().attach(spec.descriptor, fds[start:start + n])
+    # The coordinator, trusted, sends spill files (segment kind 3) once it spilled.
+    return require().attach(spec.descriptor, fds[start:start + n], spill_files=True)

@@ -179,7 +179,7 @@ def spilled(run: RunState, name: str, new) -> None:
     run.payloads[name] = new
     run.rec[name].spilled = True
     run.report.spills += 1
-    run.report.spilled_bytes += new.size
+    run.report.spilled_bytes += new.disk_bytes
 
 
 def settle(run: RunState, now: float, *, force: bool = False) -> Effects | None:

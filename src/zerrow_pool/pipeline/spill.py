@@ -1,22 +1,26 @@
-"""Spilling cold intermediates to local disk as Arrow IPC files.
+"""Spilling cold intermediates to local disk.
 
-A spilled intermediate becomes a ``FilePayload`` on disk (a file without a
-name, see ``rundirs.anonymous_file``); its consumers
-memory-map it back on use (page cache, not shared memory), so spilling frees
-exactly the shared memory the payload held.  Files go to a private run
-directory under ``spill_dir`` (default ``$ZERROW_SPILL_DIR``, else the system
-temp directory), see ``rundirs``.
+A spilled intermediate keeps its form: a share's segments are copied to files
+on disk at the same offsets (``sendfile``, holes skipped) and its descriptor
+marks them as spill files (segment kind 3, docs/SHARED_IPC.md), so consumers
+attach it as before, now mapping the page cache; a copy-transport IPC file
+is copied as it is.  The files have no name (``rundirs.anonymous_file``) and
+are held read-only, so spilling frees exactly the shared memory the payload
+held.  They go to a private run directory under ``spill_dir`` (default
+``$ZERROW_SPILL_DIR``, else the system temp directory), see ``rundirs``.
 """
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 import shutil
 
-
 from . import rundirs
-from .payloads import FilePayload, open_input, write_file
+from .payloads import ColumnsPayload, FilePayload, SharePayload, file_identity
 
 PREFIX = "zerrow-spill"
+_CHUNK = 64 << 20
 
 
 class Spiller:
@@ -39,29 +43,137 @@ class Spiller:
         if os.path.isdir(parent) and not os.path.islink(parent):
             rundirs.sweep(parent)  # what runs killed earlier left behind
 
-    def spill(self, payload) -> FilePayload:
-        """Write ``payload`` to disk and release its memory; returns the disk payload."""
+    def spill(self, payload):
+        """Write ``payload`` to disk and release its memory; returns the payload on disk."""
         if self.dir is None:
             self.dir = rundirs.make_run_dir(self.base, PREFIX)
-        fd = rundirs.anonymous_file(self.dir)
+        files = _SpillFiles(self.dir)
         try:
             if isinstance(payload, FilePayload):
-                with os.fdopen(os.dup(payload.fd), "rb") as src, os.fdopen(os.dup(fd), "wb") as dst:
-                    shutil.copyfileobj(src, dst, 8 << 20)
+                out = FilePayload(files.copy_of(payload.fd), payload.rows, payload.nbytes,
+                                  payload.counters, spilled=True)
+            elif isinstance(payload, SharePayload):
+                out = files.share(payload)
+            elif isinstance(payload, ColumnsPayload):
+                columns = [[_SpilledPart(files.share(part.payload)) for part in col]
+                           for col in payload.columns]
+                out = ColumnsPayload(payload.schema, columns, payload.rows, spilled=True)
             else:
-                fds: list = []
-                table = open_input(payload.encode(fds), fds)
-                write_file(fd, table)
-                del table
-            ro = rundirs.reopen_read_only(fd)
+                raise TypeError(f"cannot spill {payload!r}")
         finally:
-            os.close(fd)
-        out = FilePayload(ro, payload.rows, payload.nbytes, payload.counters, spilled=True)
+            files.close()
         payload.close()
-        self.bytes_spilled += out.size
+        out.disk_bytes = files.bytes_written
+        self.bytes_spilled += out.disk_bytes
         self.count += 1
         return out
 
     def cleanup(self) -> None:
         if self.dir:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class _SpilledPart:
+    """A spilled decode-cache entry: owns its payload alone (``ColumnsPayload``'s part)."""
+
+    def __init__(self, payload: SharePayload):
+        self.payload = payload
+
+    def release(self) -> None:
+        self.payload.close()
+
+
+class _SpillFiles:
+    """The spill files of one payload: each file it holds copied once, held read-only."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.copies: dict = {}  # file identity -> read-only fd of its copy
+        self.bytes_written = 0
+
+    def copy_of(self, fd: int) -> int:
+        """A new read-only fd of the copy of ``fd``'s file (copied on first use)."""
+        key = file_identity(fd)
+        if key not in self.copies:
+            out = rundirs.anonymous_file(self.directory)
+            try:
+                self.bytes_written += copy_extents(fd, out)
+                self.copies[key] = rundirs.reopen_read_only(out)
+            finally:
+                os.close(out)
+        return os.dup(self.copies[key])
+
+    def share(self, payload: SharePayload) -> SharePayload:
+        from .._sharing import mark_spilled  # shares exist only where the core loads
+
+        fds = [self.copy_of(fd) for fd in payload.fds]
+        return SharePayload(mark_spilled(payload.descriptor), fds, payload.rows,
+                            payload.nbytes, payload.counters, spilled=True)
+
+    def close(self) -> None:
+        for fd in self.copies.values():
+            os.close(fd)
+        self.copies = {}
+
+
+def copy_extents(src: int, dst: int) -> int:
+    """Copy file ``src``'s data into the empty file ``dst`` at the same offsets,
+    skipping holes, and give ``dst`` the size of ``src``; returns the bytes copied.
+
+    ``sendfile`` moves the pages inside the kernel (half the time of writing
+    them from a mapping here, bench/RESULTS.md); files it cannot read from
+    (a kernel-module file) are copied through a read-only mapping instead."""
+    size = os.fstat(src).st_size
+    copied = 0
+    for start, end in _extents(src, size):
+        os.lseek(dst, start, os.SEEK_SET)
+        try:
+            copied += _sendfile_range(src, dst, start, end)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            copied += _write_range_mapped(src, dst, start, end, size)
+    os.ftruncate(dst, size)
+    return copied
+
+
+def _extents(fd: int, size: int):
+    """[start, end) of each data extent of ``fd`` (the whole file if it cannot tell)."""
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # no data past pos
+                    return
+                raise
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            yield start, end
+            pos = end
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP) or pos:
+            raise
+        yield 0, size
+
+
+def _sendfile_range(src: int, dst: int, start: int, end: int) -> int:
+    off = start
+    while off < end:
+        n = os.sendfile(dst, src, off, min(end - off, _CHUNK))
+        if n == 0:  # the file ended early
+            break
+        off += n
+    return off - start
+
+
+def _write_range_mapped(src: int, dst: int, start: int, end: int, size: int) -> int:
+    with mmap.mmap(src, size, prot=mmap.PROT_READ) as m:
+        view = memoryview(m)
+        try:
+            off = start
+            while off < end:
+                off += os.pwrite(dst, view[off:min(end, off + _CHUNK)], off)
+        finally:
+            view.release()
+    return end - start

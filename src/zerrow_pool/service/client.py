@@ -194,7 +194,7 @@ def _attach_outputs(described: dict, fds: list) -> dict:
     outputs, at = {}, 0
     for name, (descriptor, n) in described.items():
         with Share(descriptor, fds[at:at + n]) as s:
-            outputs[name] = s.attach()
+            outputs[name] = s.attach(spill_files=True)  # our own service spilled it
         at += n
     return outputs
 
