@@ -13,6 +13,7 @@ from .dag import Pipeline
 from .options import RuntimeOptions, keyword, takes_options
 from .report import RunReport, RunResult, raise_first_failure
 from .run_state import RunState
+from .worker_context import refuse_in_worker
 
 
 @takes_options(
@@ -37,6 +38,7 @@ class Runtime(Coordinator):
         super().__init__(options, on_event)
 
     def __new__(cls, *args, ray=None, **kwargs):
+        refuse_in_worker()  # a script that runs pipelines on import, imported by a worker
         # Runtime(ray=ADDRESS): the same API, with the DAG spread over a Ray cluster.
         if ray is not None:
             from ..ray import connect

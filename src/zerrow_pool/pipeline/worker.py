@@ -36,6 +36,7 @@ from .specs import PublishedColumns
 from .states import Op
 from .transports import CopyDirFull, get_transport
 from .wire import close_fds, raise_fd_limit, recv_msg, send_msg
+from .worker_context import enter_worker, importing
 
 _modules: dict = {}
 BATCH_ROWS = 1 << 20  # rows per decoded batch: fewer, larger chunks
@@ -46,7 +47,8 @@ def load_function(ref):
     mod = None
     if ref.module not in ("__main__", "__mp_main__") and not ref.module.startswith("_zerrow_pipeline_"):
         try:
-            mod = importlib.import_module(ref.module)
+            with importing(ref.module):
+                mod = importlib.import_module(ref.module)
             if ref.file and os.path.abspath(getattr(mod, "__file__", "") or "") != ref.file:
                 mod = None
         except ImportError:
@@ -61,7 +63,8 @@ def load_function(ref):
             spec = importlib.util.spec_from_file_location(name, ref.file)
             mod = importlib.util.module_from_spec(spec)
             sys.modules[name] = mod
-            spec.loader.exec_module(mod)
+            with importing(ref.file):
+                spec.loader.exec_module(mod)
             _modules[key] = mod
     obj = mod
     for part in ref.qualname.split("."):
@@ -354,6 +357,7 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     fd, transport_name, isolation = int(argv[0]), argv[1], argv[2]
     sock = socket.socket(fileno=fd)
+    enter_worker()
     from . import sandbox, zygote
 
     sandbox.make_undumpable()
