@@ -121,3 +121,20 @@ def test_foreign_buffers_are_copied_and_reported(data):
     assert triple <= node.bytes_copied <= triple + 4096, rep.format()  # only the numpy column
     assert node.bytes_zero_copy >= node.bytes - node.bytes_copied - 64
     assert rep.node("plus_col").bytes_copied == 0
+
+
+def test_the_small_output_check_agrees_with_nbytes():
+    """The worker's check whether an output is small (to copy it out of the
+    node's segments) stops summing once past the limit; it must say what
+    ``Table.nbytes <= limit`` says."""
+    import numpy as np
+
+    from zerrow_pool.pipeline.worker import _nbytes_at_most
+
+    big = pa.table({"a": np.arange(1_000_000), "s": [str(i) for i in range(1_000_000)]})
+    chunked = pa.concat_tables([big.slice(i * 10_000, 10_000) for i in range(100)])
+    cases = [big, big.slice(5, 10), chunked, chunked.slice(0, 1), big.slice(0, 0),
+             pa.table({"n": pa.nulls(10)}), pa.table({"x": pa.chunked_array([], pa.int64())})]
+    for t in cases:
+        for limit in (0, 100, 1 << 20, 1 << 30):
+            assert _nbytes_at_most(t, limit) == (t.nbytes <= limit), (t.schema, t.num_rows, limit)

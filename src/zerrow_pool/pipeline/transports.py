@@ -92,8 +92,9 @@ class CopyTransport(Transport):
             raise _no_room(out_dir, obj.nbytes) from None
         finally:
             os.close(fd)
-        counters = OutputCounters(bytes_copied=obj.nbytes, bytes_exposed=written)
-        spec = Published(Kind.FILE, obj.num_rows, obj.nbytes, counters, fds=(0, 1))
+        nbytes = obj.nbytes  # ~2 us per chunk: asked once
+        counters = OutputCounters(bytes_copied=nbytes, bytes_exposed=written)
+        spec = Published(Kind.FILE, obj.num_rows, nbytes, counters, fds=(0, 1))
         return spec, [ro], lambda: os.close(ro)
 
 

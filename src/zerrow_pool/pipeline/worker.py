@@ -150,6 +150,20 @@ def _compact_if_possible(table: pa.Table) -> pa.Table:
         return table
 
 
+def _nbytes_at_most(table: pa.Table, limit: int) -> bool:
+    """``table.nbytes <= limit``, looking at chunks only until the sum exceeds
+    ``limit``. ``Table.nbytes`` itself costs ~2 us per chunk: 6 ms for a
+    table of 11 columns in 256 chunks, 12-15% of a warm data-movement run's
+    nodes when every node asked it."""
+    total = 0
+    for col in table.itercolumns():
+        for i in range(col.num_chunks):
+            total += col.chunk(i).nbytes
+            if total > limit:
+                return False
+    return True
+
+
 def run_task(transport, task, fds, on_exceed=None):
     """Execute one task; returns (reply, fds to send, callbacks after sending)."""
     t0 = time.perf_counter()
@@ -195,7 +209,7 @@ def run_task(transport, task, fds, on_exceed=None):
                 dones.append(d)
             spec = PublishedColumns(parts, out.num_rows)
         else:
-            if out.nbytes <= transport.small_output_bytes:
+            if _nbytes_at_most(out, transport.small_output_bytes):
                 # A small output (an aggregate, a few rows) shared from the
                 # node's own segments would freeze them with it: the node's
                 # temporaries' warm memory stranded until the readers let go,
