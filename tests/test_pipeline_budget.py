@@ -254,7 +254,11 @@ def test_a_share_of_spill_files_holds_no_memory(tmp_path):
                                     back.num_rows - 10, 0)
         assert reshared.memory() == {}
         assert back.equals(t)
-        reshared.close()
+        # spilled again, it keeps the files it has on disk: nothing is written
+        respilled = spiller.spill(reshared)
+        assert reshared.closed and respilled.disk_bytes == 0
+        assert open_output(respilled).equals(t.slice(10))
+        respilled.close()
         spilled.close()
     finally:
         spiller.cleanup()

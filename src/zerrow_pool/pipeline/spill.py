@@ -17,7 +17,7 @@ import os
 import shutil
 
 from . import rundirs
-from .payloads import ColumnsPayload, FilePayload, SharePayload, file_identity
+from .payloads import SPILL_FILE, ColumnsPayload, FilePayload, SharePayload, file_identity
 
 PREFIX = "zerrow-spill"
 _CHUNK = 64 << 20
@@ -104,9 +104,11 @@ class _SpillFiles:
         return os.dup(self.copies[key])
 
     def share(self, payload: SharePayload) -> SharePayload:
-        from .._sharing import mark_spilled  # shares exist only where the core loads
+        from .._sharing import mark_spilled, segment_kinds  # shares exist only where the core loads
 
-        fds = [self.copy_of(fd) for fd in payload.fds]
+        # Segments already on disk (a node passed a spilled input on) stay as they are.
+        fds = [os.dup(fd) if kind == SPILL_FILE else self.copy_of(fd)
+               for fd, kind in zip(payload.fds, segment_kinds(payload.descriptor))]
         return SharePayload(mark_spilled(payload.descriptor), fds, payload.rows,
                             payload.nbytes, payload.counters, spilled=True)
 
@@ -152,7 +154,7 @@ def _extents(fd: int, size: int):
             yield start, end
             pos = end
     except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP) or pos:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.ESPIPE) or pos:
             raise
         yield 0, size
 
