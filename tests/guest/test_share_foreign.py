@@ -119,3 +119,30 @@ def test_small_buffers_are_copied_and_counted():
     s = zp.share(t)
     assert s.bytes_copied == t.nbytes
     s.close()
+
+
+def test_a_kernel_module_share_spills_to_disk_and_back(tmp_path):
+    """The pipeline spills a share segment by segment (``copy_extents``); a
+    kernel-module file is copied through a mapping, and attaches back equal.
+    (Its ``lseek`` ignores SEEK_DATA: reading extents from it once looped.)"""
+    from zerrow_pool._sharing import mark_spilled, segment_kinds
+    from zerrow_pool.pipeline import rundirs
+    from zerrow_pool.pipeline.spill import copy_extents
+
+    t = _numpy_table()
+    copies = []
+    with zp.share(t) as s:
+        assert 2 in segment_kinds(s.descriptor), "expected kernel-module segments"
+        for fd in s.fds:
+            out = rundirs.anonymous_file(str(tmp_path))
+            try:
+                assert copy_extents(fd, out, mapped=True) > 0
+                copies.append(rundirs.reopen_read_only(out))
+            finally:
+                os.close(out)
+        spilled = mark_spilled(s.descriptor)
+    try:
+        assert zp.attach(spilled, copies, spill_files=True).equals(t)
+    finally:
+        for fd in copies:
+            os.close(fd)

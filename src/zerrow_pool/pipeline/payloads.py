@@ -57,7 +57,9 @@ def _fd_memory(fd: int):
     return (st.st_dev, st.st_ino), st.st_blocks * 512
 
 
-SPILL_FILE = 3  # a share's segment kind for a spill file on disk (docs/SHARED_IPC.md)
+# A share's segment kinds (docs/SHARED_IPC.md) that the coordinator tells apart.
+KERNEL_FILE = 2  # a file of the zerrow kernel module
+SPILL_FILE = 3  # a spill file on disk
 
 
 class SharePayload(Payload):

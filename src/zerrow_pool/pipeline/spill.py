@@ -17,7 +17,7 @@ import os
 import shutil
 
 from . import rundirs
-from .payloads import SPILL_FILE, ColumnsPayload, FilePayload, SharePayload, file_identity
+from .payloads import KERNEL_FILE, SPILL_FILE, ColumnsPayload, FilePayload, SharePayload, file_identity
 
 PREFIX = "zerrow-spill"
 _CHUNK = 64 << 20
@@ -91,13 +91,14 @@ class _SpillFiles:
         self.copies: dict = {}  # file identity -> read-only fd of its copy
         self.bytes_written = 0
 
-    def copy_of(self, fd: int) -> int:
-        """A new read-only fd of the copy of ``fd``'s file (copied on first use)."""
+    def copy_of(self, fd: int, *, mapped: bool = False) -> int:
+        """A new read-only fd of the copy of ``fd``'s file (copied on first use;
+        ``mapped``: see ``copy_extents``)."""
         key = file_identity(fd)
         if key not in self.copies:
             out = rundirs.anonymous_file(self.directory)
             try:
-                self.bytes_written += copy_extents(fd, out)
+                self.bytes_written += copy_extents(fd, out, mapped=mapped)
                 self.copies[key] = rundirs.reopen_read_only(out)
             finally:
                 os.close(out)
@@ -107,7 +108,7 @@ class _SpillFiles:
         from .._sharing import mark_spilled, segment_kinds  # shares exist only where the core loads
 
         # Segments already on disk (a node passed a spilled input on) stay as they are.
-        fds = [os.dup(fd) if kind == SPILL_FILE else self.copy_of(fd)
+        fds = [os.dup(fd) if kind == SPILL_FILE else self.copy_of(fd, mapped=kind == KERNEL_FILE)
                for fd, kind in zip(payload.fds, segment_kinds(payload.descriptor))]
         return SharePayload(mark_spilled(payload.descriptor), fds, payload.rows,
                             payload.nbytes, payload.counters, spilled=True)
@@ -118,14 +119,20 @@ class _SpillFiles:
         self.copies = {}
 
 
-def copy_extents(src: int, dst: int) -> int:
+def copy_extents(src: int, dst: int, *, mapped: bool = False) -> int:
     """Copy file ``src``'s data into the empty file ``dst`` at the same offsets,
     skipping holes, and give ``dst`` the size of ``src``; returns the bytes copied.
 
     ``sendfile`` moves the pages inside the kernel (half the time of writing
-    them from a mapping here, bench/RESULTS.md); files it cannot read from
-    (a kernel-module file) are copied through a read-only mapping instead."""
+    them from a mapping here, bench/RESULTS.md). With ``mapped`` (a
+    kernel-module file, whose only interface for data is ``mmap``), or where
+    ``sendfile`` cannot read the file, the whole file is written from a
+    read-only mapping instead."""
     size = os.fstat(src).st_size
+    if mapped:
+        copied = _write_range_mapped(src, dst, 0, size, size)
+        os.ftruncate(dst, size)
+        return copied
     copied = 0
     for start, end in _extents(src, size):
         os.lseek(dst, start, os.SEEK_SET)
@@ -140,23 +147,23 @@ def copy_extents(src: int, dst: int) -> int:
 
 
 def _extents(fd: int, size: int):
-    """[start, end) of each data extent of ``fd`` (the whole file if it cannot tell)."""
+    """[start, end) of each data extent of ``fd``; from where the file cannot
+    tell (no SEEK_DATA, or a seek that does not move), the rest of it whole."""
     pos = 0
-    try:
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as e:
-                if e.errno == errno.ENXIO:  # no data past pos
-                    return
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size) if start < size else size
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # no data past pos
+                return
+            if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.ESPIPE):
                 raise
-            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-            yield start, end
-            pos = end
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.ESPIPE) or pos:
-            raise
-        yield 0, size
+            start, end = pos, size
+        if start < pos or end <= start:  # a seek that ignores SEEK_DATA (noop_llseek)
+            start, end = pos, size
+        yield start, end
+        pos = end
 
 
 def _sendfile_range(src: int, dst: int, start: int, end: int) -> int:
