@@ -262,3 +262,43 @@ def test_a_share_of_spill_files_holds_no_memory(tmp_path):
         spilled.close()
     finally:
         spiller.cleanup()
+
+
+def test_a_spill_that_fails_leaves_the_payload_whole_and_no_fd_open(tmp_path, monkeypatch):
+    """The disk fills up (ENOSPC) while the second segment is copied: the
+    error reaches the caller, the payload is still in memory and readable,
+    and none of the spill's files or descriptors is left open."""
+    import errno
+
+    from zerrow_pool.pipeline.testing import open_fds, require_zerrow
+    require_zerrow()
+    import zerrow_pool as z
+    from zerrow_pool.pipeline import spill
+    from zerrow_pool.pipeline.payloads import SharePayload, open_output
+
+    parts = []
+    for i in range(3):
+        with z.scope():
+            parts.append(pa.table({"x": pa.array(range(i * 50_000, (i + 1) * 50_000))}))
+    t = pa.concat_tables(parts)
+    with z.share(t) as s:
+        assert len(s.fds) >= 2
+        payload = SharePayload(s.descriptor, [os.dup(fd) for fd in s.fds], t.num_rows, t.nbytes)
+    copies = []
+    real = spill.copy_extents
+
+    def fill_up(src, dst, **kw):
+        if copies:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        copies.append(src)
+        return real(src, dst, **kw)
+
+    monkeypatch.setattr(spill, "copy_extents", fill_up)
+    spiller = spill.Spiller(str(tmp_path))
+    before = open_fds()
+    with pytest.raises(OSError, match="No space left"):
+        spiller.spill(payload)
+    assert open_fds() == before
+    assert not payload.closed and open_output(payload).equals(t)
+    payload.close()
+    spiller.cleanup()

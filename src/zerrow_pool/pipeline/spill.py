@@ -17,6 +17,7 @@ import os
 import shutil
 
 from . import rundirs
+from .wire import close_fds
 from .payloads import KERNEL_FILE, SPILL_FILE, ColumnsPayload, FilePayload, SharePayload, file_identity
 
 PREFIX = "zerrow-spill"
@@ -55,9 +56,8 @@ class Spiller:
             elif isinstance(payload, SharePayload):
                 out = files.share(payload)
             elif isinstance(payload, ColumnsPayload):
-                columns = [[_SpilledPart(files.share(part.payload)) for part in col]
-                           for col in payload.columns]
-                out = ColumnsPayload(payload.schema, columns, payload.rows, spilled=True)
+                out = ColumnsPayload(payload.schema, files.columns(payload.columns), payload.rows,
+                                     spilled=True)
             else:
                 raise TypeError(f"cannot spill {payload!r}")
         finally:
@@ -107,11 +107,32 @@ class _SpillFiles:
     def share(self, payload: SharePayload) -> SharePayload:
         from .._sharing import mark_spilled, segment_kinds  # shares exist only where the core loads
 
-        # Segments already on disk (a node passed a spilled input on) stay as they are.
-        fds = [os.dup(fd) if kind == SPILL_FILE else self.copy_of(fd, mapped=kind == KERNEL_FILE)
-               for fd, kind in zip(payload.fds, segment_kinds(payload.descriptor))]
+        fds: list = []
+        try:
+            for fd, kind in zip(payload.fds, segment_kinds(payload.descriptor)):
+                # Segments already on disk (a node passed a spilled input on) stay as they are.
+                fds.append(os.dup(fd) if kind == SPILL_FILE
+                           else self.copy_of(fd, mapped=kind == KERNEL_FILE))
+        except BaseException:
+            close_fds(fds)
+            raise
         return SharePayload(mark_spilled(payload.descriptor), fds, payload.rows,
                             payload.nbytes, payload.counters, spilled=True)
+
+    def columns(self, columns: list) -> list:
+        """A decoded source's parts spilled, in their layout; none left open on failure."""
+        out: list = []
+        try:
+            for col in columns:
+                out.append([])
+                for part in col:
+                    out[-1].append(_SpilledPart(self.share(part.payload)))
+        except BaseException:
+            for col in out:
+                for part in col:
+                    part.release()
+            raise
+        return out
 
     def close(self) -> None:
         for fd in self.copies.values():
