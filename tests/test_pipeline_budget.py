@@ -302,3 +302,29 @@ def test_a_spill_that_fails_leaves_the_payload_whole_and_no_fd_open(tmp_path, mo
     assert not payload.closed and open_output(payload).equals(t)
     payload.close()
     spiller.cleanup()
+
+
+@pytest.mark.parametrize("transport", zerrow_params())
+def test_a_full_spill_disk_fails_the_node_naming_the_disk(transport, data, monkeypatch):
+    """Spilling is the budget's last resort; when the disk takes nothing more,
+    the node that needed the room fails with BudgetExceeded naming the spill
+    directory and the fix, and the runtime goes on."""
+    import errno
+
+    from zerrow_pool.pipeline import spill
+
+    def full(src, dst, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with zp.Runtime(workers=1, transport=transport) as rt:
+        free = rt.run(_pipeline(data))
+    budget = int(max(n.bytes for n in free.report.nodes) * 1.5)
+    monkeypatch.setattr(spill, "copy_extents", full)
+    with zp.Runtime(workers=1, transport=transport, memory_budget=budget) as rt:
+        rep = rt.run(_pipeline(data), raise_on_error=False).report
+        failed = [n for n in rep.nodes if n.status == "failed"]
+        assert failed, rep.format()
+        assert "No space left on device" in failed[0].error and "ZERROW_SPILL_DIR" in failed[0].error
+        monkeypatch.undo()
+        again = rt.run(_pipeline(data))
+    assert again["combine"].equals(free["combine"])

@@ -110,6 +110,7 @@ class ResourceManager:
         self.peak_pinned = 0  # what runs pin: intermediates and the cached decodes they read
         self.peak_with_workers = 0  # held + a task's own pool peak (estimate)
         self.timeline: list = []  # (t, bytes held) samples for reports
+        self.spill_error: str | None = None  # why the last spill failed, for explain()
 
     # ----------------------------------------------------------- accounting
     def track(self, payload, *, cached: bool = False) -> None:
@@ -181,6 +182,7 @@ class ResourceManager:
         used = self.usage()
         if used + need <= self.budget:
             return True
+        self.spill_error = None
         pinned_ids = {id(p) for p in pinned}
         for entry in self.cache.eviction_order() if self.cache else ():
             if used + need <= self.budget:
@@ -192,8 +194,14 @@ class ResourceManager:
                 break
             if id(payload) in pinned_ids or payload.spilled or payload.closed:
                 continue
+            try:
+                new = self.spiller.spill(payload)
+            except OSError as e:  # the payload stays, in memory; the disk takes no more
+                self.spill_error = (f"spilling to {self.spiller.base} failed ({e}): point "
+                                    "ZERROW_SPILL_DIR (spill_dir=) at a local disk with room")
+                break
             self.untrack(payload)
-            replace(self.spiller.spill(payload))
+            replace(new)
             used = self.usage()
         self._observe()
         if used + need <= self.budget:
@@ -203,6 +211,7 @@ class ResourceManager:
         return False
 
     def explain(self, used: int, need: int) -> str:
+        spill = f" {self.spill_error}." if self.spill_error else ""
         return (f"memory budget {fmt_bytes(self.budget)} (+{self.tolerance:.0%} tolerance) cannot "
                 f"hold this run: {fmt_bytes(used)} is pinned by running nodes and their inputs and "
                 f"{fmt_bytes(need)} more is needed, after evicting the decode cache and spilling "
@@ -210,4 +219,4 @@ class ResourceManager:
                 f"{fmt_bytes(used + need, up=True)} to get past this node (nodes "
                 "after it may need more: a run without a budget reports what the whole run "
                 "pinned, as 'pinned by runs'), or use fewer workers so fewer intermediates are "
-                "pinned at once.")
+                "pinned at once." + spill)
