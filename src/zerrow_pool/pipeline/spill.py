@@ -107,6 +107,7 @@ class _SpillFiles:
     def share(self, payload: SharePayload) -> SharePayload:
         from .._sharing import mark_spilled, segment_kinds  # shares exist only where the core loads
 
+        descriptor = mark_spilled(payload.descriptor)  # fails, if at all, before any copy
         fds: list = []
         try:
             for fd, kind in zip(payload.fds, segment_kinds(payload.descriptor)):
@@ -116,8 +117,8 @@ class _SpillFiles:
         except BaseException:
             close_fds(fds)
             raise
-        return SharePayload(mark_spilled(payload.descriptor), fds, payload.rows,
-                            payload.nbytes, payload.counters, spilled=True)
+        return SharePayload(descriptor, fds, payload.rows, payload.nbytes, payload.counters,
+                            spilled=True)
 
     def columns(self, columns: list) -> list:
         """A decoded source's parts spilled, in their layout; none left open on failure."""
@@ -147,22 +148,12 @@ def copy_extents(src: int, dst: int, *, mapped: bool = False) -> int:
     ``sendfile`` moves the pages inside the kernel (half the time of writing
     them from a mapping here, bench/RESULTS.md). With ``mapped`` (a
     kernel-module file, whose only interface for data is ``mmap``), or where
-    ``sendfile`` cannot read the file, the whole file is written from a
-    read-only mapping instead."""
+    ``sendfile`` cannot read the file, the file (or that extent) is written
+    from a read-only mapping instead."""
     size = os.fstat(src).st_size
-    if mapped:
-        copied = _write_range_mapped(src, dst, 0, size, size)
-        os.ftruncate(dst, size)
-        return copied
-    copied = 0
-    for start, end in _extents(src, size):
-        os.lseek(dst, start, os.SEEK_SET)
-        try:
-            copied += _sendfile_range(src, dst, start, end)
-        except OSError as e:
-            if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                raise
-            copied += _write_range_mapped(src, dst, start, end, size)
+    copy = _write_range_mapped if mapped else _sendfile_range
+    extents = [(0, size)] if mapped else _extents(src, size)
+    copied = sum(copy(src, dst, start, end, size) for start, end in extents)
     os.ftruncate(dst, size)
     return copied
 
@@ -187,13 +178,21 @@ def _extents(fd: int, size: int):
         pos = end
 
 
-def _sendfile_range(src: int, dst: int, start: int, end: int) -> int:
+def _sendfile_range(src: int, dst: int, start: int, end: int, size: int) -> int:
+    """[start, end) of ``src`` to the same place in ``dst``; through a mapping
+    where ``sendfile`` cannot read ``src``."""
+    os.lseek(dst, start, os.SEEK_SET)  # sendfile writes at dst's position
     off = start
-    while off < end:
-        n = os.sendfile(dst, src, off, min(end - off, _CHUNK))
-        if n == 0:  # the file ended early
-            break
-        off += n
+    try:
+        while off < end:
+            n = os.sendfile(dst, src, off, min(end - off, _CHUNK))
+            if n == 0:  # the file ended early
+                break
+            off += n
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        return _write_range_mapped(src, dst, start, end, size)
     return off - start
 
 
