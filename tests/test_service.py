@@ -137,6 +137,31 @@ def test_status_and_stop(pipeline_file, svc_dir, tmp_path):
     assert not os.path.exists(os.path.join(svc_dir, "service.sock"))
 
 
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("PPid:"))
+
+
+def test_the_first_runs_workers_are_forked_warm_and_end_with_the_service(
+        pipeline_file, svc_dir, tmp_path):
+    pipeline, data = pipeline_file
+    run_json(pipeline, data, svc_dir, tmp_path)  # zerrow: the transport the service was started for
+    status = ServiceClient(svc_dir).status()
+    server = status["fork_server"]
+    forked = status["runtimes"][0]["worker_pids"]
+    assert server["forked"] == 2 and [parent_of(p) for p in forked] == [server["pid"]] * 2
+    r = zerrow("service", "status", svc_dir=svc_dir)
+    assert f"fork server pid {server['pid']}: 2 workers forked" in r.stdout, r.stdout
+    # Another transport's workers have another environment (no preload library): fresh ones.
+    assert run_json(pipeline, data, svc_dir, tmp_path, "--transport", "copy")["status"] == "done"
+    status = ServiceClient(svc_dir).status()
+    fresh = next(rt for rt in status["runtimes"] if rt["transport"] == "copy")["worker_pids"]
+    assert [parent_of(p) for p in fresh] == [status["pid"]] * 2
+    assert status["fork_server"]["forked"] == 2
+    assert zerrow("service", "stop", svc_dir=svc_dir).returncode == 0
+    assert all(wait_gone(p) for p in [status["pid"], server["pid"], *forked, *fresh])
+
+
 def test_idle_exit(pipeline_file, svc_dir, tmp_path):
     pipeline, data = pipeline_file
     # long enough that the status call below comes well within it, even on a busy machine

@@ -316,6 +316,9 @@ def cmd_service(args) -> int:
           f" (idle for {status['idle_for_s']:.0f}s)")
     if status["running"]:
         print(f"  running {status['running']['pipeline']}")
+    if status.get("fork_server"):
+        fs = status["fork_server"]
+        print(f"  fork server pid {fs['pid']}: {fs['forked']} workers forked warm from it")
     for rt in status["runtimes"]:
         print(f"  runtime: transport {rt['transport']}, {rt['workers']} workers "
               f"(pids {', '.join(map(str, rt['worker_pids']))}), "

@@ -42,7 +42,7 @@ class Machinery:
         # Nodes must not read this process's descriptors (the decode cache,
         # every intermediate) through /proc, nor its memory: see sandbox.py.
         make_undumpable()
-        self.transport = get_transport(options.transport, preload=options.preload)
+        self.transport = get_transport(options.transport)
         budget = options.memory_budget
         # cache_bytes bounds what cached decodes keep between runs.
         self.cache = (DecodeCache(self._entry_freed,
@@ -61,7 +61,8 @@ class Machinery:
                         if self.cache else None)
         self._finalizer = weakref.finalize(self, _remove_dirs, self.out_dir, self.spiller)
         try:
-            self.pool = WorkerPool(options.workers, self.transport, options.isolation)
+            self.pool = WorkerPool(options.workers, options.transport, options.preload,
+                                   options.isolation)
         except BaseException:
             self._finalizer()
             raise

@@ -21,7 +21,6 @@ import os
 
 import pyarrow as pa
 
-from .._preload import ld_preload_with
 from . import rundirs, zerrow_api
 from .budget import fmt_bytes
 from .payloads import FilePayload, SharePayload, write_file
@@ -41,10 +40,6 @@ class Transport:
     # Outputs up to this size are copied into memory of their own before they
     # are published (0: never); see worker.run_task.
     small_output_bytes = 0
-
-    def worker_env(self) -> dict:
-        """Extra environment for worker processes."""
-        return {}
 
     def scope(self, expected_bytes: int = 0):
         """Context manager a node runs in (worker side); ``expected_bytes``:
@@ -116,14 +111,8 @@ class ZerrowTransport(Transport):
     small_output_bytes = 1 << 20
     uses_cache = True
 
-    def __init__(self, preload: bool = True):
+    def __init__(self):
         self.zp = zerrow_api.require()
-        self.preload = zerrow_api.preload_library() if preload else None
-
-    def worker_env(self):
-        if not self.preload:
-            return {}
-        return {"LD_PRELOAD": ld_preload_with(self.preload, os.environ.get("LD_PRELOAD"))}
 
     def scope(self, expected_bytes: int = 0):
         return self.zp.scope(expected_bytes=expected_bytes)
@@ -149,7 +138,6 @@ def transport_class(name: str) -> type:
     raise ValueError(f"unknown transport {name!r}: use 'zerrow' or 'copy'")
 
 
-def get_transport(name: str, *, preload: bool = True) -> Transport:
+def get_transport(name: str) -> Transport:
     """``"zerrow"`` or ``"copy"``; raises a clear error for anything else."""
-    cls = transport_class(name)
-    return ZerrowTransport(preload=preload) if cls is ZerrowTransport else cls()
+    return transport_class(name)()

@@ -1,9 +1,10 @@
 """The pool of warm worker processes.
 
 Workers are started once (a fresh interpreter each, like multiprocessing's
-spawn, with the zerrow preload library in LD_PRELOAD) and reused for every
-node of every run: with isolation "process" (the default) each is a zygote
-that forks a fresh sandboxed process per task (``zygote.py``).  A worker that dies is reaped and replaced.  A worker dies
+spawn, or a fork of the service's warm fork server: ``worker_launch.py``)
+and reused for every node of every run: with isolation "process" (the
+default) each is a zygote that forks a fresh sandboxed process per task
+(``zygote.py``). A worker that dies is reaped and replaced.  A worker dies
 with its coordinator, however the coordinator ends (see
 ``worker.die_with_parent``); closing the pool stops idle workers politely and
 kills busy ones at once (their task is abandoned).
@@ -15,13 +16,11 @@ replaces the busy ones when a run is aborted.
 """
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
-import threading
 
+from . import worker_launch
 from .protocol import Hello, Stop
 from .wire import PeerClosed, recv_msg, send_msg
 
@@ -36,36 +35,18 @@ class WorkerLost(RuntimeError):
     """A busy worker died before replying (the message says how); it was replaced."""
 
 
-def _package_root() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))  # .../zerrow_pool/pipeline
-    return os.path.dirname(os.path.dirname(here))
-
-
 class Worker:
     """One worker process and the coordinator's end of its socket."""
 
-    def __init__(self, wid: int, transport, isolation):
+    def __init__(self, wid: int, transport: str, preload: bool, isolation):
         self.id = wid
         self.task = None
         # From its hello (wait_ready): is the preload library active in it, and
         # (zygotes) why no memory cgroup can be made, or None.
         self.preload_active, self.cgroup_error = False, None
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        env = dict(os.environ)
-        env.update(transport.worker_env())
-        root = _package_root()
-        env["PYTHONPATH"] = os.pathsep.join(
-            [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        # pyarrow first: it loads the libarrow that zerrow's extension links to.
-        boot = "import pyarrow; from zerrow_pool.pipeline.worker import main; main()"
-        # PR_SET_PDEATHSIG fires when the *thread* that started us exits: ask
-        # for it only from the main thread, which lives as long as the process.
-        pdeathsig = "1" if threading.current_thread() is threading.main_thread() else "0"
-        cmd = [sys.executable, "-c", boot, str(child.fileno()), transport.name, str(isolation),
-               str(os.getpid()), pdeathsig]
         try:
-            self.proc = subprocess.Popen(cmd, pass_fds=[child.fileno()], env=env,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = worker_launch.start(child.fileno(), transport, preload, isolation)
         finally:
             child.close()
         self.sock = parent
@@ -138,10 +119,10 @@ def describe_exit(code) -> str:
 
 
 class WorkerPool:
-    def __init__(self, n: int, transport, isolation):
+    def __init__(self, n: int, transport: str, preload: bool, isolation):
         if n < 1:
             raise ValueError("need at least one worker")
-        self.transport, self.isolation = transport, isolation
+        self.transport, self.preload, self.isolation = transport, preload, isolation
         self._next = 0
         self.replaced = 0
         started: list[Worker] = []
@@ -157,7 +138,7 @@ class WorkerPool:
         self.workers: list[Worker] = started
 
     def _spawn(self) -> Worker:
-        w = Worker(self._next, self.transport, self.isolation)
+        w = Worker(self._next, self.transport, self.preload, self.isolation)
         self._next += 1
         return w
 

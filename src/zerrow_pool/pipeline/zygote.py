@@ -54,8 +54,9 @@ from .workers import describe_exit
 TRUSTED = "\0zerrow"  # the sandbox key of decodes and reads (not a pipeline's)
 
 
-def _prewarm() -> None:
-    """Import what tasks use, once, so that sandboxes start with it loaded."""
+def prewarm() -> None:
+    """Import what tasks use, once, so that sandboxes (and workers forked by a
+    fork server, forkserver.py) start with it loaded."""
     import pyarrow.compute  # noqa: F401
     import pyarrow.dataset  # noqa: F401
     import pyarrow.ipc  # noqa: F401
@@ -251,5 +252,5 @@ class Zygote:
 def serve(sock: socket.socket, transport_name: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides what stops
     raise_fd_limit()
-    _prewarm()
+    prewarm()
     Zygote(sock, transport_name).serve()

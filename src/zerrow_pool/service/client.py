@@ -56,7 +56,7 @@ class ServiceClient:
         whose outputs are attached here, zero-copy."""
         from ..pipeline.report import RunResult
 
-        sock = self._connect_checked()
+        sock = self._connect_checked(runtime)
         with sock:
             send_msg(sock, {"op": Op.RUN.value, "pipeline": os.path.abspath(pipeline_path),
                             "cwd": os.getcwd(), "env": protocol.run_env(os.environ),
@@ -144,10 +144,11 @@ class ServiceClient:
             raise ServiceError(f"cannot reach the zerrow service at {self.sock_path}: {e}") from e
         return sock
 
-    def _connect_checked(self) -> socket.socket:
-        """A connection to a service of our identity, starting one if none runs."""
+    def _connect_checked(self, runtime: dict) -> socket.socket:
+        """A connection to a service of our identity, starting one for a run with
+        ``runtime`` options if none runs."""
         location.ensure_private_dir(self.dir)
-        sock = self._connect() or self._start()
+        sock = self._connect() or self._start(runtime)
         mine = protocol.identity()
         try:
             reply = self._exchange(sock, {"op": Op.HELLO.value, "identity": mine})
@@ -162,8 +163,9 @@ class ServiceClient:
                 f"`zerrow service stop`, or run with --no-service")
         return sock
 
-    def _start(self) -> socket.socket:
-        """Start the service; one client at a time does this (the lock), the rest connect."""
+    def _start(self, runtime: dict) -> socket.socket:
+        """Start the service, with a fork server for the workers of a run with
+        ``runtime`` options; one client at a time does this (the lock), the rest connect."""
         with open(location.lock_path(self.dir), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             sock = self._connect()
@@ -172,7 +174,10 @@ class ServiceClient:
             log = location.log_path(self.dir)
             with open(log, "ab") as out:
                 starter = subprocess.Popen(
-                    [sys.executable, "-m", "zerrow_pool.service.server", self.dir, "--daemon"],
+                    [sys.executable, "-m", "zerrow_pool.service.server", self.dir, "--daemon",
+                     # RuntimeOptions' defaults: a wrong guess costs the fork server's use only
+                     "--fork-server", runtime.get("transport", "zerrow"),
+                     "1" if runtime.get("preload", True) else "0"],
                     stdin=subprocess.DEVNULL, stdout=out, stderr=out, close_fds=True)
             if starter.wait() != 0:
                 raise ServiceError(f"the zerrow service failed to start; see {log}")

@@ -32,6 +32,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from .._frame import PeerClosed, close_fds, recv_msg, send_msg
+from ..pipeline import forkserver, worker_launch
 from . import location, protocol
 from .protocol import Op, Reply
 
@@ -222,7 +223,9 @@ class Service:
                              "cache_entries": len(rt.cache.entries) if rt.cache else 0,
                              "cache_bytes": rt.cache.nbytes if rt.cache else 0,
                              "held_bytes": rt.resources.usage(), "cwd": key.cwd})
+        fs = forkserver.current()
         return {"pid": os.getpid(), "identity": self.identity, "directory": self.dir,
+                "fork_server": fs and {"pid": fs.pid, "forked": fs.forked},
                 "uptime_s": time.time() - self.started, "idle_s": self.idle_s,
                 "idle_for_s": 0.0 if clients else idle_for, "clients": clients,
                 "runs_served": self.runs_served,
@@ -329,6 +332,28 @@ class _PeerWatcher:
 
 
 # -------------------------------------------------------------------- process
+def _import_for_runs() -> None:
+    """Import what the first run needs before taking it, while the fork server imports the
+    same on the other core (the dataset module, ~0.3 s with pandas, planned the first run)."""
+    import pyarrow  # noqa: F401 - first: it loads the libarrow zerrow links to, as workers do
+    import pyarrow.dataset  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
+    from ..pipeline import dag, runtime  # noqa: F401
+
+
+def _start_fork_server(args: list) -> None:
+    """The fork server for the workers of the starting client's run: ``--fork-server
+    TRANSPORT PRELOAD`` (PRELOAD 0 or 1). Its environment is the one those workers
+    get (the client's, as ``protocol.run_env`` sends it); other runs' workers start fresh."""
+    if "--fork-server" not in args:
+        return
+    at = args.index("--fork-server")
+    transport, preload = args[at + 1], args[at + 2] == "1"
+    base = protocol.run_env(os.environ)
+    forkserver.start(worker_launch.worker_env(transport, preload, base))
+
+
 def _bind(directory: str) -> tuple[socket.socket, int]:
     """Listen on the service socket; returns the listener and the socket file's inode."""
     path = location.socket_path(directory)
@@ -354,7 +379,8 @@ def main(argv=None) -> int:
             os._exit(0)
     os.chdir("/")
     idle_s = float(os.environ.get("ZERROW_SERVICE_IDLE", DEFAULT_IDLE_S))
-    import pyarrow  # noqa: F401 - loads the libarrow zerrow links to, as workers do
+    _start_fork_server(argv[1:])  # its imports run beside ours
+    _import_for_runs()
 
     service = Service(directory, idle_s)
     listener, inode = _bind(directory)
@@ -371,6 +397,7 @@ def main(argv=None) -> int:
                 os.unlink(path)
         listener.close()
         service.close()
+        forkserver.stop()
         print(f"zerrow service pid {os.getpid()} stopped", flush=True)
     return 0
 
