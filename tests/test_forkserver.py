@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,14 +19,33 @@ from zerrow_pool.pipeline import forkserver, worker_launch
 from zerrow_pool.pipeline.testing import make_parquet
 from zerrow_pool.pipeline.workers import describe_exit
 
-from test_service import parent_of, wait_gone as gone
-
 
 @zp.node
 def where(src):
     """The rows, with the working directory and process the node ran in."""
     n = src.num_rows
     return pa.table({"total": [pc.sum(src["amount"]).as_py()], "rows": [n], "cwd": [os.getcwd()]})
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("PPid:"))
+
+
+def gone(pid: int, timeout: float = 10.0) -> bool:
+    """The process ended (reaped, or a zombie) within ``timeout``.
+
+    (Not test_service's helpers: the workers import this module, without tests/ on their path.)"""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.02)
+    return False
 
 
 @pytest.fixture
