@@ -222,6 +222,9 @@ def test_killed_service_is_replaced(pipeline_file, svc_dir, tmp_path):
     status = ServiceClient(svc_dir).status()
     os.kill(status["pid"], signal.SIGKILL)
     assert wait_gone(status["pid"])
+    # Nothing of it lives on: its fork server and the workers forked from it end with it.
+    leftovers = [status["fork_server"]["pid"], *status["runtimes"][0]["worker_pids"]]
+    assert all(wait_gone(p) for p in leftovers), "a fork server or worker outlived its service"
     assert run_json(pipeline, data, svc_dir, tmp_path)["status"] == "done"
     assert ServiceClient(svc_dir).status()["pid"] != status["pid"]
 
