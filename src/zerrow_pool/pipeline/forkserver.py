@@ -256,13 +256,23 @@ class ForkedProcess:
 _current: ForkServer | None = None
 
 
-def start(env: dict) -> ForkServer:
+def start(env: dict) -> ForkServer | None:
     """Start this process's fork server for workers of environment ``env``
-    (replacing any earlier one); it is ready when its imports are done."""
+    (replacing any earlier one); it is ready when its imports are done.
+    None where the kernel has no pidfds (before 5.3): workers start fresh."""
     global _current
     stop()
-    _current = ForkServer(env)
+    if _pidfds():
+        _current = ForkServer(env)
     return _current
+
+
+def _pidfds() -> bool:
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
 
 
 def current() -> ForkServer | None:
