@@ -264,12 +264,27 @@ def test_a_share_of_spill_files_holds_no_memory(tmp_path):
         spiller.cleanup()
 
 
+def _disk_full_after_one_copy(monkeypatch):
+    """The spill disk fills up (ENOSPC) after the first file copied (undone by ``monkeypatch.undo``)."""
+    import errno
+
+    from zerrow_pool.pipeline import spill
+
+    real, copies = spill.copy_extents, []
+
+    def fill_up(src, dst, **kw):
+        if copies:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        copies.append(src)
+        return real(src, dst, **kw)
+
+    monkeypatch.setattr(spill, "copy_extents", fill_up)
+
+
 def test_a_spill_that_fails_leaves_the_payload_whole_and_no_fd_open(tmp_path, monkeypatch):
     """The disk fills up (ENOSPC) while the second segment is copied: the
     error reaches the caller, the payload is still in memory and readable,
     and none of the spill's files or descriptors is left open."""
-    import errno
-
     from zerrow_pool.pipeline.testing import open_fds, require_zerrow
     require_zerrow()
     import zerrow_pool as z
@@ -284,16 +299,7 @@ def test_a_spill_that_fails_leaves_the_payload_whole_and_no_fd_open(tmp_path, mo
     with z.share(t) as s:
         assert len(s.fds) >= 2
         payload = SharePayload(s.descriptor, [os.dup(fd) for fd in s.fds], t.num_rows, t.nbytes)
-    copies = []
-    real = spill.copy_extents
-
-    def fill_up(src, dst, **kw):
-        if copies:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        copies.append(src)
-        return real(src, dst, **kw)
-
-    monkeypatch.setattr(spill, "copy_extents", fill_up)
+    _disk_full_after_one_copy(monkeypatch)
     spiller = spill.Spiller(str(tmp_path))
     before = open_fds()
     with pytest.raises(OSError, match="No space left"):
@@ -301,6 +307,48 @@ def test_a_spill_that_fails_leaves_the_payload_whole_and_no_fd_open(tmp_path, mo
     assert open_fds() == before
     assert not payload.closed and open_output(payload).equals(t)
     payload.close()
+    spiller.cleanup()
+
+
+def test_a_decoded_source_spill_that_fails_leaves_every_entry_in_memory(tmp_path, monkeypatch):
+    """A decoded source is spilled by moving its cache entries to disk in place,
+    all or none: when the disk fills up at the second entry, every entry keeps
+    its payload in memory (readable, still counted), and no descriptor is left open."""
+    from zerrow_pool.pipeline.testing import open_fds, require_zerrow
+    require_zerrow()
+    import zerrow_pool as z
+    from zerrow_pool.pipeline import spill
+    from zerrow_pool.pipeline.decode_cache import DecodeCache
+    from zerrow_pool.pipeline.payloads import ColumnsPayload, SharePayload, open_output
+
+    cache = DecodeCache(lambda entry: None)
+    columns, tables = [], []
+    for i in range(3):  # one column, three row groups, each decoded into segments of its own
+        with z.scope():
+            t = pa.table({"x": pa.array(range(i * 50_000, (i + 1) * 50_000))})
+        with z.share(t["x"]) as s:
+            payload = SharePayload(s.descriptor, [os.dup(fd) for fd in s.fds], t.num_rows, t.nbytes)
+        columns.append(cache.add(("f", i, "x", ""), payload, 0.1).acquire())
+        tables.append(t)
+    source = ColumnsPayload(pa.schema([("x", pa.int64())]), [columns], 150_000)
+    _disk_full_after_one_copy(monkeypatch)
+    spiller = spill.Spiller(str(tmp_path))
+    before = open_fds()
+    with pytest.raises(OSError, match="No space left"):
+        spiller.spill(source)
+    assert open_fds() == before
+    assert not source.closed and source.memory()
+    for entry, t in zip(columns, tables):
+        assert not entry.payload.spilled and entry.refs == 1 and entry.payload.memory()
+        assert open_output(entry.payload).equals(t["x"])
+    monkeypatch.undo()
+    on_disk = spiller.spill(source)  # and with room, all of them move, and stay cached
+    assert source.closed and not on_disk.memory() and on_disk.disk_bytes > 0
+    assert all(e.payload.spilled and e.cached and e.refs == 1 for e in columns)
+    assert open_output(columns[1].payload).equals(tables[1]["x"])
+    on_disk.close()
+    cache.clear()
+    assert all(e.payload.closed for e in columns)
     spiller.cleanup()
 
 

@@ -65,31 +65,55 @@ def test_key_includes_filter_and_file_identity(data):
         assert again.cache_hits == 0
 
 
-def test_eviction_under_budget(data):
+def test_eviction_under_budget(data, tmp_path):
+    """Decodes nobody reads are evicted, before anything is spilled, when a run needs room."""
     require_zerrow()
-    a = _pipe(data, "a", columns=("key", "grp", "value"))
-    b = _pipe(data, "b", columns=("key", "grp", "amount", "label"))
-    alone = []
-    for p in (a, b):  # what each DAG leaves in the cache on its own
-        with zp.Runtime(workers=1, transport="zerrow") as rt:
-            rt.run(p, outputs=())
-            alone.append(rt.resources.usage())
+    other = make_parquet(tmp_path / "e.parquet", rows=40_000, row_group_size=10_000, seed=1)
+    a = _pipe(data, "a", columns=("key", "grp"))
+    b = _pipe(other, "b", columns=("key", "grp", "value", "amount"))  # no entry of a's
     with zp.Runtime(workers=1, transport="zerrow") as rt:
         rt.run(a, outputs=())
-        rt.run(b, outputs=())
-        both_cached = rt.resources.usage()
-    # room for either DAG's decodes, not for both: the second run must evict
-    budget = (max(alone) + both_cached) // 2
-    assert both_cached > budget, (alone, both_cached)
+        a_cached = rt.resources.usage()
+    # Room for a's run and its cached decodes, not for those and b's run beside them.
+    budget = int(3.5 * a_cached)
     with zp.Runtime(workers=1, transport="zerrow", memory_budget=budget) as rt:
         ra = rt.run(a)
+        assert ra.report.spills == 0 and rt.resources.usage() == a_cached
         rb = rt.run(b)
-        assert rt.cache.evictions > 0
+        assert rt.cache.evictions == ra.report.cache_misses  # all of a's, and only those
         assert rt.resources.usage() <= budget
         assert rt.resources.peak <= budget * 1.10, (rt.resources.peak, budget)
         again = rt.run(a)  # evicted chunks are decoded again, results unchanged
-        assert again.report.cache_misses > 0
+        assert again.report.cache_misses == ra.report.cache_misses
         assert again["left"].equals(ra["left"]) and rb["right"].num_rows > 0
+
+
+def test_a_decoded_input_the_budget_cannot_hold_stays_cached_on_disk(data):
+    """A source spilled under the budget moves its decodes to disk, where later runs find them."""
+    require_zerrow()
+    a = _pipe(data, "a", columns=("key", "grp", "value"))
+    b = _pipe(data, "b", columns=("key", "grp", "amount", "label"))
+    with zp.Runtime(workers=1, transport="zerrow") as rt:
+        ra = rt.run(a, outputs=())
+        alone = rt.resources.usage()
+        rb = rt.run(b, outputs=())
+        both_cached = rt.resources.usage()
+    budget = (alone + both_cached) // 2  # a's decodes fit, not with b's run beside them
+    with zp.Runtime(workers=1, transport="zerrow", memory_budget=budget) as rt:
+        first = rt.run(a)
+        assert first.report.spills >= 1 and first.report.cache_misses == 12
+        on_disk = [e for e in rt.cache.entries.values() if e.payload.spilled]
+        assert len(on_disk) == 12 and rt.resources.usage() == 0  # cached, holding no memory
+        second = rt.run(b)  # key and grp come from disk; amount and label are decoded
+        assert second.report.cache_hits == 8 and second.report.cache_misses == 8
+        decoded = rt.cache.decoded_bytes
+        again = rt.run(a)
+        assert again.report.cache_hits == 12 and again.report.cache_misses == 0
+        assert rt.cache.decoded_bytes == decoded  # nothing decoded again
+        assert again["left"].equals(first["left"]) and again["right"].equals(first["right"])
+        assert rt.resources.peak <= budget * 1.10, (rt.resources.peak, budget)
+        assert rt.cache.evictions == 0
+    assert rb.report.status == ra.report.status == "done"
 
 
 @zp.node

@@ -187,6 +187,8 @@ class ResourceManager:
         for entry in self.cache.eviction_order() if self.cache else ():
             if used + need <= self.budget:
                 break
+            if entry.refs > 0 or entry.payload.spilled:
+                continue  # evicting it would free no memory now (read, or on disk)
             self.cache.evict(entry)
             used = self.usage()
         for payload, replace in spillable:

@@ -66,6 +66,11 @@ class CacheEntry:
         self.last_used = time.monotonic()
         return self
 
+    def replace_payload(self, payload) -> None:
+        """The same chunk in another form (moved to disk by a spill); closes the old one."""
+        old, self.payload = self.payload, payload
+        old.close()
+
     def release(self) -> None:
         self.refs -= 1
         if self.refs <= 0 and not self.cached:

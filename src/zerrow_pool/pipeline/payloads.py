@@ -149,7 +149,7 @@ class ColumnsPayload(Payload):
                                   sum(e.payload.counters.bytes_copied for e in entries), exposed)
         super().__init__(rows, nbytes, counters)
         self.schema = schema
-        self.columns = columns  # list (per field) of lists of CacheEntry (or spilled parts)
+        self.columns = columns  # list (per field) of lists of CacheEntry (in memory or on disk)
         self.spilled = spilled
 
     def memory(self) -> dict:

@@ -73,16 +73,6 @@ class Spiller:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class _SpilledPart:
-    """A spilled decode-cache entry: owns its payload alone (``ColumnsPayload``'s part)."""
-
-    def __init__(self, payload: SharePayload):
-        self.payload = payload
-
-    def release(self) -> None:
-        self.payload.close()
-
-
 class _SpillFiles:
     """The spill files of one payload: each file it holds copied once, held read-only."""
 
@@ -121,19 +111,28 @@ class _SpillFiles:
                             spilled=True)
 
     def columns(self, columns: list) -> list:
-        """A decoded source's parts spilled, in their layout; none left open on failure."""
-        out: list = []
+        """A decoded source's parts on disk; returns its columns again, each entry
+        acquired once more for the spilled payload.
+
+        Its decode-cache entries move to disk in place: they stay cached, on disk,
+        so a later run maps them from the page cache instead of decoding them again
+        (a budget that cannot hold a decoded input would otherwise have it decoded
+        and spilled by every run). An entry another payload also reads stays in
+        memory, since that reader keeps it there anyway. All or none: on failure
+        every entry is left as it was."""
+        moved: list = []  # (entry, its payload on disk)
         try:
             for col in columns:
-                out.append([])
-                for part in col:
-                    out[-1].append(_SpilledPart(self.share(part.payload)))
+                for e in col:
+                    if e.refs == 1 and not e.payload.spilled:  # ours alone, in memory
+                        moved.append((e, self.share(e.payload)))
         except BaseException:
-            for col in out:
-                for part in col:
-                    part.release()
+            for _, p in moved:
+                p.close()
             raise
-        return out
+        for e, p in moved:
+            e.replace_payload(p)
+        return [[e.acquire() for e in col] for col in columns]
 
     def close(self) -> None:
         for fd in self.copies.values():
