@@ -104,6 +104,7 @@ def test_a_decoded_input_the_budget_cannot_hold_stays_cached_on_disk(data):
         assert first.report.spills >= 1 and first.report.cache_misses == 12
         on_disk = [e for e in rt.cache.entries.values() if e.payload.spilled]
         assert len(on_disk) == 12 and rt.resources.usage() == 0  # cached, holding no memory
+        assert rt.cache.disk_bytes == rt.cache.nbytes > 0
         second = rt.run(b)  # key and grp come from disk; amount and label are decoded
         assert second.report.cache_hits == 8 and second.report.cache_misses == 8
         decoded = rt.cache.decoded_bytes

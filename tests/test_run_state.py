@@ -271,14 +271,22 @@ def test_edges_record_what_each_input_cost():
     run = new_run()
     shared = FakePayload(80)
     shared.counters = OutputCounters(bytes_zero_copy=80)
-    spilled = FakePayload(50, spilled=True)
+    spilled = FakePayload(50, spilled=True)  # a share on disk: mapped where it lies
+    spilled.counters = OutputCounters(bytes_zero_copy=50)
     run.payloads.update(a=shared, b=spilled)
     upstream = run_state.inputs(run, "c")
     assert upstream == [shared, spilled]
     run_state.record_edges(run, "c", upstream)
     ea, eb = run.edges[("a", "c")], run.edges[("b", "c")]
     assert (ea.bytes, ea.bytes_zero_copy, ea.bytes_copied) == (80, 80, 0)
-    assert (eb.bytes, eb.bytes_zero_copy, eb.bytes_copied) == (50, 0, 50)
+    # The spill's copy is the report's spilled_bytes, once, not a copy on each edge.
+    assert (eb.bytes, eb.bytes_zero_copy, eb.bytes_copied) == (50, 50, 0)
+    copied = FakePayload(30, spilled=True)  # an IPC file of the copy transport, spilled
+    copied.counters = OutputCounters(bytes_copied=30)
+    run.payloads["b"] = copied
+    run_state.record_edges(run, "c", run_state.inputs(run, "c"))
+    eb = run.edges[("b", "c")]
+    assert (eb.bytes, eb.bytes_zero_copy, eb.bytes_copied) == (30, 0, 30)
 
 
 # ------------------------------------------------------------- memory policy

@@ -354,3 +354,8 @@ def test_an_output_made_of_spilled_columns_reaches_the_client(svc_dir, tmp_path,
         local = rt.run(spilling_pipeline.build(data), outputs=["widened"])
     assert res["widened"].equals(local["widened"])
     assert res.report.spills > 0 and res.report.node("src").spilled, res.report.format()
+    # The spilled source's decodes stay cached in the service, on disk, and status says so.
+    cached = ServiceClient(svc_dir).status()["runtimes"][0]
+    assert cached["cache_disk_bytes"] == cached["cache_bytes"] > 0, cached
+    out = zerrow("service", "status", svc_dir=svc_dir).stdout
+    assert "of it on disk" in out, out

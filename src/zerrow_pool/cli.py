@@ -322,8 +322,15 @@ def cmd_service(args) -> int:
     for rt in status["runtimes"]:
         print(f"  runtime: transport {rt['transport']}, {rt['workers']} workers "
               f"(pids {', '.join(map(str, rt['worker_pids']))}), "
-              f"{rt['cache_entries']} cached decodes ({fmt_bytes(rt['cache_bytes'])}), {fmt_bytes(rt['held_bytes'])} held")
+              f"{rt['cache_entries']} cached decodes ({fmt_bytes(rt['cache_bytes'])}"
+              f"{_on_disk(rt.get('cache_disk_bytes', 0))}), {fmt_bytes(rt['held_bytes'])} held")
     return 0
+
+
+def _on_disk(nbytes: int) -> str:
+    from .pipeline import fmt_bytes
+
+    return f", {fmt_bytes(nbytes)} of it on disk" if nbytes else ""
 
 
 def _compare(reports, machine=None) -> str:

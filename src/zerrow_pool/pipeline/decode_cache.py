@@ -227,4 +227,10 @@ class DecodeCache:
 
     @property
     def nbytes(self) -> int:
+        """What the cached entries hold, in memory or on disk (``max_bytes`` bounds it)."""
         return sum(e.nbytes for e in self.entries.values())
+
+    @property
+    def disk_bytes(self) -> int:
+        """The part of ``nbytes`` that a spill moved to disk."""
+        return sum(e.nbytes for e in self.entries.values() if e.payload.spilled)

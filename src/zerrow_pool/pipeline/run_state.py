@@ -127,11 +127,13 @@ def inputs(run: RunState, name: str) -> list:
 
 
 def record_edges(run: RunState, name: str, upstream: list) -> None:
-    """What each input costs node ``name`` as it is sent now (in memory or spilled)."""
+    """What each input costs node ``name``: what its producer shared in place or
+    copied. A spilled input is read where it lies (a share from its spill files,
+    mapped; an IPC file as before): the spill's own copy is counted once, in the
+    report's ``spilled_bytes``, not again on every edge that reads it."""
     for u, p in zip(run.pipeline.by_name[name].inputs, upstream):
-        zero_copy = 0 if p.spilled else min(p.nbytes, p.counters.bytes_zero_copy)
-        copied = p.nbytes if p.spilled else p.counters.bytes_copied
-        run.edges[(u, name)] = EdgeRecord(u, name, p.nbytes, zero_copy, copied)
+        zero_copy = min(p.nbytes, p.counters.bytes_zero_copy)
+        run.edges[(u, name)] = EdgeRecord(u, name, p.nbytes, zero_copy, p.counters.bytes_copied)
 
 
 # ----------------------------------------------------------------- finishing

@@ -222,6 +222,7 @@ class Service:
                              "memory_budget": rt.budget, "cache": rt.cache_enabled,
                              "cache_entries": len(rt.cache.entries) if rt.cache else 0,
                              "cache_bytes": rt.cache.nbytes if rt.cache else 0,
+                             "cache_disk_bytes": rt.cache.disk_bytes if rt.cache else 0,
                              "held_bytes": rt.resources.usage(), "cwd": key.cwd})
         fs = forkserver.current()
         return {"pid": os.getpid(), "identity": self.identity, "directory": self.dir,
