@@ -43,9 +43,10 @@ import weakref
 from dataclasses import dataclass
 
 from .._frame import PeerClosed, close_fds, recv_msg, send_msg
+from . import sandbox
 
 START_TIMEOUT_S = 120.0
-BOOT = "import pyarrow; from zerrow_pool.pipeline.forkserver import serve; serve()"
+BOOT = "import pyarrow; from zerrow_pool.pipeline.forkserver import serve; serve()"  # as a worker's
 UNKNOWN_CHILD = 255  # Reaped.code of a pid that is not (or no longer) the server's child
 
 
@@ -82,10 +83,9 @@ def serve(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     sock = socket.socket(fileno=int(argv[0]))
     from . import zygote
-    from .sandbox import kill_me_with_parent
 
     if argv[2] == "1":
-        kill_me_with_parent(int(argv[1]))
+        sandbox.kill_me_with_parent(int(argv[1]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # its starter decides when it ends
     zygote.prewarm()
     try:
@@ -141,7 +141,7 @@ class ForkServer:
         self._ready = None  # None until the server's Ready is read; then whether it is usable
         self._lock = threading.Lock()  # one request and its reply at a time
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        pdeathsig = "1" if threading.current_thread() is threading.main_thread() else "0"
+        pdeathsig = "1" if sandbox.children_may_die_with_this_thread() else "0"
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", BOOT, str(child.fileno()), str(os.getpid()), pdeathsig],
@@ -163,10 +163,6 @@ class ForkServer:
         """(whether the server answered, the returncode or None while ``pid`` runs)."""
         reply = self._ask(Reap(pid, block))
         return (True, reply.code) if isinstance(reply, Reaped) else (False, None)
-
-    def usable(self) -> bool:
-        with self._lock:
-            return self._await_ready()
 
     def close(self) -> None:
         """End the server (and any worker it forked that still runs)."""

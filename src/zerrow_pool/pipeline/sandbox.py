@@ -19,6 +19,7 @@ import ctypes
 import enum
 import os
 import signal
+import threading
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -70,6 +71,13 @@ def make_undumpable() -> None:
 
 def is_dumpable() -> bool:
     return _libc.prctl(ctypes.c_int(3), 0, 0, 0, 0) == 1  # PR_GET_DUMPABLE
+
+
+def children_may_die_with_this_thread() -> bool:
+    """May a child started from the calling thread ask for ``kill_me_with_parent``?
+    PR_SET_PDEATHSIG fires when the *thread* that started the child exits, so only
+    the main thread, which lives as long as the process, qualifies."""
+    return threading.current_thread() is threading.main_thread()
 
 
 def kill_me_with_parent(parent_pid: int) -> None:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 
-from . import forkserver
+from . import forkserver, sandbox
 
+# pyarrow first: it loads the libarrow that zerrow's extension links to.
 BOOT = "import pyarrow; from zerrow_pool.pipeline.worker import main; main()"
 PRELOADED_TRANSPORTS = frozenset({"zerrow"})  # the transports whose workers load the preload library
 
@@ -54,9 +54,7 @@ def start(fd: int, transport: str, preload: bool, isolation: str):
         proc = server.fork(fd, os.getcwd(), [transport, str(isolation)])
         if proc is not None:
             return proc
-    # PR_SET_PDEATHSIG fires when the *thread* that started the worker exits:
-    # ask for it only from the main thread, which lives as long as the process.
-    pdeathsig = "1" if threading.current_thread() is threading.main_thread() else "0"
+    pdeathsig = "1" if sandbox.children_may_die_with_this_thread() else "0"
     cmd = [sys.executable, "-c", BOOT, str(fd), transport, str(isolation), str(os.getpid()),
            pdeathsig]
     return subprocess.Popen(cmd, pass_fds=[fd], env=env, stdin=subprocess.DEVNULL)
